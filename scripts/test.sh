@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: makes sure PostgreSQL and Redis
+# are up, installs the client tools the tests drive (psql, Python clients),
+# then builds in the dev profile and runs the one integration test binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- services the tests use -------------------------------------------------
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  log "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+
+# --- client tools -----------------------------------------------------------
+if ! command -v psql >/dev/null; then
+  log "installing psql"
+  apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
+fi
+if ! python3 -c 'import sqlalchemy, psycopg2' 2>/dev/null; then
+  log "installing Python client libraries"
+  python3 -m pip install -q -r tests/clients/requirements.txt
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+# --- build and test (dev profile, persistent target dir) --------------------
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/workbench/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+log "building and testing in $CARGO_TARGET_DIR"
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,329 @@
+//! Typed server configuration, read once from (lowest to highest precedence)
+//! built-in defaults, a YAML file (`--config`), `WORKBENCH_*` environment
+//! variables and command-line flags, then validated. Nothing else in the crate
+//! reads the environment or the config file.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::spec::yaml;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{position}: {message}")]
+    Yaml {
+        path: PathBuf,
+        position: String,
+        message: String,
+    },
+    #[error("invalid {setting} '{value}': {reason}")]
+    Invalid {
+        setting: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The settings a user may give in the YAML file; every field is optional so
+/// flags and environment variables can fill or override it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub lake: Option<String>,
+    pub specs: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    /// e.g. `2GiB`; `0` disables the limit.
+    pub query_memory_limit: Option<String>,
+    /// e.g. `30s`; server-wide default for `statement_timeout`.
+    pub statement_timeout: Option<String>,
+    /// How long a graceful shutdown waits for running queries, e.g. `10s`.
+    pub shutdown_timeout: Option<String>,
+    /// Users allowed to log in with SCRAM-SHA-256. When non-empty, every
+    /// connection must authenticate.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Options passed to object_store / deltalake for `s3://`, `gs://`, `az://` lakes.
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
+    /// Registers `workbench_debug_panic()`; only for tests of panic isolation.
+    pub debug_functions: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Output of `workbench hash-password`; never the password itself.
+    pub password_hash: Option<String>,
+    /// Name of an environment variable holding the password (for secrets
+    /// injected by an orchestrator).
+    pub password_env: Option<String>,
+}
+
+/// Values from flags and `WORKBENCH_*` variables (clap fills both).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub lake: Option<String>,
+    pub specs: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub query_memory_limit: Option<String>,
+    pub statement_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
+}
+
+/// A user's SCRAM credentials: salt, iteration count and the salted password.
+#[derive(Clone)]
+pub struct ScramSecret {
+    pub iterations: usize,
+    pub salt: Vec<u8>,
+    pub salted_password: Vec<u8>,
+}
+
+impl std::fmt::Debug for ScramSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramSecret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub secret: ScramSecret,
+}
+
+/// The validated configuration the application runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub lake: String,
+    pub specs: PathBuf,
+    pub max_connections: usize,
+    pub query_memory_limit: Option<u64>,
+    pub statement_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+    pub users: Vec<User>,
+    pub storage_options: BTreeMap<String, String>,
+    pub debug_functions: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::build(FileConfig::default(), Overrides::default())
+            .expect("the built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Load the optional YAML file and apply overrides on top of it.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let file_config = match file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                yaml::from_str::<FileConfig>(&text).map_err(|err| ConfigError::Yaml {
+                    path: path.to_path_buf(),
+                    position: err.position.map(|p| p.to_string()).unwrap_or_else(|| "1:1".into()),
+                    message: err.message,
+                })?
+            }
+        };
+        Config::build(file_config, overrides)
+    }
+
+    pub fn build(file: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
+        let listen_text = o.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = resolve_listen(&listen_text)?;
+        let lake = o.lake.or(file.lake).unwrap_or_else(|| "./lake".into());
+        let specs = o.specs.or(file.specs).unwrap_or_else(|| PathBuf::from("./specs"));
+        let max_connections = o.max_connections.or(file.max_connections).unwrap_or(100);
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "max_connections",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let query_memory_limit = match o.query_memory_limit.or(file.query_memory_limit) {
+            None => Some(2 * 1024 * 1024 * 1024),
+            Some(text) => parse_size("query_memory_limit", &text)?,
+        };
+        let statement_timeout = o
+            .statement_timeout
+            .or(file.statement_timeout)
+            .map(|t| parse_duration("statement_timeout", &t))
+            .transpose()?
+            .filter(|d| !d.is_zero());
+        let shutdown_timeout = o
+            .shutdown_timeout
+            .or(file.shutdown_timeout)
+            .map(|t| parse_duration("shutdown_timeout", &t))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(10));
+
+        let mut users = Vec::with_capacity(file.users.len());
+        for user in file.users {
+            users.push(resolve_user(user)?);
+        }
+        if !listen.ip().is_loopback() && users.is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "listen",
+                value: listen_text,
+                reason: "listening on a non-loopback address requires password authentication; \
+                         add `users:` to the config file (create hashes with `workbench hash-password`)"
+                    .into(),
+            });
+        }
+        Ok(Config {
+            listen,
+            lake,
+            specs,
+            max_connections,
+            query_memory_limit,
+            statement_timeout,
+            shutdown_timeout,
+            users,
+            storage_options: file.storage_options,
+            debug_functions: file.debug_functions.unwrap_or(false),
+        })
+    }
+
+    /// Whether clients must authenticate with a password.
+    pub fn requires_password(&self) -> bool {
+        !self.users.is_empty()
+    }
+}
+
+fn resolve_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 5433));
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ConfigError::Invalid {
+            setting: "listen",
+            value: text.into(),
+            reason: "expected HOST:PORT such as 127.0.0.1:5433".into(),
+        })
+}
+
+fn parse_duration(setting: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let trimmed = text.trim();
+    if let Ok(ms) = trimmed.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(trimmed).map_err(|err| ConfigError::Invalid {
+        setting,
+        value: text.into(),
+        reason: format!("{err}; write e.g. 500ms, 30s or 5m"),
+    })
+}
+
+fn parse_size(setting: &'static str, text: &str) -> Result<Option<u64>, ConfigError> {
+    let size: bytesize::ByteSize = text.trim().parse().map_err(|err| ConfigError::Invalid {
+        setting,
+        value: text.into(),
+        reason: format!("{err}; write e.g. 512MiB or 2GiB (0 disables the limit)"),
+    })?;
+    Ok(Some(size.as_u64()).filter(|b| *b > 0))
+}
+
+fn resolve_user(user: UserConfig) -> Result<User, ConfigError> {
+    let secret = match (&user.password_hash, &user.password_env) {
+        (Some(hash), None) => parse_password_hash(hash).map_err(|reason| ConfigError::Invalid {
+            setting: "users.password_hash",
+            value: format!("(for user {})", user.name),
+            reason,
+        })?,
+        (None, Some(var)) => {
+            let password = std::env::var(var).map_err(|_| ConfigError::Invalid {
+                setting: "users.password_env",
+                value: var.clone(),
+                reason: format!("environment variable is not set (user {})", user.name),
+            })?;
+            ScramSecret::derive(&password, SCRAM_ITERATIONS)
+        }
+        _ => {
+            return Err(ConfigError::Invalid {
+                setting: "users",
+                value: user.name,
+                reason: "give exactly one of password_hash or password_env".into(),
+            });
+        }
+    };
+    Ok(User {
+        name: user.name,
+        secret,
+    })
+}
+
+pub const SCRAM_ITERATIONS: usize = 4096;
+const HASH_PREFIX: &str = "scram-sha-256";
+
+impl ScramSecret {
+    /// Derive the SCRAM salted password for `password` with a fresh random salt.
+    pub fn derive(password: &str, iterations: usize) -> ScramSecret {
+        let salt: [u8; 16] = rand::random();
+        let salted_password =
+            pgwire::api::auth::sasl::scram::gen_salted_password(password, &salt, iterations);
+        ScramSecret {
+            iterations,
+            salt: salt.to_vec(),
+            salted_password,
+        }
+    }
+
+    /// `scram-sha-256$<iterations>$<salt>$<salted password>` (base64), the
+    /// format `workbench hash-password` prints and the config file takes.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        format!(
+            "{HASH_PREFIX}${}${}${}",
+            self.iterations,
+            b64.encode(&self.salt),
+            b64.encode(&self.salted_password)
+        )
+    }
+}
+
+fn parse_password_hash(text: &str) -> Result<ScramSecret, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let parts: Vec<&str> = text.trim().split('$').collect();
+    let expected = "expected the output of `workbench hash-password` \
+                    (scram-sha-256$<iterations>$<salt>$<key>)";
+    let [prefix, iterations, salt, key] = parts.as_slice() else {
+        return Err(expected.into());
+    };
+    if *prefix != HASH_PREFIX {
+        return Err(expected.into());
+    }
+    let iterations: usize = iterations.parse().map_err(|_| expected.to_string())?;
+    if iterations != SCRAM_ITERATIONS {
+        return Err(format!(
+            "iteration count must be {SCRAM_ITERATIONS}; re-create the hash with `workbench hash-password`"
+        ));
+    }
+    Ok(ScramSecret {
+        iterations,
+        salt: b64.decode(salt).map_err(|_| expected.to_string())?,
+        salted_password: b64.decode(key).map_err(|_| expected.to_string())?,
+    })
+}

@@ -1,0 +1,194 @@
+//! The query engine: one DataFusion `SessionContext` template holding the
+//! `workbench` catalog (schemas `bronze`, `silver`, `gold` over the lake, an
+//! empty `public`, `pg_catalog` and `information_schema`) and the functions
+//! clients expect. Each client connection gets its own session cloned from it,
+//! with its own memory pool, so one query cannot starve the others.
+
+mod layer;
+
+use std::sync::Arc;
+
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::common::ScalarValue;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role};
+use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+
+pub use layer::LayerSchema;
+
+use crate::storage::{Lake, Layer};
+
+/// The database name clients connect to and `current_database()` returns.
+pub const DATABASE: &str = "workbench";
+/// Postgres major.minor we speak; clients gate features on it.
+pub const PG_VERSION: &str = "16.6";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("setting up the SQL engine: {0}")]
+    Setup(String),
+}
+
+/// What the engine needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Memory one connection's query may use before it fails with 53200.
+    pub query_memory_limit: Option<u64>,
+    /// Role names shown in `pg_roles` / `\du`.
+    pub roles: Vec<String>,
+    /// Register `workbench_debug_panic()` (tests of panic isolation only).
+    pub debug_functions: bool,
+}
+
+pub struct Engine {
+    template: SessionContext,
+    options: EngineOptions,
+    lake: Arc<Lake>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("lake", &self.lake.root()).finish()
+    }
+}
+
+/// `version()` text: SQLAlchemy and Superset parse the `PostgreSQL X.Y` prefix.
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL {PG_VERSION} on {}-linux-gnu, compiled by rustc (Workbench {})",
+        std::env::consts::ARCH,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+impl Engine {
+    pub fn new(lake: Arc<Lake>, options: EngineOptions) -> Result<Engine, EngineError> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE, "public")
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        let setup = |e: datafusion::error::DataFusionError| EngineError::Setup(e.to_string());
+        catalog
+            .register_schema("public", Arc::new(MemorySchemaProvider::new()))
+            .map_err(setup)?;
+        for layer in Layer::ALL {
+            catalog
+                .register_schema(layer.as_str(), Arc::new(LayerSchema::new(lake.clone(), layer)))
+                .map_err(setup)?;
+        }
+        ctx.register_catalog(DATABASE, catalog);
+
+        setup_pg_catalog(
+            &ctx,
+            DATABASE,
+            Roles {
+                names: options.roles.clone(),
+            },
+        )
+        .map_err(|e| EngineError::Setup(e.to_string()))?;
+
+        for udf in workbench_udfs::all() {
+            ctx.register_udf(udf);
+        }
+        ctx.register_udf(workbench_udfs::pg::version(version_string()));
+        if options.debug_functions {
+            ctx.register_udf(debug_panic_udf());
+        }
+
+        Ok(Engine {
+            template: ctx,
+            options,
+            lake,
+        })
+    }
+
+    pub fn lake(&self) -> &Arc<Lake> {
+        &self.lake
+    }
+
+    /// A fresh session for one client connection: same catalog and functions,
+    /// its own memory pool and settings.
+    pub fn session(&self) -> SessionContext {
+        let template = self.template.state();
+        let base = template.runtime_env();
+        let memory_pool: Arc<dyn MemoryPool> = match self.options.query_memory_limit {
+            Some(limit) => Arc::new(TrackConsumersPool::new(
+                GreedyMemoryPool::new(limit as usize),
+                std::num::NonZeroUsize::new(3).expect("3 is non-zero"),
+            )),
+            None => base.memory_pool.clone(),
+        };
+        let runtime = Arc::new(RuntimeEnv {
+            memory_pool,
+            disk_manager: base.disk_manager.clone(),
+            cache_manager: base.cache_manager.clone(),
+            object_store_registry: base.object_store_registry.clone(),
+        });
+        let state = SessionStateBuilder::new_from_existing(template)
+            .with_runtime_env(runtime)
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// A session for internal use (pipelines, table functions).
+    pub fn internal_session(&self) -> SessionContext {
+        self.session()
+    }
+}
+
+/// A function returning a fixed value, for per-session facts such as
+/// `pg_backend_pid()`.
+pub fn constant_udf(name: &str, value: ScalarValue) -> ScalarUDF {
+    ScalarUDF::new_from_impl(workbench_udfs::pg::Constant::new(name, value))
+}
+
+#[derive(Debug, Clone)]
+struct Roles {
+    names: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl PgCatalogContextProvider for Roles {
+    async fn roles(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    async fn role(&self, name: &str) -> Option<Role> {
+        self.names.iter().find(|n| *n == name).map(|n| Role {
+            name: n.clone(),
+            is_superuser: false,
+            can_login: true,
+            can_create_db: false,
+            can_create_role: false,
+            can_create_user: false,
+            can_replication: false,
+            grants: vec![],
+            inherited_roles: vec![],
+        })
+    }
+}
+
+fn debug_panic_udf() -> ScalarUDF {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    create_udf(
+        "workbench_debug_panic",
+        vec![],
+        DataType::Int64,
+        Volatility::Volatile,
+        Arc::new(|_args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+            panic!("workbench_debug_panic() called: deliberate panic for isolation tests")
+        }),
+    )
+}

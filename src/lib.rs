@@ -1,0 +1,20 @@
+//! Workbench: raw files and database extracts → governed bronze/silver/gold
+//! Delta tables, served over the PostgreSQL wire protocol.
+//!
+//! # Layout
+//!
+//! Data flows one way: `pg` → `engine` → `storage`.
+//!
+//! - [`config`]: typed configuration from file, environment and flags.
+//! - [`app`]: wires storage → engine → pg; used by `main` and the tests.
+//! - [`pg`]: wire protocol only: listener, auth, sessions, SQLSTATE mapping.
+//! - [`engine`]: DataFusion session template and the `workbench` catalog.
+//! - [`storage`]: Delta tables at `<lake>/<layer>/<table>` on object_store.
+//! - [`spec`]: dataset specs (YAML → validated).
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod pg;
+pub mod spec;
+pub mod storage;

@@ -1,0 +1,121 @@
+//! `workbench` command line: clap → Config → telemetry → App. The only place
+//! that uses `anyhow`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use workbench::app::App;
+use workbench::config::{Config, Overrides, SCRAM_ITERATIONS, ScramSecret};
+
+#[derive(Parser)]
+#[command(name = "workbench", version, about = "Bronze → silver → gold lakehouse on Delta Lake, served over the PostgreSQL wire protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the lake over the Postgres wire protocol.
+    Serve(ServeArgs),
+    /// Print a password hash for the `users:` section of the config file
+    /// (reads the password from standard input).
+    HashPassword,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:5433]
+    #[arg(long, env = "WORKBENCH_LISTEN")]
+    listen: Option<String>,
+    /// Lake root: a path or file://, s3://, gs://, az:// URL [default: ./lake]
+    #[arg(long, env = "WORKBENCH_LAKE")]
+    lake: Option<String>,
+    /// Directory of dataset specs [default: ./specs]
+    #[arg(long, env = "WORKBENCH_SPECS")]
+    specs: Option<PathBuf>,
+    /// YAML config file; flags and WORKBENCH_* variables override it
+    #[arg(long, env = "WORKBENCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Maximum concurrent client connections [default: 100]
+    #[arg(long, env = "WORKBENCH_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Memory one query may use, e.g. 512MiB; 0 for no limit [default: 2GiB]
+    #[arg(long, env = "WORKBENCH_QUERY_MEMORY_LIMIT")]
+    query_memory_limit: Option<String>,
+    /// Default statement_timeout, e.g. 30s; 0 for none [default: none]
+    #[arg(long, env = "WORKBENCH_STATEMENT_TIMEOUT")]
+    statement_timeout: Option<String>,
+    /// How long shutdown waits for running queries [default: 10s]
+    #[arg(long, env = "WORKBENCH_SHUTDOWN_TIMEOUT")]
+    shutdown_timeout: Option<String>,
+}
+
+impl ServeArgs {
+    fn config(self) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            listen: self.listen,
+            lake: self.lake,
+            specs: self.specs,
+            max_connections: self.max_connections,
+            query_memory_limit: self.query_memory_limit,
+            statement_timeout: self.statement_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        };
+        Ok(Config::load(self.config.as_deref(), overrides)?)
+    }
+}
+
+fn init_telemetry() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Fires on SIGINT or SIGTERM.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+        trigger.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            init_telemetry();
+            let app = App::build(config).await?;
+            // A machine-readable line scripts and tests can wait for.
+            println!("workbench listening on {}", app.addr());
+            app.run(shutdown_signal()).await?;
+        }
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "empty password on standard input");
+            println!("{}", ScramSecret::derive(password, SCRAM_ITERATIONS).encode());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The one place that turns errors into Postgres `ErrorResponse`s with a
+//! SQLSTATE, a message and, where we can tell, a hint saying what to do.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use pgwire::error::{ErrorInfo, PgWireError};
+
+use super::backends::StopReason;
+
+pub const QUERY_CANCELED: &str = "57014";
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const READ_ONLY: &str = "25006";
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+pub const OUT_OF_MEMORY: &str = "53200";
+pub const INTERNAL: &str = "XX000";
+
+pub fn error(code: &str, message: impl Into<String>) -> ErrorInfo {
+    ErrorInfo::new("ERROR".into(), code.into(), message.into())
+}
+
+pub fn fatal(code: &str, message: impl Into<String>) -> ErrorInfo {
+    ErrorInfo::new("FATAL".into(), code.into(), message.into())
+}
+
+pub fn with_hint(mut info: ErrorInfo, hint: impl Into<String>) -> ErrorInfo {
+    info.hint = Some(hint.into());
+    info
+}
+
+pub fn user(info: ErrorInfo) -> PgWireError {
+    PgWireError::UserError(Box::new(info))
+}
+
+pub fn canceled(reason: StopReason) -> PgWireError {
+    match reason {
+        StopReason::UserRequest => user(error(QUERY_CANCELED, "canceling statement due to user request")),
+        StopReason::Terminated => user(fatal(
+            ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        )),
+    }
+}
+
+pub fn statement_timeout() -> PgWireError {
+    user(error(QUERY_CANCELED, "canceling statement due to statement timeout"))
+}
+
+pub fn panicked(what: &str) -> PgWireError {
+    user(with_hint(
+        error(INTERNAL, format!("internal error while {what}; the query was aborted")),
+        "this is a bug in Workbench: the server and your connection are still usable; \
+         please report the query",
+    ))
+}
+
+/// Rewrite `err` in place into a `UserError` with the right SQLSTATE.
+pub fn normalize(err: &mut PgWireError) {
+    let replacement = match err {
+        PgWireError::ApiError(inner) => Some(from_api_error(inner.as_ref())),
+        PgWireError::QueryCanceled => Some(error(QUERY_CANCELED, "canceling statement due to user request")),
+        PgWireError::InvalidPassword(user_name) => Some(fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user_name}\""),
+        )),
+        _ => None,
+    };
+    if let Some(info) = replacement {
+        *err = user(info);
+    }
+}
+
+fn from_api_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorInfo {
+    if let Some(df) = err.downcast_ref::<DataFusionError>() {
+        return from_datafusion(df);
+    }
+    if let Some(parse) = err.downcast_ref::<datafusion::sql::sqlparser::parser::ParserError>() {
+        return error("42601", format!("syntax error: {parse}"));
+    }
+    if let Some(pg) = err.downcast_ref::<PgWireError>()
+        && let PgWireError::UserError(info) = pg
+    {
+        let mut copy = ErrorInfo::new(info.severity.clone(), info.code.clone(), info.message.clone());
+        copy.detail = info.detail.clone();
+        copy.hint = info.hint.clone();
+        return copy;
+    }
+    error(INTERNAL, err.to_string())
+}
+
+/// Map a DataFusion error to a SQLSTATE by what went wrong, not by message
+/// text where the error kind tells us.
+pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
+    match err {
+        DataFusionError::Context(_, inner) => from_datafusion(inner),
+        DataFusionError::Diagnostic(_, inner) => from_datafusion(inner),
+        DataFusionError::Shared(inner) => from_datafusion(inner),
+        DataFusionError::Collection(errs) if !errs.is_empty() => from_datafusion(&errs[0]),
+        DataFusionError::SQL(parse, _) => error("42601", format!("syntax error: {parse}")),
+        DataFusionError::SchemaError(schema, _) => {
+            use datafusion::common::SchemaError;
+            match schema.as_ref() {
+                SchemaError::FieldNotFound { .. } => error("42703", strip(err)),
+                SchemaError::AmbiguousReference { .. } => error("42702", strip(err)),
+                SchemaError::DuplicateQualifiedField { .. }
+                | SchemaError::DuplicateUnqualifiedField { .. } => error("42701", strip(err)),
+            }
+        }
+        DataFusionError::NotImplemented(msg) => {
+            with_hint(error("0A000", format!("not supported: {msg}")), "rewrite the query without this feature")
+        }
+        DataFusionError::ResourcesExhausted(msg) => with_hint(
+            error(OUT_OF_MEMORY, format!("query exceeded its memory limit: {msg}")),
+            "add filters or aggregate earlier, or raise query_memory_limit in the server config",
+        ),
+        DataFusionError::ArrowError(arrow, _) => from_arrow(arrow),
+        DataFusionError::External(inner) => {
+            if let Some(df) = inner.downcast_ref::<DataFusionError>() {
+                from_datafusion(df)
+            } else if let Some(arrow) = inner.downcast_ref::<ArrowError>() {
+                from_arrow(arrow)
+            } else {
+                error(INTERNAL, inner.to_string())
+            }
+        }
+        DataFusionError::Plan(msg) => from_plan_message(msg, err),
+        DataFusionError::Execution(_) if msg_is_cast(err) => error("22P02", strip(err)),
+        DataFusionError::Execution(msg) if msg.contains("Divide by zero") || msg.contains("division by zero") => {
+            error("22012", "division by zero")
+        }
+        DataFusionError::Configuration(_) => error("22023", strip(err)),
+        _ => error(INTERNAL, strip(err)),
+    }
+}
+
+fn msg_is_cast(err: &DataFusionError) -> bool {
+    let text = err.to_string();
+    text.contains("Cannot cast") || text.contains("Cast error")
+}
+
+fn from_arrow(err: &ArrowError) -> ErrorInfo {
+    match err {
+        ArrowError::DivideByZero => error("22012", "division by zero"),
+        ArrowError::CastError(msg) | ArrowError::ParseError(msg) => {
+            error("22P02", format!("invalid input value: {msg}"))
+        }
+        ArrowError::ArithmeticOverflow(msg) => error("22003", format!("value out of range: {msg}")),
+        ArrowError::ExternalError(inner) => match inner.downcast_ref::<DataFusionError>() {
+            Some(df) => from_datafusion(df),
+            None => error(INTERNAL, inner.to_string()),
+        },
+        _ => error(INTERNAL, err.to_string()),
+    }
+}
+
+fn from_plan_message(msg: &str, err: &DataFusionError) -> ErrorInfo {
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("table") && lower.contains("not found") {
+        let name = msg
+            .split('\'')
+            .nth(1)
+            .map(str::to_string)
+            .unwrap_or_else(|| msg.to_string());
+        return with_hint(
+            error("42P01", format!("relation \"{name}\" does not exist")),
+            "tables live in the schemas bronze, silver and gold (e.g. silver.<table>); \
+             list them with \\dt *.* or SELECT * FROM information_schema.tables",
+        );
+    }
+    if lower.contains("invalid function") || lower.contains("function") && lower.contains("not found") {
+        return error("42883", strip(err));
+    }
+    if lower.contains("no field named") || lower.contains("column") && lower.contains("not found") {
+        return error("42703", strip(err));
+    }
+    if lower.contains("cannot be cast") || lower.contains("coercion") || lower.contains("no function matches") {
+        return error("42804", strip(err));
+    }
+    error("42601", strip(err))
+}
+
+/// DataFusion prefixes messages with the error kind ("Error during planning: ");
+/// Postgres clients show the message after "ERROR:", so keep only the text.
+fn strip(err: &DataFusionError) -> String {
+    let text = err.strip_backtrace();
+    for prefix in [
+        "Error during planning: ",
+        "Execution error: ",
+        "Schema error: ",
+        "Invalid or Unsupported Configuration: ",
+        "Arrow error: ",
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    text
+}

@@ -1,0 +1,18 @@
+//! The Postgres wire protocol: listener, authentication, per-connection
+//! sessions over datafusion-postgres, cancellation and SQLSTATE mapping.
+//! Nothing here reads the lake or the specs directly; it talks to the engine.
+
+mod backends;
+mod errors;
+mod functions;
+mod handlers;
+mod labels;
+mod readonly;
+mod rewrite;
+mod server;
+mod session;
+mod startup;
+
+pub use backends::{BackendInfo, Backends};
+pub use server::{PgServer, ServerOptions};
+pub use startup::UserStore;

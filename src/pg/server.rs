@@ -1,0 +1,167 @@
+//! The listener: accepts connections, enforces `max_connections`, gives each
+//! connection its own session and backend entry, and shuts down gracefully
+//! (stop accepting, let running queries finish within the deadline, then
+//! cancel them and close every connection).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::backends::Backends;
+use super::handlers::{CancelByKey, ConnectionHandlers};
+use super::session::Session;
+use super::startup::{Refusal, Startup, UserStore};
+use super::functions;
+use crate::engine::Engine;
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub max_connections: usize,
+    pub statement_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+}
+
+pub struct PgServer {
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    users: Arc<UserStore>,
+    backends: Arc<Backends>,
+    options: ServerOptions,
+}
+
+impl PgServer {
+    pub async fn bind(
+        addr: SocketAddr,
+        engine: Arc<Engine>,
+        users: Arc<UserStore>,
+        options: ServerOptions,
+    ) -> std::io::Result<PgServer> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(PgServer {
+            listener,
+            engine,
+            users,
+            backends: Arc::new(Backends::default()),
+            options,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn backends(&self) -> Arc<Backends> {
+        self.backends.clone()
+    }
+
+    /// Serve until `shutdown` fires, then drain as described above.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let slots = Arc::new(Semaphore::new(self.options.max_connections));
+        let connections = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        loop {
+            let (socket, addr) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let connection = Connection {
+                engine: self.engine.clone(),
+                users: self.users.clone(),
+                backends: self.backends.clone(),
+                slots: slots.clone(),
+                options: self.options.clone(),
+                stopping: stopping.clone(),
+            };
+            connections.spawn(
+                connection
+                    .serve(socket, addr)
+                    .instrument(tracing::info_span!("connection", %addr)),
+            );
+        }
+        drop(self.listener);
+        stopping.cancel();
+        connections.close();
+        let busy = self.backends.busy_count();
+        tracing::info!(busy, deadline = ?self.options.shutdown_timeout, "shutting down: waiting for running queries");
+        let drained = tokio::time::timeout(self.options.shutdown_timeout, async {
+            while self.backends.busy_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(busy = self.backends.busy_count(), "shutdown deadline passed: cancelling running queries");
+        }
+        for backend in self.backends.all() {
+            backend.terminate();
+        }
+        if tokio::time::timeout(Duration::from_secs(5), connections.wait()).await.is_err() {
+            tracing::warn!("some connections did not close within 5s of shutdown");
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+struct Connection {
+    engine: Arc<Engine>,
+    users: Arc<UserStore>,
+    backends: Arc<Backends>,
+    slots: Arc<Semaphore>,
+    options: ServerOptions,
+    stopping: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, socket: TcpStream, addr: SocketAddr) {
+        let _ = socket.set_nodelay(true);
+        let registration = self.backends.register(addr);
+        let backend = registration.backend.clone();
+        let permit = self.slots.clone().try_acquire_owned();
+        let startup = if self.stopping.is_cancelled() {
+            Startup::Refuse(Refusal::ShuttingDown)
+        } else if permit.is_err() {
+            Startup::Refuse(Refusal::TooManyConnections(self.options.max_connections))
+        } else {
+            Startup::new(backend.clone(), &self.users)
+        };
+        let ctx = self.engine.session();
+        functions::register(&ctx, &backend, &self.backends);
+        let handlers = Arc::new(ConnectionHandlers {
+            startup: Arc::new(startup),
+            session: Arc::new(Session::new(ctx, backend.clone(), self.options.statement_timeout)),
+            cancel: Arc::new(CancelByKey(self.backends.clone())),
+        });
+        let closed = backend.closed();
+        let process = pgwire::tokio::process_socket(socket, None, handlers);
+        tokio::pin!(process);
+        let result = tokio::select! {
+            result = &mut process => result,
+            _ = closed.cancelled() => {
+                // Let a cancelled query report its error before the socket closes.
+                tokio::time::timeout(Duration::from_secs(1), &mut process)
+                    .await
+                    .unwrap_or(Ok(()))
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(pid = backend.pid, %err, "connection ended with an error");
+        }
+        drop(permit);
+        drop(registration);
+    }
+}

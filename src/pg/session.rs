@@ -1,0 +1,309 @@
+//! One client connection's query handling. We reuse datafusion-postgres for
+//! parsing, its hooks (SET/SHOW, transactions, cursors) and Arrow → wire
+//! encoding, and add what it lacks: cancellation and `statement_timeout` that
+//! cover execution (not only planning), read-only enforcement, Postgres
+//! column labels and numeric type modifiers, and panic isolation.
+
+use std::fmt::Debug;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DfStatementKind;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::{DfSessionService, Parser, QueryHook};
+use futures::{FutureExt, Sink, Stream, StreamExt};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, Response, SendableRowStream};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::DataRow;
+use pgwire::types::format::FormatOptions;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::backends::{Backend, QueryGuard};
+use super::readonly::ReadOnlyHook;
+use super::{errors, labels, rewrite};
+
+/// The statement type stored in prepared statements and portals; it must be
+/// datafusion-postgres' own so its cursor hook can read our portals.
+pub type PreparedStatement = (String, Option<(Statement, LogicalPlan)>);
+
+/// Key under which datafusion-postgres' `SET statement_timeout` stores the value.
+const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
+
+pub struct Session {
+    ctx: Arc<SessionContext>,
+    inner: Arc<DfSessionService>,
+    hooks: Vec<Arc<dyn QueryHook>>,
+    compat: PostgresCompatibilityParser,
+    parser: Arc<StatementParser>,
+    backend: Arc<Backend>,
+    default_timeout: Option<Duration>,
+}
+
+impl Session {
+    pub fn new(ctx: SessionContext, backend: Arc<Backend>, default_timeout: Option<Duration>) -> Self {
+        let ctx = Arc::new(ctx);
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(ReadOnlyHook),
+            Arc::new(CursorStatementHook),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        let inner = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks.clone()));
+        let parser = Arc::new(StatementParser {
+            inner: inner.query_parser(),
+        });
+        Session {
+            ctx,
+            inner,
+            hooks,
+            compat: PostgresCompatibilityParser::new(),
+            parser,
+            backend,
+            default_timeout,
+        }
+    }
+
+    fn deadline<C: ClientInfo + ?Sized>(&self, client: &C) -> Option<Instant> {
+        let timeout = match client.metadata().get(STATEMENT_TIMEOUT_KEY) {
+            Some(ms) => ms.parse::<u64>().ok().map(Duration::from_millis),
+            None => self.default_timeout,
+        };
+        timeout
+            .filter(|t| !t.is_zero())
+            .map(|t| Instant::now() + t)
+    }
+
+    /// Plan and start every statement of a simple-protocol query string.
+    async fn run_simple<C>(&self, client: &mut C, query: &str, guard: &Arc<QueryGuard>, deadline: Option<Instant>) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let sql = rewrite::rewrite_sql(query);
+        let statements = self
+            .compat
+            .parse(&sql)
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        'statements: for statement in statements {
+            for hook in &self.hooks {
+                if let Some(result) = hook.handle_simple_query(&statement, &self.ctx, client).await {
+                    responses.push(result?);
+                    continue 'statements;
+                }
+            }
+            let state = self.ctx.state();
+            let plan = state
+                .statement_to_plan(DfStatementKind::Statement(Box::new(statement.clone())))
+                .await
+                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+            let frame = self
+                .ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+            let schema = frame.schema().as_arrow().clone();
+            let format_options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+            let mut response = arrow_pg::datatypes::df::encode_dataframe(
+                frame,
+                &Format::UnifiedText,
+                Some(format_options),
+            )
+            .await?;
+            response.row_schema = labels::describe_arc(response.row_schema, &schema, Some(&statement));
+            response.data_rows = guarded(response.data_rows, guard.clone(), deadline);
+            responses.push(Response::Query(response));
+        }
+        Ok(responses)
+    }
+}
+
+/// Run `work` until it finishes, the query is cancelled, or its deadline
+/// passes; a panic inside it becomes an error for this query only.
+async fn bounded<T>(
+    work: impl std::future::Future<Output = PgWireResult<T>>,
+    guard: &QueryGuard,
+    deadline: Option<Instant>,
+    what: &str,
+) -> PgWireResult<T> {
+    tokio::select! {
+        biased;
+        _ = guard.token.cancelled() => Err(errors::canceled(guard.stop_reason())),
+        _ = until(deadline) => Err(errors::statement_timeout()),
+        result = AssertUnwindSafe(work).catch_unwind() => match result {
+            Ok(result) => result,
+            Err(panic) => {
+                tracing::error!(panic = %panic_message(&panic), "query panicked while {what}");
+                Err(errors::panicked(what))
+            }
+        },
+    }
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The rows of a running query, stopped by cancel, deadline or a panic in
+/// the engine. The query counts as running until this stream is dropped.
+fn guarded(rows: SendableRowStream, guard: Arc<QueryGuard>, deadline: Option<Instant>) -> SendableRowStream {
+    struct State {
+        rows: SendableRowStream,
+        guard: Arc<QueryGuard>,
+        deadline: Option<Instant>,
+        done: bool,
+    }
+    let state = State {
+        rows,
+        guard,
+        deadline,
+        done: false,
+    };
+    let stream = futures::stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        let next = bounded(
+            async { Ok(state.rows.next().await) },
+            &state.guard,
+            state.deadline,
+            "executing the query",
+        )
+        .await;
+        let item: PgWireResult<DataRow> = match next {
+            Ok(Some(Ok(row))) => Ok(row),
+            Ok(None) => return None,
+            Ok(Some(Err(err))) | Err(err) => {
+                state.done = true;
+                Err(err)
+            }
+        };
+        Some((item, state))
+    });
+    Box::pin(stream) as std::pin::Pin<Box<dyn Stream<Item = PgWireResult<DataRow>> + Send>>
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Session {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let guard = Arc::new(self.backend.begin_query(query));
+        let deadline = self.deadline(client);
+        let span = tracing::info_span!("query", pid = self.backend.pid, protocol = "simple");
+        tracing::debug!(parent: &span, sql = %query, "query");
+        let work = self.run_simple(client, query, &guard, deadline);
+        bounded(work, &guard, deadline, "planning the query")
+            .instrument(span)
+            .await
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Session {
+    type Statement = PreparedStatement;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (sql, parsed) = &portal.statement.statement;
+        let guard = Arc::new(self.backend.begin_query(sql));
+        let deadline = self.deadline(client);
+        let span = tracing::info_span!("query", pid = self.backend.pid, protocol = "extended");
+        tracing::debug!(parent: &span, sql = %sql, "query");
+        let work = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows);
+        let response = bounded(work, &guard, deadline, "planning the query")
+            .instrument(span)
+            .await?;
+        Ok(match response {
+            Response::Query(mut query) => {
+                if let Some((statement, plan)) = parsed {
+                    query.row_schema =
+                        labels::describe_arc(query.row_schema, plan.schema().as_arrow(), Some(statement));
+                }
+                query.data_rows = guarded(query.data_rows, guard, deadline);
+                Response::Query(query)
+            }
+            other => other,
+        })
+    }
+}
+
+/// datafusion-postgres' parser, plus our SQL rewrites before it and Postgres
+/// column descriptions after it.
+pub struct StatementParser {
+    inner: Arc<Parser>,
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = PreparedStatement;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let sql = rewrite::rewrite_sql(sql);
+        let parse = AssertUnwindSafe(self.inner.parse_sql(client, &sql, types)).catch_unwind();
+        match parse.await {
+            Ok(result) => result,
+            Err(_) => Err(errors::panicked("planning the query")),
+        }
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        let fields = self.inner.get_result_schema(stmt, column_format)?;
+        Ok(match &stmt.1 {
+            Some((statement, plan)) => labels::describe(fields, plan.schema().as_arrow(), Some(statement)),
+            None => fields,
+        })
+    }
+}

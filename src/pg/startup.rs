@@ -1,0 +1,177 @@
+//! Connection startup: trust on loopback by default, SCRAM-SHA-256 against
+//! configured users otherwise, and clean refusals (too many connections,
+//! shutting down) that clients show as ordinary Postgres errors.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::Sink;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+};
+use pgwire::api::{ClientInfo, PgWireConnectionState, PidSecretKeyGenerator};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::startup::SecretKey;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion};
+
+use super::backends::Backend;
+use super::errors;
+use crate::config::{SCRAM_ITERATIONS, ScramSecret};
+use crate::engine::PG_VERSION;
+
+/// Users that may log in, by name.
+#[derive(Debug, Default)]
+pub struct UserStore {
+    users: HashMap<String, ScramSecret>,
+}
+
+impl UserStore {
+    pub fn new(users: impl IntoIterator<Item = (String, ScramSecret)>) -> Self {
+        UserStore {
+            users: users.into_iter().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.users.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+#[async_trait]
+impl AuthSource for UserStore {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let name = login.user().unwrap_or_default();
+        match self.users.get(name) {
+            Some(secret) => Ok(Password::new(
+                Some(secret.salt.clone()),
+                secret.salted_password.clone(),
+            )),
+            // Same answer as a wrong password, so user names cannot be probed.
+            None => Err(PgWireError::InvalidPassword(name.to_string())),
+        }
+    }
+}
+
+/// Parameters reported to clients at startup.
+pub fn server_parameters() -> DefaultServerParameterProvider {
+    let mut params = DefaultServerParameterProvider::default();
+    params.server_version = format!("{PG_VERSION} (Workbench {})", env!("CARGO_PKG_VERSION"));
+    params.is_superuser = false;
+    params.default_transaction_read_only = true;
+    params.scram_iterations = SCRAM_ITERATIONS;
+    params
+}
+
+/// Hands out this connection's pre-assigned pid with a random cancel key.
+struct FixedPid(i32);
+
+impl PidSecretKeyGenerator for FixedPid {
+    fn generate(&self, client: &dyn ClientInfo) -> (i32, SecretKey) {
+        let key = match client.protocol_version() {
+            ProtocolVersion::PROTOCOL3_0 => SecretKey::I32(rand::random::<i32>()),
+            _ => {
+                let bytes: [u8; 32] = rand::random();
+                SecretKey::Bytes(bytes.to_vec().into())
+            }
+        };
+        (self.0, key)
+    }
+}
+
+/// Why a connection is refused before it starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    TooManyConnections(usize),
+    ShuttingDown,
+}
+
+pub enum Startup {
+    Trust {
+        backend: Arc<Backend>,
+        params: DefaultServerParameterProvider,
+    },
+    Scram {
+        backend: Arc<Backend>,
+        sasl: SASLAuthStartupHandler<DefaultServerParameterProvider>,
+    },
+    Refuse(Refusal),
+}
+
+impl Startup {
+    pub fn new(backend: Arc<Backend>, users: &Arc<UserStore>) -> Startup {
+        if users.is_empty() {
+            Startup::Trust {
+                backend,
+                params: server_parameters(),
+            }
+        } else {
+            let mut scram = ScramAuth::new(users.clone());
+            scram.set_iterations(SCRAM_ITERATIONS);
+            let sasl = SASLAuthStartupHandler::new(Arc::new(server_parameters()))
+                .with_scram(scram)
+                .with_pid_secret_key_generator(Arc::new(FixedPid(backend.pid)));
+            Startup::Scram { backend, sasl }
+        }
+    }
+}
+
+fn mark_authenticated<C: ClientInfo>(client: &C, backend: &Backend) {
+    if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+        let (_, key) = client.pid_and_secret_key();
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        backend.set_authenticated(&user, &key.to_bytes());
+        tracing::info!(pid = backend.pid, user = %user, "client authenticated");
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Refuse(refusal) => {
+                let info = match refusal {
+                    Refusal::TooManyConnections(max) => errors::with_hint(
+                        errors::fatal(errors::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
+                        format!("the server allows {max} connections (max_connections); close idle ones or raise the limit"),
+                    ),
+                    Refusal::ShuttingDown => {
+                        errors::fatal("57P03", "the database system is shutting down")
+                    }
+                };
+                Err(errors::user(info))
+            }
+            Startup::Trust { backend, params } => {
+                if let PgWireFrontendMessage::Startup(ref startup) = message {
+                    protocol_negotiation(client, startup).await?;
+                    save_startup_parameters_to_metadata(client, startup);
+                    let (pid, key) = FixedPid(backend.pid).generate(client);
+                    client.set_pid_and_secret_key(pid, key);
+                    finish_authentication(client, params).await?;
+                    mark_authenticated(client, backend);
+                }
+                Ok(())
+            }
+            Startup::Scram { backend, sasl } => {
+                sasl.on_startup(client, message).await?;
+                mark_authenticated(client, backend);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The lake: Delta tables at `<lake>/<layer>/<table>` on any object_store
+//! backend. This module knows paths, listing and opening tables; it does not
+//! know about SQL sessions, specs or metadata.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+/// The lakehouse layers a table can live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layer {
+    Bronze,
+    Silver,
+    Gold,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 3] = [Layer::Bronze, Layer::Silver, Layer::Gold];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Bronze => "bronze",
+            Layer::Silver => "silver",
+            Layer::Gold => "gold",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Layer> {
+        Layer::ALL
+            .into_iter()
+            .find(|layer| layer.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid lake location '{location}': {reason}")]
+    Location { location: String, reason: String },
+    #[error("table {layer}.{table}: {source}")]
+    Table {
+        layer: Layer,
+        table: String,
+        #[source]
+        source: Box<DeltaTableError>,
+    },
+    #[error("listing {what}: {source}")]
+    List {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A lake root plus the storage options needed to reach it.
+#[derive(Debug)]
+pub struct Lake {
+    root: Url,
+    options: HashMap<String, String>,
+    store: Arc<dyn ObjectStore>,
+    /// Open tables, refreshed incrementally on each access.
+    open: Mutex<HashMap<(Layer, String), DeltaTable>>,
+}
+
+impl Lake {
+    /// Open (and for local paths, create) the lake at `location`: a path or a
+    /// `file://`, `s3://`, `gs://` or `az://` URL.
+    pub fn open(
+        location: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Lake, StorageError> {
+        let invalid = |reason: String| StorageError::Location {
+            location: location.to_string(),
+            reason,
+        };
+        let mut root = deltalake::ensure_table_uri(location).map_err(|e| invalid(e.to_string()))?;
+        if !root.path().ends_with('/') {
+            root.set_path(&format!("{}/", root.path()));
+        }
+        let options: HashMap<String, String> = options.into_iter().collect();
+        let store = DeltaTableBuilder::from_url(root.clone())
+            .map_err(|e| invalid(e.to_string()))?
+            .with_storage_options(options.clone())
+            .build_storage()
+            .map_err(|e| invalid(e.to_string()))?
+            .object_store(None);
+        Ok(Lake {
+            root,
+            options,
+            store,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.options
+    }
+
+    /// The local directory of the lake, when it is on the local file system.
+    pub fn local_root(&self) -> Option<std::path::PathBuf> {
+        (self.root.scheme() == "file")
+            .then(|| self.root.to_file_path().ok())
+            .flatten()
+    }
+
+    pub fn table_url(&self, layer: Layer, table: &str) -> Url {
+        // Table names are validated identifiers, so joining cannot escape the root.
+        self.root
+            .join(&format!("{}/{}/", layer.as_str(), table))
+            .expect("layer and table names form a valid relative URL")
+    }
+
+    /// Names of the Delta tables in `layer`, sorted. A directory without a
+    /// `_delta_log` (e.g. a table whose first commit is still being written)
+    /// is not a table yet and is not listed.
+    pub async fn list_tables(&self, layer: Layer) -> Result<Vec<String>, StorageError> {
+        if let Some(root) = self.local_root() {
+            return Ok(list_local_tables(&root, layer));
+        }
+        let prefix = ObjectPath::from(layer.as_str());
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| StorageError::List {
+                what: format!("{}{}", self.root, layer),
+                source: Box::new(e),
+            })?;
+        let mut names = Vec::new();
+        for dir in listing.common_prefixes {
+            let Some(name) = dir.filename() else { continue };
+            let log = dir.clone().join("_delta_log");
+            let has_log = self
+                .store
+                .list_with_delimiter(Some(&log))
+                .await
+                .map(|l| !l.objects.is_empty())
+                .unwrap_or(false);
+            if has_log && is_identifier(name) {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Synchronous listing for catalog APIs that cannot await. Local lakes are
+    /// read directly; remote lakes are listed on the current multi-threaded
+    /// runtime.
+    pub fn list_tables_blocking(&self, layer: Layer) -> Vec<String> {
+        if let Some(root) = self.local_root() {
+            return list_local_tables(&root, layer);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle)
+                if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(|| handle.block_on(self.list_tables(layer)))
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(%err, "listing tables failed");
+                        Vec::new()
+                    })
+            }
+            _ => self.cached_tables(layer),
+        }
+    }
+
+    fn cached_tables(&self, layer: Layer) -> Vec<String> {
+        let open = self.open.lock().expect("lake table cache poisoned");
+        let mut names: Vec<String> = open
+            .keys()
+            .filter(|(l, _)| *l == layer)
+            .map(|(_, t)| t.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The latest committed version of `layer.table`, or `None` when there is
+    /// no such table. Repeated calls refresh incrementally from the log.
+    pub async fn table(&self, layer: Layer, table: &str) -> Result<Option<DeltaTable>, StorageError> {
+        if !is_identifier(table) {
+            return Ok(None);
+        }
+        let key = (layer, table.to_string());
+        let cached = self
+            .open
+            .lock()
+            .expect("lake table cache poisoned")
+            .get(&key)
+            .cloned();
+        let wrap = |source: DeltaTableError| StorageError::Table {
+            layer,
+            table: table.to_string(),
+            source: Box::new(source),
+        };
+        let refreshed = match cached {
+            Some(mut t) => match t.update_incremental(None).await {
+                Ok(()) => Some(t),
+                Err(err) if is_missing(&err) => None,
+                Err(err) => return Err(wrap(err)),
+            },
+            None => {
+                let builder = DeltaTableBuilder::from_url(self.table_url(layer, table))
+                    .map_err(wrap)?
+                    .with_storage_options(self.options.clone());
+                match builder.load().await {
+                    Ok(t) => Some(t),
+                    Err(err) if is_missing(&err) => None,
+                    Err(err) => return Err(wrap(err)),
+                }
+            }
+        };
+        let mut open = self.open.lock().expect("lake table cache poisoned");
+        match &refreshed {
+            Some(t) => {
+                let newer = open
+                    .get(&key)
+                    .and_then(|c| c.version())
+                    .is_none_or(|v| t.version().is_some_and(|nv| nv >= v));
+                if newer {
+                    open.insert(key, t.clone());
+                }
+            }
+            None => {
+                open.remove(&key);
+            }
+        }
+        Ok(refreshed)
+    }
+}
+
+fn is_missing(err: &DeltaTableError) -> bool {
+    matches!(
+        err,
+        DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_)
+    ) || matches!(err, DeltaTableError::ObjectStore { source } if matches!(source, object_store::Error::NotFound { .. }))
+}
+
+fn list_local_tables(root: &std::path::Path, layer: Layer) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root.join(layer.as_str())) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("_delta_log").is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| is_identifier(name))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Table and dataset names are lower-case SQL identifiers, so they need no
+/// quoting in SQL and map 1:1 to directory names.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}

@@ -1,0 +1,244 @@
+//! Test harness: runs the real `workbench` binary on port 0 against a
+//! temporary lake, and writes Delta tables into that lake from this (other)
+//! process, exactly as a pipeline on another machine would.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::DeltaTable;
+use deltalake::arrow::array::RecordBatch;
+use deltalake::protocol::SaveMode;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_workbench");
+
+/// Options for a test server.
+#[derive(Default, Clone)]
+pub struct ServerOptions {
+    /// Extra YAML appended to the config file.
+    pub config_yaml: String,
+    /// Extra command-line flags.
+    pub args: Vec<String>,
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub lake: TempDir,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Start with trust auth on loopback and `debug_functions` on.
+    pub fn start() -> Server {
+        Server::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(options: ServerOptions) -> Server {
+        let lake = TempDir::new().expect("temp lake");
+        Server::start_in(lake, options)
+    }
+
+    /// Start on an existing lake directory (tables may already be there).
+    pub fn start_in(lake: TempDir, options: ServerOptions) -> Server {
+        let config = lake.path().join("workbench-test.yaml");
+        std::fs::write(
+            &config,
+            format!("debug_functions: true\n{}", options.config_yaml),
+        )
+        .expect("write config");
+        let log = lake.path().join("server.log");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--lake")
+            .arg(lake.path())
+            .arg("--config")
+            .arg(&config)
+            .args(&options.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("server log"))
+            .spawn()
+            .expect("spawn workbench serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("workbench listening on ") {
+                        break addr.trim().parse().expect("listen address");
+                    }
+                }
+                _ => panic!(
+                    "server exited before listening; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            }
+        };
+        Server {
+            child: Some(child),
+            addr,
+            lake,
+            log,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        self.connect_as("workbench", None).await.expect("connect")
+    }
+
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: Option<&str>,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port())
+            .user(user)
+            .dbname("workbench")
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(password) = password {
+            config.password(password);
+        }
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Run psql with `args` against this server (no ~/.psqlrc, stop on error).
+    pub fn psql(&self, args: &[&str]) -> Output {
+        Command::new("psql")
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "workbench", "-d", "workbench"])
+            .arg("-p")
+            .arg(self.port().to_string())
+            .args(args)
+            .env_remove("PGPASSWORD")
+            .output()
+            .expect("run psql")
+    }
+
+    /// psql `-c` commands; panics with psql's stderr on failure.
+    pub fn psql_ok(&self, commands: &[&str]) -> String {
+        let mut args = Vec::new();
+        for c in commands {
+            args.push("-c");
+            args.push(c);
+        }
+        let out = self.psql(&args);
+        assert!(
+            out.status.success(),
+            "psql {commands:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait for the process; returns its exit status.
+    pub fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        unsafe_kill(child.id(), "TERM");
+        let start = Instant::now();
+        while start.elapsed() < wait {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Write `batch` to `<lake>/<layer>/<table>` as a Delta commit.
+pub async fn write_table(lake: &Path, layer: &str, table: &str, batch: RecordBatch, mode: SaveMode) {
+    let dir = lake.join(layer).join(table);
+    std::fs::create_dir_all(&dir).expect("table dir");
+    let url = url::Url::from_directory_path(&dir).expect("table url");
+    let table = DeltaTable::try_from_url(url).await.expect("open delta table");
+    table
+        .write(vec![batch])
+        .with_save_mode(mode)
+        .await
+        .expect("write delta table");
+}
+
+/// A small silver table of orders: id, region, amount numeric(12,2), ordered_on date.
+pub fn orders_batch(ids: std::ops::Range<i64>) -> RecordBatch {
+    use deltalake::arrow::array::{Date32Array, Decimal128Array, Int64Array, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    let regions = ["north", "south", "east"];
+    let n = ids.clone().count();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("region", DataType::Utf8, true),
+        Field::new("amount", DataType::Decimal128(12, 2), true),
+        Field::new("ordered_on", DataType::Date32, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(ids.clone())),
+            Arc::new(StringArray::from_iter_values(
+                ids.clone().map(|i| regions[(i % 3) as usize]),
+            )),
+            Arc::new(
+                Decimal128Array::from_iter_values(ids.clone().map(|i| (i * 150 + 25) as i128))
+                    .with_precision_and_scale(12, 2)
+                    .expect("decimal"),
+            ),
+            Arc::new(Date32Array::from_iter_values(
+                ids.clone().map(|i| 19_000 + (i % 30) as i32),
+            )),
+        ],
+    )
+    .map(|b| {
+        assert_eq!(b.num_rows(), n);
+        b
+    })
+    .expect("orders batch")
+}
+
+/// The SQLSTATE of a tokio-postgres error, or a panic with the error.
+pub fn sqlstate(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.code().code().to_string(),
+        None => panic!("expected a server error, got {err:?}"),
+    }
+}

@@ -1,0 +1,5 @@
+//! The one integration test binary. Every test talks to a real `workbench`
+//! process over a real socket, with real Delta tables on disk.
+
+mod harness;
+mod server;
