@@ -48,7 +48,6 @@ pub struct Session {
     ctx: Arc<SessionContext>,
     inner: Arc<DfSessionService>,
     hooks: Vec<Arc<dyn QueryHook>>,
-    compat: PostgresCompatibilityParser,
     parser: Arc<StatementParser>,
     backend: Arc<Backend>,
     default_timeout: Option<Duration>,
@@ -65,13 +64,15 @@ impl Session {
         ];
         let inner = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks.clone()));
         let parser = Arc::new(StatementParser {
+            compat: PostgresCompatibilityParser::new(),
+            ctx: ctx.clone(),
+            hooks: hooks.clone(),
             inner: inner.query_parser(),
         });
         Session {
             ctx,
             inner,
             hooks,
-            compat: PostgresCompatibilityParser::new(),
             parser,
             backend,
             default_timeout,
@@ -96,11 +97,7 @@ impl Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let sql = rewrite::rewrite_sql(query);
-        let statements = self
-            .compat
-            .parse(&sql)
-            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        let statements = self.parser.parse(query)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -273,23 +270,64 @@ impl ExtendedQueryHandler for Session {
     }
 }
 
-/// datafusion-postgres' parser, plus our SQL rewrites before it and Postgres
-/// column descriptions after it.
+/// Parses with datafusion-postgres' compatibility parser, applies our
+/// rewrites, then plans (hooks first, as datafusion-postgres does); column
+/// descriptions follow Postgres.
 pub struct StatementParser {
+    compat: PostgresCompatibilityParser,
+    ctx: Arc<SessionContext>,
+    hooks: Vec<Arc<dyn QueryHook>>,
+    /// datafusion-postgres' parser, for parameter and result types of a plan.
     inner: Arc<Parser>,
+}
+
+impl StatementParser {
+    /// Split `sql` into rewritten statements.
+    pub fn parse(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
+        let mut statements = self
+            .compat
+            .parse(sql)
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        for statement in &mut statements {
+            rewrite::rewrite(statement);
+        }
+        Ok(statements)
+    }
+
+    async fn plan<C>(&self, client: &C, sql: &str) -> PgWireResult<Option<PreparedStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut statements = self.parse(sql)?;
+        if statements.is_empty() {
+            return Ok(None);
+        }
+        let statement = statements.remove(0);
+        let text = statement.to_string();
+        for hook in &self.hooks {
+            if let Some(plan) = hook.handle_extended_parse_query(&statement, &self.ctx, client).await {
+                return Ok(Some((text, Some((statement, plan?)))));
+            }
+        }
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(DfStatementKind::Statement(Box::new(statement.clone())))
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        Ok(Some((text, Some((statement, plan)))))
+    }
 }
 
 #[async_trait]
 impl QueryParser for StatementParser {
     type Statement = PreparedStatement;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let sql = rewrite::rewrite_sql(sql);
-        let parse = AssertUnwindSafe(self.inner.parse_sql(client, &sql, types)).catch_unwind();
-        match parse.await {
+        match AssertUnwindSafe(self.plan(client, sql)).catch_unwind().await {
             Ok(result) => result,
             Err(_) => Err(errors::panicked("planning the query")),
         }

@@ -195,6 +195,10 @@ impl Lake {
         if !is_identifier(table) {
             return Ok(None);
         }
+        if !self.has_delta_log(layer, table).await {
+            self.open.lock().expect("lake table cache poisoned").remove(&(layer, table.to_string()));
+            return Ok(None);
+        }
         let key = (layer, table.to_string());
         let cached = self
             .open
@@ -240,6 +244,21 @@ impl Lake {
             }
         }
         Ok(refreshed)
+    }
+}
+
+impl Lake {
+    /// Whether `layer.table` has a Delta log, i.e. at least one commit.
+    async fn has_delta_log(&self, layer: Layer, table: &str) -> bool {
+        if let Some(root) = self.local_root() {
+            return root.join(layer.as_str()).join(table).join("_delta_log").is_dir();
+        }
+        let log = ObjectPath::from(format!("{}/{}/_delta_log", layer.as_str(), table));
+        self.store
+            .list_with_delimiter(Some(&log))
+            .await
+            .map(|l| !l.objects.is_empty())
+            .unwrap_or(false)
     }
 }
 
