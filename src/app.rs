@@ -43,10 +43,12 @@ impl App {
             lake.clone(),
             EngineOptions {
                 query_memory_limit: config.query_memory_limit,
-                roles: users.names(),
+                // With trust auth anyone may connect; show the conventional role.
+                roles: if users.is_empty() { vec!["workbench".into()] } else { users.names() },
                 debug_functions: config.debug_functions,
             },
-        )?);
+        )
+        .await?);
         let server = PgServer::bind(
             config.listen,
             engine.clone(),

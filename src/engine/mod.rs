@@ -5,6 +5,7 @@
 //! with its own memory pool, so one query cannot starve the others.
 
 mod layer;
+mod pg_catalog;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role}
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 
 pub use layer::LayerSchema;
+pub use pg_catalog::type_modifier;
 
 use crate::storage::{Lake, Layer};
 
@@ -66,7 +68,7 @@ pub fn version_string() -> String {
 }
 
 impl Engine {
-    pub fn new(lake: Arc<Lake>, options: EngineOptions) -> Result<Engine, EngineError> {
+    pub async fn new(lake: Arc<Lake>, options: EngineOptions) -> Result<Engine, EngineError> {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
             .with_create_default_catalog_and_schema(false)
@@ -97,7 +99,17 @@ impl Engine {
             },
         )
         .map_err(|e| EngineError::Setup(e.to_string()))?;
+        let catalog = ctx
+            .catalog(DATABASE)
+            .ok_or_else(|| EngineError::Setup("catalog vanished".into()))?;
+        if let Some(upstream) = catalog.schema("pg_catalog") {
+            let overlay = pg_catalog::PgCatalogOverlay::new(upstream, ctx.state().catalog_list().clone());
+            catalog
+                .register_schema("pg_catalog", Arc::new(overlay))
+                .map_err(setup)?;
+        }
 
+        pg_catalog::CatalogText::install(&ctx).await.map_err(setup)?;
         for udf in workbench_udfs::all() {
             ctx.register_udf(udf);
         }

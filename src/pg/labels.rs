@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::Schema;
 use datafusion::sql::sqlparser::ast::{Expr, Query, SelectItem, SetExpr, Statement};
 use pgwire::api::results::FieldInfo;
 
@@ -145,20 +145,6 @@ fn type_label(sql_type: &str) -> String {
     .to_string()
 }
 
-/// `atttypmod` for an Arrow type, as Postgres encodes it.
-pub fn type_modifier(data_type: &DataType) -> i32 {
-    match data_type {
-        DataType::Decimal32(p, s)
-        | DataType::Decimal64(p, s)
-        | DataType::Decimal128(p, s)
-        | DataType::Decimal256(p, s) => {
-            let scale = (*s).max(0) as i32;
-            (((*p as i32) << 16) | scale) + 4
-        }
-        _ => -1,
-    }
-}
-
 /// Rename and annotate `fields` (as arrow-pg built them from `schema`) the
 /// way Postgres would describe the result of `statement`.
 pub fn describe(
@@ -178,7 +164,7 @@ pub fn describe(
             let typmod = schema
                 .fields()
                 .get(i)
-                .map(|f| type_modifier(f.data_type()))
+                .map(|f| crate::engine::type_modifier(f.data_type()))
                 .unwrap_or(-1);
             rebuild(field, name, typmod)
         })

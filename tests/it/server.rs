@@ -53,16 +53,17 @@ async fn psql_catalog_commands() {
     let out = server.psql_ok(&["\\dt silver.*"]);
     assert!(out.contains("orders"), "\\dt:\n{out}");
     let out = server.psql_ok(&["\\d silver.orders"]);
-    assert!(out.contains("amount") && out.contains("numeric"), "\\d:\n{out}");
+    assert!(out.contains("amount") && out.contains("numeric(12,2)"), "\\d:\n{out}");
     assert!(out.contains("ordered_on") && out.contains("date"), "\\d:\n{out}");
     let out = server.psql_ok(&["\\d+ silver.orders"]);
     assert!(out.contains("region") && out.contains("Storage"), "\\d+:\n{out}");
     let out = server.psql_ok(&["\\l"]);
     assert!(out.contains("workbench"), "\\l:\n{out}");
-    server.psql_ok(&["\\du"]);
+    let out = server.psql_ok(&["\\du"]);
+    assert!(out.contains("workbench"), "\\du:\n{out}");
     server.psql_ok(&["\\df"]);
     let out = server.psql_ok(&["\\x", "SELECT id, region FROM silver.orders WHERE id = 4"]);
-    assert!(out.contains("-[ RECORD 1 ]") && out.contains("region | north"), "\\x:\n{out}");
+    assert!(out.contains("-[ RECORD 1 ]") && out.contains("region | south"), "\\x:\n{out}");
     let out = server.psql_ok(&["\\copy (SELECT id, region FROM silver.orders WHERE id < 3 ORDER BY id) to stdout"]);
     assert_eq!(out, "0\tnorth\n1\tsouth\n2\teast\n");
 }

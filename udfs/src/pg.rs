@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
@@ -115,5 +115,105 @@ impl ScalarUDFImpl for IsVisible {
                 ColumnarValue::Array(Arc::new(out) as ArrayRef)
             }
         })
+    }
+}
+
+/// Shared key → text table behind a [`Lookup`] function; the owner may add
+/// entries at any time (e.g. descriptions of datasets).
+pub type LookupTable = Arc<std::sync::RwLock<std::collections::HashMap<Vec<i64>, String>>>;
+
+/// A catalog lookup such as `obj_description(oid)`, `col_description(oid,
+/// attnum)` or `pg_get_function_result(oid)`: the first `keys` arguments
+/// (integers) select a text; further arguments are accepted and ignored (as
+/// the catalog name of `obj_description(oid, 'pg_class')`). Unknown keys and
+/// NULL keys give NULL, as in Postgres.
+pub fn lookup(name: &str, keys: usize, table: LookupTable) -> ScalarUDF {
+    ScalarUDF::new_from_impl(Lookup {
+        name: name.to_string(),
+        keys,
+        table: TableRef(table),
+        signature: Signature::variadic_any(Volatility::Stable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Lookup {
+    name: String,
+    keys: usize,
+    table: TableRef,
+    signature: Signature,
+}
+
+/// Compared by identity: two lookups are the same function only if they
+/// share one table.
+#[derive(Debug, Clone)]
+struct TableRef(LookupTable);
+
+impl PartialEq for TableRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for TableRef {}
+impl std::hash::Hash for TableRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
+}
+
+impl ScalarUDFImpl for Lookup {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::compute::cast;
+        if args.args.len() < self.keys {
+            return exec_err!("{} takes {} key argument(s)", self.name, self.keys);
+        }
+        let rows = args.number_rows;
+        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let mut key_columns = Vec::with_capacity(self.keys);
+        for arg in &args.args[..self.keys] {
+            let array = arg.to_array(rows)?;
+            let array = cast(&array, &DataType::Int64)?;
+            key_columns.push(
+                array
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("cast to Int64 gives Int64Array")
+                    .clone(),
+            );
+        }
+        let table = self.entries();
+        let out: StringArray = (0..rows)
+            .map(|row| {
+                let mut key = Vec::with_capacity(self.keys);
+                for column in &key_columns {
+                    if column.is_null(row) {
+                        return None;
+                    }
+                    key.push(column.value(row));
+                }
+                table.get(&key).cloned()
+            })
+            .collect();
+        if all_scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}
+
+impl Lookup {
+    fn entries(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<Vec<i64>, String>> {
+        self.table.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

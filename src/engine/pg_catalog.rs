@@ -1,0 +1,343 @@
+//! An overlay on datafusion-pg-catalog's `pg_catalog` schema that fills the
+//! gaps clients trip over, without forking it:
+//!
+//! - `pg_class.reloptions` (psql `\d+` reads it; always NULL here);
+//! - `pg_attribute.atttypmod` for numeric columns, so `\d`, JDBC and
+//!   SQLAlchemy see `numeric(12,2)` rather than a bare `numeric`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Int16Type, Int32Type, SchemaRef};
+use datafusion::catalog::{CatalogProviderList, SchemaProvider, Session};
+use datafusion::datasource::{MemTable, TableProvider, TableType, ViewTable, provider_as_source};
+use datafusion::error::Result;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableProviderFilterPushDown, cast, lit};
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::col;
+
+use crate::engine::DATABASE;
+
+/// `pg_type.oid` of `numeric`.
+const NUMERIC_OID: i32 = 1700;
+
+#[derive(Debug)]
+pub struct PgCatalogOverlay {
+    inner: Arc<dyn SchemaProvider>,
+    catalogs: Arc<dyn CatalogProviderList>,
+}
+
+impl PgCatalogOverlay {
+    pub fn new(inner: Arc<dyn SchemaProvider>, catalogs: Arc<dyn CatalogProviderList>) -> Self {
+        PgCatalogOverlay { inner, catalogs }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for PgCatalogOverlay {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(base) = self.inner.table(name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(match name {
+            "pg_class" if base.schema().field_with_name("reloptions").is_err() => {
+                with_null_reloptions(base)?
+            }
+            "pg_attribute" => Arc::new(AttributeTypmods {
+                base,
+                pg_catalog: self.inner.clone(),
+                catalogs: self.catalogs.clone(),
+            }),
+            _ => base,
+        }))
+    }
+}
+
+fn with_null_reloptions(base: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
+    let mut columns: Vec<Expr> = base
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| col(format!("\"{}\"", f.name())))
+        .collect();
+    let text_array = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+    columns.push(cast(lit(datafusion::common::ScalarValue::Null), text_array).alias("reloptions"));
+    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(base), None)?
+        .project(columns)?
+        .build()?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+/// `pg_attribute` with `atttypmod` computed from each column's Arrow type.
+#[derive(Debug)]
+struct AttributeTypmods {
+    base: Arc<dyn TableProvider>,
+    pg_catalog: Arc<dyn SchemaProvider>,
+    catalogs: Arc<dyn CatalogProviderList>,
+}
+
+async fn scan_all(provider: &Arc<dyn TableProvider>, session: &dyn Session) -> Result<Vec<RecordBatch>> {
+    let plan: Arc<dyn ExecutionPlan> = provider.scan(session, None, &[], None).await?;
+    collect(plan, session.task_ctx()).await
+}
+
+impl AttributeTypmods {
+    /// (table oid) → (schema, table) from pg_class and pg_namespace.
+    async fn relations(&self, session: &dyn Session) -> Result<HashMap<i32, (String, String)>> {
+        let mut namespaces = HashMap::new();
+        if let Some(ns) = self.pg_catalog.table("pg_namespace").await? {
+            for batch in scan_all(&ns, session).await? {
+                let oids = int32(&batch, "oid");
+                let names = batch.column_by_name("nspname").map(|c| c.as_string::<i32>().clone());
+                if let (Some(oids), Some(names)) = (oids, names) {
+                    for i in 0..batch.num_rows() {
+                        namespaces.insert(oids.value(i), names.value(i).to_string());
+                    }
+                }
+            }
+        }
+        let mut relations = HashMap::new();
+        if let Some(classes) = self.pg_catalog.table("pg_class").await? {
+            for batch in scan_all(&classes, session).await? {
+                let oids = int32(&batch, "oid");
+                let spaces = int32(&batch, "relnamespace");
+                let names = batch.column_by_name("relname").map(|c| c.as_string::<i32>().clone());
+                if let (Some(oids), Some(spaces), Some(names)) = (oids, spaces, names) {
+                    for i in 0..batch.num_rows() {
+                        if let Some(schema) = namespaces.get(&spaces.value(i)) {
+                            relations.insert(oids.value(i), (schema.clone(), names.value(i).to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(relations)
+    }
+
+    async fn column_type(&self, schema: &str, table: &str, attnum: i16) -> Option<DataType> {
+        let catalog = self.catalogs.catalog(DATABASE)?;
+        let provider = catalog.schema(schema)?.table(table).await.ok()??;
+        let index = usize::try_from(attnum).ok()?.checked_sub(1)?;
+        provider.schema().fields().get(index).map(|f| f.data_type().clone())
+    }
+}
+
+fn int32(batch: &RecordBatch, name: &str) -> Option<Int32Array> {
+    let column = batch.column_by_name(name)?;
+    match column.data_type() {
+        DataType::Int32 => Some(column.as_primitive::<Int32Type>().clone()),
+        DataType::UInt32 | DataType::Int64 => datafusion::arrow::compute::cast(column, &DataType::Int32)
+            .ok()
+            .map(|c| c.as_primitive::<Int32Type>().clone()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for AttributeTypmods {
+    fn schema(&self) -> SchemaRef {
+        self.base.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = scan_all(&self.base, session).await?;
+        let needs_typmod = batches.iter().any(|b| {
+            int32(b, "atttypid").is_some_and(|t| t.iter().any(|v| v == Some(NUMERIC_OID)))
+        });
+        let mut fixed = Vec::with_capacity(batches.len());
+        if needs_typmod {
+            let relations = self.relations(session).await?;
+            let mut types: HashMap<(i32, i16), Option<DataType>> = HashMap::new();
+            for batch in batches {
+                let (Some(relids), Some(typids), Some(typmods)) = (
+                    int32(&batch, "attrelid"),
+                    int32(&batch, "atttypid"),
+                    int32(&batch, "atttypmod"),
+                ) else {
+                    fixed.push(batch);
+                    continue;
+                };
+                let Some(attnums) = batch
+                    .column_by_name("attnum")
+                    .filter(|c| c.data_type() == &DataType::Int16)
+                    .map(|c| c.as_primitive::<Int16Type>().clone())
+                else {
+                    fixed.push(batch);
+                    continue;
+                };
+                let mut out = Vec::with_capacity(batch.num_rows());
+                for i in 0..batch.num_rows() {
+                    let mut typmod = typmods.value(i);
+                    if typids.value(i) == NUMERIC_OID && !relids.is_null(i) {
+                        let key = (relids.value(i), attnums.value(i));
+                        if !types.contains_key(&key) {
+                            let data_type = match relations.get(&key.0) {
+                                Some((schema, table)) => self.column_type(schema, table, key.1).await,
+                                None => None,
+                            };
+                            types.insert(key, data_type);
+                        }
+                        if let Some(Some(data_type)) = types.get(&key) {
+                            let computed = type_modifier(data_type);
+                            if computed != -1 {
+                                typmod = computed;
+                            }
+                        }
+                    }
+                    out.push(typmod);
+                }
+                let index = batch.schema().index_of("atttypmod")?;
+                let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+                columns[index] = Arc::new(Int32Array::from(out));
+                fixed.push(RecordBatch::try_new(batch.schema(), columns)?);
+            }
+        } else {
+            fixed = batches;
+        }
+        let table = MemTable::try_new(self.schema(), vec![fixed])?;
+        table.scan(session, projection, filters, limit).await
+    }
+}
+
+/// `atttypmod` for an Arrow type, as Postgres encodes it.
+pub fn type_modifier(data_type: &DataType) -> i32 {
+    match data_type {
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => {
+            let scale = (*s).max(0) as i32;
+            (((*p as i32) << 16) | scale) + 4
+        }
+        _ => -1,
+    }
+}
+
+/// Text the catalog functions return: descriptions and function signatures.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogText {
+    /// `obj_description(oid)` keyed by `[oid]`; `col_description(oid, n)` by `[oid, n]`.
+    pub descriptions: workbench_udfs::pg::LookupTable,
+    pub function_results: workbench_udfs::pg::LookupTable,
+    pub function_arguments: workbench_udfs::pg::LookupTable,
+}
+
+impl CatalogText {
+    /// Register `obj_description`, `col_description`, `shobj_description`,
+    /// `pg_get_function_result`, `pg_get_function_arguments` and
+    /// `pg_get_function_identity_arguments`, filled from the static catalog.
+    pub async fn install(ctx: &datafusion::prelude::SessionContext) -> Result<CatalogText> {
+        use workbench_udfs::pg::lookup;
+        let text = CatalogText::default();
+        let types: HashMap<i64, String> = rows(ctx, "SELECT oid, format_type(oid, NULL) FROM pg_catalog.pg_type")
+            .await?
+            .into_iter()
+            .filter_map(|r| Some((r[0].as_ref()?.parse().ok()?, r[1].clone()?)))
+            .collect();
+        let type_name = |oid: &str| {
+            oid.parse::<i64>()
+                .ok()
+                .and_then(|o| types.get(&o).cloned())
+                .unwrap_or_else(|| oid.to_string())
+        };
+        {
+            let mut results = text.function_results.write().expect("fresh lock");
+            let mut arguments = text.function_arguments.write().expect("fresh lock");
+            for r in rows(ctx, "SELECT oid, proretset, prorettype, proargtypes, proargnames FROM pg_catalog.pg_proc").await? {
+                let Some(oid) = r[0].as_ref().and_then(|o| o.parse::<i64>().ok()) else { continue };
+                let setof = if r[1].as_deref() == Some("true") { "SETOF " } else { "" };
+                if let Some(ret) = &r[2] {
+                    results.insert(vec![oid], format!("{setof}{}", type_name(ret)));
+                }
+                let names: Vec<&str> = r[4]
+                    .as_deref()
+                    .map(|n| n.trim_matches(|c| c == '{' || c == '}').split(',').collect())
+                    .unwrap_or_default();
+                let args: Vec<String> = r[3]
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .enumerate()
+                    .map(|(i, t)| match names.get(i).filter(|n| !n.is_empty()) {
+                        Some(name) => format!("{name} {}", type_name(t)),
+                        None => type_name(t),
+                    })
+                    .collect();
+                arguments.insert(vec![oid], args.join(", "));
+            }
+            let mut descriptions = text.descriptions.write().expect("fresh lock");
+            for r in rows(ctx, "SELECT objoid, objsubid, description FROM pg_catalog.pg_description").await? {
+                let (Some(oid), Some(sub), Some(description)) = (
+                    r[0].as_ref().and_then(|o| o.parse::<i64>().ok()),
+                    r[1].as_ref().and_then(|o| o.parse::<i64>().ok()),
+                    r[2].clone(),
+                ) else {
+                    continue;
+                };
+                let key = if sub == 0 { vec![oid] } else { vec![oid, sub] };
+                descriptions.insert(key, description);
+            }
+        }
+        ctx.register_udf(lookup("obj_description", 1, text.descriptions.clone()));
+        ctx.register_udf(lookup("col_description", 2, text.descriptions.clone()));
+        ctx.register_udf(lookup("shobj_description", 1, Default::default()));
+        ctx.register_udf(lookup("pg_get_function_result", 1, text.function_results.clone()));
+        ctx.register_udf(lookup("pg_get_function_arguments", 1, text.function_arguments.clone()));
+        ctx.register_udf(lookup(
+            "pg_get_function_identity_arguments",
+            1,
+            text.function_arguments.clone(),
+        ));
+        Ok(text)
+    }
+}
+
+/// All rows of `sql` with every value as text (NULL as `None`).
+async fn rows(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut out = Vec::new();
+    let options = FormatOptions::default();
+    for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            out.push(
+                batch
+                    .columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(c, f)| (!c.is_null(row)).then(|| f.value(row).to_string()))
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
