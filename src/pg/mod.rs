@@ -3,6 +3,7 @@
 //! Nothing here reads the lake or the specs directly; it talks to the engine.
 
 mod backends;
+mod copy;
 mod errors;
 mod functions;
 mod handlers;

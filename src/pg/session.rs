@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatementKind;
@@ -22,7 +23,7 @@ use datafusion_postgres::{DfSessionService, Parser, QueryHook};
 use futures::{FutureExt, Sink, Stream, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, Response, SendableRowStream};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, SendableRowStream};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type};
@@ -35,7 +36,7 @@ use tracing::Instrument;
 
 use super::backends::{Backend, QueryGuard};
 use super::readonly::ReadOnlyHook;
-use super::{errors, labels, rewrite};
+use super::{copy, errors, labels, rewrite};
 
 /// The statement type stored in prepared statements and portals; it must be
 /// datafusion-postgres' own so its cursor hook can read our portals.
@@ -103,35 +104,58 @@ impl Session {
         }
         let mut responses = Vec::with_capacity(statements.len());
         'statements: for statement in statements {
+            if let Some(copy) = copy::parse(&statement) {
+                let copy = copy?;
+                let query = Statement::Query(Box::new(copy.query.clone()));
+                let (response, _) = self.execute(client, &query, copy.value_format()).await?;
+                let names = response.row_schema.iter().map(|f| f.name().to_string()).collect();
+                let rows = guarded(response.data_rows, guard.clone(), deadline);
+                responses.push(Response::CopyOut(copy::response(&copy, names, rows)));
+                continue;
+            }
             for hook in &self.hooks {
                 if let Some(result) = hook.handle_simple_query(&statement, &self.ctx, client).await {
                     responses.push(result?);
                     continue 'statements;
                 }
             }
-            let state = self.ctx.state();
-            let plan = state
-                .statement_to_plan(DfStatementKind::Statement(Box::new(statement.clone())))
-                .await
-                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-            let frame = self
-                .ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-            let schema = frame.schema().as_arrow().clone();
-            let format_options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-            let mut response = arrow_pg::datatypes::df::encode_dataframe(
-                frame,
-                &Format::UnifiedText,
-                Some(format_options),
-            )
-            .await?;
-            response.row_schema = labels::describe_arc(response.row_schema, &schema, Some(&statement));
+            let (mut response, _) = self.execute(client, &statement, Format::UnifiedText).await?;
             response.data_rows = guarded(response.data_rows, guard.clone(), deadline);
             responses.push(Response::Query(response));
         }
         Ok(responses)
+    }
+
+    /// Plan `statement` and start its execution, encoding values in `format`;
+    /// columns are described as Postgres would.
+    async fn execute<C: ClientInfo>(
+        &self,
+        client: &C,
+        statement: &Statement,
+        format: Format,
+    ) -> PgWireResult<(QueryResponse, Arc<Schema>)> {
+        let plan = self.parser.plan_statement(statement).await?;
+        self.execute_plan(client, plan, statement, format).await
+    }
+
+    async fn execute_plan<C: ClientInfo>(
+        &self,
+        client: &C,
+        plan: LogicalPlan,
+        statement: &Statement,
+        format: Format,
+    ) -> PgWireResult<(QueryResponse, Arc<Schema>)> {
+        let frame = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let format_options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        let mut response =
+            arrow_pg::datatypes::df::encode_dataframe(frame, &format, Some(format_options)).await?;
+        response.row_schema = labels::describe_arc(response.row_schema, &schema, Some(statement));
+        Ok((response, schema))
     }
 }
 
@@ -250,6 +274,17 @@ impl ExtendedQueryHandler for Session {
         let (sql, parsed) = &portal.statement.statement;
         let guard = Arc::new(self.backend.begin_query(sql));
         let deadline = self.deadline(client);
+        if let Some((statement, plan)) = parsed
+            && let Some(copy) = copy::parse(statement)
+        {
+            let copy = copy?;
+            let query = Statement::Query(Box::new(copy.query.clone()));
+            let work = self.execute_plan(client, plan.clone(), &query, copy.value_format());
+            let (response, _) = bounded(work, &guard, deadline, "planning the query").await?;
+            let names = response.row_schema.iter().map(|f| f.name().to_string()).collect();
+            let rows = guarded(response.data_rows, guard, deadline);
+            return Ok(Response::CopyOut(copy::response(&copy, names, rows)));
+        }
         let span = tracing::info_span!("query", pid = self.backend.pid, protocol = "extended");
         tracing::debug!(parent: &span, sql = %sql, "query");
         let work = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows);
@@ -304,18 +339,27 @@ impl StatementParser {
         }
         let statement = statements.remove(0);
         let text = statement.to_string();
+        if let Some(copy) = copy::parse(&statement) {
+            // Plan the query being copied; execution frames it as COPY data.
+            let query = Statement::Query(Box::new(copy?.query));
+            let plan = self.plan_statement(&query).await?;
+            return Ok(Some((text, Some((statement, plan)))));
+        }
         for hook in &self.hooks {
             if let Some(plan) = hook.handle_extended_parse_query(&statement, &self.ctx, client).await {
                 return Ok(Some((text, Some((statement, plan?)))));
             }
         }
-        let plan = self
-            .ctx
+        let plan = self.plan_statement(&statement).await?;
+        Ok(Some((text, Some((statement, plan)))))
+    }
+
+    async fn plan_statement(&self, statement: &Statement) -> PgWireResult<LogicalPlan> {
+        self.ctx
             .state()
             .statement_to_plan(DfStatementKind::Statement(Box::new(statement.clone())))
             .await
-            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        Ok(Some((text, Some((statement, plan)))))
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))
     }
 }
 
@@ -338,6 +382,11 @@ impl QueryParser for StatementParser {
     }
 
     fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        if let Some((statement, _)) = &stmt.1
+            && copy::parse(statement).is_some()
+        {
+            return Ok(vec![]); // COPY describes itself in CopyOutResponse
+        }
         let fields = self.inner.get_result_schema(stmt, column_format)?;
         Ok(match &stmt.1 {
             Some((statement, plan)) => labels::describe(fields, plan.schema().as_arrow(), Some(statement)),

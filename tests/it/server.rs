@@ -321,3 +321,28 @@ async fn sqlalchemy_connects_and_lists_schemas() {
     assert!(stdout.contains("bronze") && stdout.contains("silver") && stdout.contains("gold"), "{stdout}");
     assert!(stdout.contains("dialect_version (16, 6)"), "{stdout}");
 }
+
+#[tokio::test]
+async fn copy_to_stdout_in_text_csv_and_binary() {
+    use futures::TryStreamExt;
+    let server = server_with_orders().await;
+    let out = server.psql_ok(&[
+        "COPY (SELECT id, region, CASE WHEN id = 1 THEN NULL ELSE 'a,\"b' END AS tricky FROM silver.orders WHERE id < 3 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
+    ]);
+    assert_eq!(out, "id,region,tricky\n0,north,\"a,\"\"b\"\n1,south,\n2,east,\"a,\"\"b\"\n");
+    let out = server.psql_ok(&["COPY silver.orders (id, amount) TO STDOUT"]);
+    assert_eq!(out.lines().count(), 300);
+    assert!(out.starts_with("0\t0.25\n") || out.contains("\n0\t0.25\n"), "{}", &out[..80]);
+
+    let client = server.connect().await;
+    let stream = client
+        .copy_out("COPY (SELECT id FROM silver.orders WHERE id < 2 ORDER BY id) TO STDOUT (FORMAT binary)")
+        .await
+        .expect("binary copy");
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+    let data: Vec<u8> = chunks.concat();
+    assert!(data.starts_with(b"PGCOPY\n\xff\r\n\0"), "{data:?}");
+    // header 19 bytes, then two tuples of (i16 count, i32 len 8, i64), then trailer -1.
+    assert_eq!(data.len(), 19 + 2 * (2 + 4 + 8) + 2);
+    assert_eq!(&data[data.len() - 2..], &[0xff, 0xff]);
+}
