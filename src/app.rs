@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::pipeline::{Pipeline, PipelineError, RunOptions, RunReport};
+use crate::spec::{self, Project};
 use crate::pg::{Backends, PgServer, ServerOptions, UserStore};
 use crate::storage::{Lake, StorageError};
 
@@ -24,6 +26,98 @@ pub enum AppError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{} spec error(s):\n{}", .0.len(), .0.join("\n"))]
+    Specs(Vec<String>),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// The lake, engine and pipeline, without a server.
+struct Core {
+    lake: Arc<Lake>,
+    engine: Arc<Engine>,
+}
+
+impl Core {
+    async fn build(config: &Config, roles: Vec<String>) -> Result<Core, AppError> {
+        let lake = Arc::new(Lake::open(&config.lake, config.storage_options.clone())?);
+        let engine = Arc::new(
+            Engine::new(
+                lake.clone(),
+                EngineOptions {
+                    query_memory_limit: config.query_memory_limit,
+                    roles,
+                    debug_functions: config.debug_functions,
+                },
+            )
+            .await?,
+        );
+        Ok(Core { lake, engine })
+    }
+}
+
+fn load_project(config: &Config) -> Result<Project, Vec<String>> {
+    spec::load_dir(&config.specs).map_err(|errors| errors.iter().map(|e| e.to_string()).collect())
+}
+
+/// `workbench check`: every spec error, then rule-planning errors on the
+/// landing files present. Empty when everything is valid.
+pub async fn check(config: &Config) -> Result<Vec<String>, AppError> {
+    let project = match load_project(config) {
+        Ok(project) => project,
+        Err(errors) => return Ok(errors),
+    };
+    let core = Core::build(config, vec![]).await?;
+    let pipeline = Pipeline::new(core.lake, core.engine, project);
+    let mut errors = Vec::new();
+    let mut planned = 0;
+    for dataset in &pipeline.project().datasets {
+        match pipeline.dry_plan(dataset).await {
+            Ok(true) => planned += 1,
+            Ok(false) => {}
+            Err(err) => errors.push(err.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        println!(
+            "{} dataset(s), {} gold model(s): OK ({} planned against landing files)",
+            pipeline.project().datasets.len(),
+            pipeline.project().gold.len(),
+            planned
+        );
+    }
+    Ok(errors)
+}
+
+/// `workbench run`: run datasets (all when empty) once.
+pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> Result<RunReport, AppError> {
+    let project = load_project(config).map_err(AppError::Specs)?;
+    let core = Core::build(config, vec![]).await?;
+    let pipeline = Pipeline::new(core.lake, core.engine, project);
+    Ok(pipeline.run(datasets, options).await?)
+}
+
+/// A run report as a table for the terminal.
+pub fn format_report(report: &RunReport) -> String {
+    let mut out = format!("run {}\n", report.run_id);
+    out.push_str(&format!(
+        "{:<8} {:<32} {:>10} {:>10} {:>9} {:<8} {:>8}  {}\n",
+        "layer", "table", "rows_in", "rows_out", "rejected", "status", "ms", "note"
+    ));
+    for s in &report.steps {
+        out.push_str(&format!(
+            "{:<8} {:<32} {:>10} {:>10} {:>9} {:<8} {:>8}  {}\n",
+            s.layer.as_str(),
+            s.table,
+            s.rows_in,
+            s.rows_out,
+            s.rows_rejected,
+            s.status.as_str(),
+            s.duration_ms,
+            s.message.as_deref().unwrap_or("")
+        ));
+    }
+    out
 }
 
 pub struct App {
@@ -31,24 +125,31 @@ pub struct App {
     addr: SocketAddr,
     lake: Arc<Lake>,
     engine: Arc<Engine>,
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl App {
     pub async fn build(config: Config) -> Result<App, AppError> {
-        let lake = Arc::new(Lake::open(&config.lake, config.storage_options.clone())?);
         let users = Arc::new(UserStore::new(
             config.users.iter().map(|u| (u.name.clone(), u.secret.clone())),
         ));
-        let engine = Arc::new(Engine::new(
-            lake.clone(),
-            EngineOptions {
-                query_memory_limit: config.query_memory_limit,
-                // With trust auth anyone may connect; show the conventional role.
-                roles: if users.is_empty() { vec!["workbench".into()] } else { users.names() },
-                debug_functions: config.debug_functions,
-            },
-        )
-        .await?);
+        // With trust auth anyone may connect; show the conventional role.
+        let roles = if users.is_empty() { vec!["workbench".into()] } else { users.names() };
+        let Core { lake, engine } = Core::build(&config, roles).await?;
+        let pipeline = if config.specs.is_dir() {
+            match load_project(&config) {
+                Ok(project) => Some(Arc::new(Pipeline::new(lake.clone(), engine.clone(), project))),
+                Err(errors) => {
+                    for error in &errors {
+                        tracing::error!("{error}");
+                    }
+                    tracing::error!("specs not loaded; fix them (workbench check) and restart");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let server = PgServer::bind(
             config.listen,
             engine.clone(),
@@ -70,6 +171,7 @@ impl App {
             addr,
             lake,
             engine,
+            pipeline,
         })
     }
 
@@ -93,6 +195,23 @@ impl App {
     /// Serve until `shutdown` fires, then shut down gracefully.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         tracing::info!(addr = %self.addr, lake = %self.lake.root(), "workbench listening");
+        if let Some(pipeline) = self.pipeline.clone() {
+            // First start on a fresh lake: build what is missing, in the background.
+            tokio::spawn(async move {
+                let missing = pipeline.unbuilt().await;
+                if missing.is_empty() {
+                    return;
+                }
+                tracing::info!(datasets = ?missing, "building datasets whose tables do not exist yet");
+                match pipeline.run(&missing, &RunOptions::default()).await {
+                    Ok(report) => match &report.error {
+                        None => tracing::info!(run_id = %report.run_id, "initial build done"),
+                        Some(error) => tracing::error!(run_id = %report.run_id, %error, "initial build failed"),
+                    },
+                    Err(err) => tracing::error!(%err, "initial build failed"),
+                }
+            });
+        }
         self.server.run(shutdown).await.map_err(AppError::Serve)
     }
 }

@@ -3,18 +3,21 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: `pg` → `engine` → `storage`.
+//! Data flows one way: `pg` → `engine` → `storage`, and
+//! `pipeline` → {`spec`, `storage`, `engine`}.
 //!
 //! - [`config`]: typed configuration from file, environment and flags.
 //! - [`app`]: wires storage → engine → pg; used by `main` and the tests.
 //! - [`pg`]: wire protocol only: listener, auth, sessions, SQLSTATE mapping.
 //! - [`engine`]: DataFusion session template and the `workbench` catalog.
 //! - [`storage`]: Delta tables at `<lake>/<layer>/<table>` on object_store.
-//! - [`spec`]: dataset specs (YAML → validated).
+//! - [`spec`]: dataset specs (YAML → raw serde types → validated).
+//! - [`pipeline`]: runs datasets: sources → bronze → silver rules → gold.
 
 pub mod app;
 pub mod config;
 pub mod engine;
 pub mod pg;
+pub mod pipeline;
 pub mod spec;
 pub mod storage;

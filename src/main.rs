@@ -21,16 +21,18 @@ struct Cli {
 enum Command {
     /// Serve the lake over the Postgres wire protocol.
     Serve(ServeArgs),
+    /// Validate every spec (and plan its rules on the landing files present);
+    /// exits non-zero on any error.
+    Check(CommonArgs),
+    /// Run datasets: landing → bronze → silver → gold.
+    Run(RunArgs),
     /// Print a password hash for the `users:` section of the config file
     /// (reads the password from standard input).
     HashPassword,
 }
 
 #[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:5433]
-    #[arg(long, env = "WORKBENCH_LISTEN")]
-    listen: Option<String>,
+struct CommonArgs {
     /// Lake root: a path or file://, s3://, gs://, az:// URL [default: ./lake]
     #[arg(long, env = "WORKBENCH_LAKE")]
     lake: Option<String>,
@@ -40,6 +42,46 @@ struct ServeArgs {
     /// YAML config file; flags and WORKBENCH_* variables override it
     #[arg(long, env = "WORKBENCH_CONFIG")]
     config: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    fn config(self) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            lake: self.lake,
+            specs: self.specs,
+            ..Default::default()
+        };
+        Ok(Config::load(self.config.as_deref(), overrides)?)
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Datasets to run (see --all)
+    datasets: Vec<String>,
+    /// Run every dataset
+    #[arg(long, conflicts_with = "datasets")]
+    all: bool,
+    /// Re-ingest every landing file and rebuild silver and gold
+    #[arg(long)]
+    full_refresh: bool,
+    /// First day of the window for {{ start_date }} in postgres sources (YYYY-MM-DD)
+    #[arg(long)]
+    from: Option<chrono::NaiveDate>,
+    /// Last day of the window for {{ end_date }} (YYYY-MM-DD)
+    #[arg(long)]
+    to: Option<chrono::NaiveDate>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:5433]
+    #[arg(long, env = "WORKBENCH_LISTEN")]
+    listen: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Maximum concurrent client connections [default: 100]
     #[arg(long, env = "WORKBENCH_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -58,20 +100,23 @@ impl ServeArgs {
     fn config(self) -> anyhow::Result<Config> {
         let overrides = Overrides {
             listen: self.listen,
-            lake: self.lake,
-            specs: self.specs,
+            lake: self.common.lake,
+            specs: self.common.specs,
             max_connections: self.max_connections,
             query_memory_limit: self.query_memory_limit,
             statement_timeout: self.statement_timeout,
             shutdown_timeout: self.shutdown_timeout,
         };
-        Ok(Config::load(self.config.as_deref(), overrides)?)
+        Ok(Config::load(self.common.config.as_deref(), overrides)?)
     }
 }
 
 fn init_telemetry() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // delta-kernel logs an ERROR when probing a table that has no commit
+        // yet, which is how every new table starts.
+        .add_directive("buoyant_kernel::snapshot::builder=off".parse().expect("valid directive"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -105,6 +150,33 @@ async fn main() -> anyhow::Result<()> {
             // A machine-readable line scripts and tests can wait for.
             println!("workbench listening on {}", app.addr());
             app.run(shutdown_signal()).await?;
+        }
+        Command::Check(args) => {
+            let config = args.config()?;
+            init_telemetry();
+            let errors = workbench::app::check(&config).await?;
+            if !errors.is_empty() {
+                for error in &errors {
+                    eprintln!("{error}");
+                }
+                eprintln!("{} error(s) in {}", errors.len(), config.specs.display());
+                std::process::exit(1);
+            }
+        }
+        Command::Run(args) => {
+            anyhow::ensure!(args.all || !args.datasets.is_empty(), "name the datasets to run, or pass --all");
+            let config = args.common.config()?;
+            init_telemetry();
+            let options = workbench::pipeline::RunOptions {
+                full_refresh: args.full_refresh,
+                window: workbench::pipeline::DateWindow { start: args.from, end: args.to },
+            };
+            let report = workbench::app::run(&config, &args.datasets, &options).await?;
+            print!("{}", workbench::app::format_report(&report));
+            if let Some(error) = &report.error {
+                eprintln!("run {} failed: {error}", report.run_id);
+                std::process::exit(1);
+            }
         }
         Command::HashPassword => {
             let mut line = String::new();

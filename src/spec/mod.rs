@@ -1,4 +1,354 @@
-//! Dataset specs: YAML files → raw serde types → validated specs. This is the
-//! only module that names the YAML crate (in `yaml.rs`).
+//! Dataset specs: YAML files → raw serde types ([`raw`]) → validated
+//! [`Spec`]s. Every error names the file, line and column and says what to
+//! do. This is the only module that names the YAML crate (in `yaml.rs`).
 
+pub mod raw;
+mod validate;
 pub mod yaml;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::datatypes::DataType;
+
+pub use validate::{load_dir, load_file};
+
+/// Where something is in a spec file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl Location {
+    pub fn new(file: &Path, position: yaml::Position) -> Self {
+        Location {
+            file: file.to_path_buf(),
+            line: position.line.max(1),
+            column: position.column.max(1),
+        }
+    }
+
+    pub fn start_of(file: &Path) -> Self {
+        Location {
+            file: file.to_path_buf(),
+            line: 1,
+            column: 1,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// A problem in a spec: what, where, and what to do about it.
+#[derive(Debug, Clone)]
+pub struct SpecError {
+    pub location: Location,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl SpecError {
+    pub fn new(location: Location, message: impl Into<String>) -> Self {
+        SpecError {
+            location,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: error: {}", self.location, self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// Every spec in a directory plus the gold models, in dependency order.
+#[derive(Debug, Clone, Default)]
+pub struct Project {
+    pub datasets: Vec<Spec>,
+    /// Gold models from every spec and from `gold/*.sql`, ordered so that
+    /// each comes after the tables it reads.
+    pub gold: Vec<GoldModel>,
+}
+
+impl Project {
+    pub fn dataset(&self, name: &str) -> Option<&Spec> {
+        self.datasets.iter().find(|d| d.name == name)
+    }
+}
+
+/// One dataset, validated.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub schedule: Option<String>,
+    pub file: PathBuf,
+    /// The spec file's text and its SHA-256 (hex).
+    pub text: String,
+    pub hash: String,
+    pub source: Source,
+    pub silver: Option<Silver>,
+    /// Names of the gold models this spec declares.
+    pub gold: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub format: SourceFormat,
+    /// Glob over the landing zone (relative to the lake) for file formats.
+    pub path: Option<String>,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceFormat {
+    Csv(CsvOptions),
+    Excel(ExcelOptions),
+    Parquet,
+    Json,
+    Ndjson,
+    Postgres(PostgresOptions),
+}
+
+impl SourceFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceFormat::Csv(_) => "csv",
+            SourceFormat::Excel(_) => "excel",
+            SourceFormat::Parquet => "parquet",
+            SourceFormat::Json => "json",
+            SourceFormat::Ndjson => "ndjson",
+            SourceFormat::Postgres(_) => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    pub delimiter: u8,
+    pub quote: u8,
+    pub encoding: &'static encoding_rs::Encoding,
+    pub null_values: Vec<String>,
+    /// 1-based row of the header.
+    pub header_row: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Sheet {
+    /// 0-based position.
+    Index(usize),
+    Name(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExcelOptions {
+    pub sheet: Option<Sheet>,
+    pub header_row: u32,
+    pub null_values: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// A `postgres://` URL, or `env:NAME`.
+    pub url: String,
+    /// SQL with optional `{{ start_date }}` / `{{ end_date }}` parameters.
+    pub query: String,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    Overwrite,
+    Append,
+    Merge,
+    Scd2,
+}
+
+impl WriteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Overwrite => "overwrite",
+            WriteMode::Append => "append",
+            WriteMode::Merge => "merge",
+            WriteMode::Scd2 => "scd2",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Silver {
+    pub mode: WriteMode,
+    pub key: Vec<String>,
+    pub rules: Vec<Located<Rule>>,
+    pub expectations: Vec<Located<Expectation>>,
+}
+
+/// A value with the place in the spec it came from.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub value: T,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone)]
+pub enum Rule {
+    Rename(Vec<(String, String)>),
+    Select(Vec<String>),
+    Drop(Vec<String>),
+    /// `None`: every text column.
+    Trim(Option<Vec<String>>),
+    Normalize {
+        columns: Option<Vec<String>>,
+        case: Option<TextCase>,
+        collapse_spaces: bool,
+    },
+    TypeCast(Vec<Cast>),
+    MapCategories {
+        column: String,
+        mapping: Vec<(String, String)>,
+        unmapped: Unmapped,
+    },
+    Melt {
+        id: Vec<String>,
+        values: MeltValues,
+        variable: String,
+        value: String,
+    },
+    Filter(String),
+    Derive(Vec<(String, String)>),
+    Dedupe {
+        key: Vec<String>,
+        keep: Keep,
+    },
+}
+
+impl Rule {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::Rename(_) => "rename",
+            Rule::Select(_) => "select",
+            Rule::Drop(_) => "drop",
+            Rule::Trim(_) => "trim",
+            Rule::Normalize { .. } => "normalize",
+            Rule::TypeCast(_) => "type_cast",
+            Rule::MapCategories { .. } => "map_categories",
+            Rule::Melt { .. } => "melt",
+            Rule::Filter(_) => "filter",
+            Rule::Derive(_) => "derive",
+            Rule::Dedupe { .. } => "dedupe",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextCase {
+    Lower,
+    Upper,
+}
+
+#[derive(Debug, Clone)]
+pub enum MeltValues {
+    Columns(Vec<String>),
+    Pattern(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmapped {
+    Keep,
+    Null,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    First,
+    Last,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cast {
+    pub column: String,
+    pub to: DataType,
+    /// The type as written, for messages.
+    pub type_name: String,
+    pub format: Option<CastFormat>,
+    /// Whether an unparseable value becomes NULL (else the run fails).
+    pub null_on_error: bool,
+    pub true_values: Vec<String>,
+    pub false_values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CastFormat {
+    /// Decimal comma, dot (or space) thousands: `1.234.567,89`.
+    DecimalComma,
+    /// Decimal point, comma thousands: `1,234,567.89`.
+    DecimalPoint,
+    /// A chrono strftime pattern for dates and timestamps.
+    Pattern(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFail {
+    Warn,
+    Drop,
+    Quarantine,
+    Fail,
+}
+
+/// A data quality expectation, kept as declared for the validation engine.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    /// e.g. `not_null`, `unique`, `between`.
+    pub kind: String,
+    /// The rule's arguments as written.
+    pub args: serde_json::Value,
+    pub on_fail: OnFail,
+    pub mostly: f64,
+}
+
+pub const EXPECTATION_KINDS: &[&str] = &[
+    "not_null",
+    "unique",
+    "accepted_values",
+    "between",
+    "regex",
+    "length_between",
+    "row_count_between",
+    "relationships",
+    "freshness",
+    "expression",
+];
+
+/// A gold model: a SQL query materialized as `gold.<name>`.
+#[derive(Debug, Clone)]
+pub struct GoldModel {
+    pub name: String,
+    pub sql: String,
+    pub description: Option<String>,
+    /// The dataset whose spec declares it, if any (else a `gold/*.sql` file).
+    pub dataset: Option<String>,
+    pub location: Location,
+    /// Tables it reads, as `layer.table`.
+    pub reads: Vec<String>,
+}

@@ -2,4 +2,5 @@
 //! process over a real socket, with real Delta tables on disk.
 
 mod harness;
+mod pipeline;
 mod server;

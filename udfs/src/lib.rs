@@ -3,12 +3,16 @@
 //!
 //! - [`pg`]: PostgreSQL compatibility functions clients call while browsing
 //!   the catalog (`version()`, `pg_function_is_visible(oid)`, ...).
+//! - [`tidy`]: parsing helpers the silver rules use (`wb_parse_datetime`).
 
 pub mod pg;
+pub mod tidy;
 
 use datafusion::logical_expr::ScalarUDF;
 
 /// Every function of this crate that needs no configuration.
 pub fn all() -> Vec<ScalarUDF> {
-    pg::all()
+    let mut all = pg::all();
+    all.push(tidy::parse_datetime_udf());
+    all
 }

@@ -1,0 +1,526 @@
+//! Runs datasets: landing files or a Postgres query → bronze (faithful copy
+//! plus ingest metadata) → silver (rules applied, written with the spec's
+//! mode) → gold models in dependency order. Each step is one Delta commit
+//! tagged with the run id, so a failed run leaves every table at its last
+//! committed version.
+
+pub mod rules;
+pub mod sources;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::prelude::{DataFrame, SessionContext, lit};
+use sha2::{Digest, Sha256};
+
+use crate::engine::Engine;
+use crate::spec::{Project, SourceFormat, Spec, WriteMode};
+use crate::storage::{Lake, Layer, StorageError, WriteKind};
+use rules::ident;
+pub use sources::DateWindow;
+
+/// Ingest metadata columns bronze adds to every row.
+pub const BRONZE_METADATA: [&str; 5] = ["_run_id", "_source_file", "_source_hash", "_ingested_at", "_row_number"];
+/// Of those, the ones silver keeps (the rest only serve the rules).
+const SILVER_METADATA_DROPPED: [&str; 3] = ["_source_hash", "_ingested_at", "_row_number"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("unknown dataset '{0}'; `workbench check` lists the specs it loaded")]
+    UnknownDataset(String),
+    #[error("{0}")]
+    Rule(#[from] rules::RuleError),
+    #[error("{0}")]
+    Source(#[from] sources::SourceError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("{step}: {message}")]
+    Step { step: String, message: String },
+}
+
+fn step_error(step: &str, err: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Step {
+        step: step.to_string(),
+        message: err.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub full_refresh: bool,
+    pub window: DateWindow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepStatus {
+    Ok,
+    Skipped,
+    Failed,
+}
+
+impl StepStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepStatus::Ok => "ok",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One step of a run, as `run()` and `workbench run` report it.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub run_id: String,
+    pub dataset: String,
+    pub layer: Layer,
+    pub table: String,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub rows_rejected: u64,
+    pub status: StepStatus,
+    pub duration_ms: u64,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: String,
+    pub steps: Vec<StepReport>,
+    /// Set when a step failed; later steps did not run.
+    pub error: Option<String>,
+}
+
+pub struct Pipeline {
+    lake: Arc<Lake>,
+    engine: Arc<Engine>,
+    project: Project,
+}
+
+impl Pipeline {
+    pub fn new(lake: Arc<Lake>, engine: Arc<Engine>, project: Project) -> Self {
+        Pipeline { lake, engine, project }
+    }
+
+    pub fn project(&self) -> &Project {
+        &self.project
+    }
+
+    /// Plan `spec`'s rules on a sample of its first landing file, so
+    /// references to columns that do not exist are reported with the rule's
+    /// location before anything runs. Sources without files are skipped.
+    pub async fn dry_plan(&self, spec: &Spec) -> Result<bool, PipelineError> {
+        let (Some(silver), Some(pattern)) = (&spec.silver, &spec.source.path) else {
+            return Ok(false);
+        };
+        let step = format!("check {}", spec.name);
+        let files = self.landing_files(pattern).await.map_err(|e| step_error(&step, e))?;
+        let Some(first) = files.first() else { return Ok(false) };
+        let bytes = self.lake.read_bytes(first).await.map_err(|e| step_error(&step, e))?;
+        let batches: Vec<RecordBatch> = sources::read_file(&spec.source.format, first, &bytes)?
+            .into_iter()
+            .map(|b| with_metadata(b.slice(0, b.num_rows().min(1000)), "check", first, "check", 0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| step_error(&step, e))?;
+        let ctx = self.engine.internal_session();
+        let Some(schema) = batches.first().map(|b| b.schema()) else { return Ok(false) };
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).map_err(|e| step_error(&step, e))?;
+        let df = ctx.read_table(Arc::new(table)).map_err(|e| step_error(&step, e))?;
+        rules::apply(&ctx, df, &silver.rules).await?;
+        Ok(true)
+    }
+
+    /// Datasets with a layer table that does not exist yet.
+    pub async fn unbuilt(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for d in &self.project.datasets {
+            let bronze = self.lake.table(Layer::Bronze, &d.name).await.ok().flatten();
+            let silver = match d.silver {
+                Some(_) => self.lake.table(Layer::Silver, &d.name).await.ok().flatten().map(|_| ()),
+                None => Some(()),
+            };
+            if bronze.is_none() || silver.is_none() {
+                names.push(d.name.clone());
+            }
+        }
+        names
+    }
+
+    /// Run `datasets` (all when empty) and the gold models that depend on them.
+    pub async fn run(&self, datasets: &[String], options: &RunOptions) -> Result<RunReport, PipelineError> {
+        let selected: Vec<&Spec> = if datasets.is_empty() {
+            self.project.datasets.iter().collect()
+        } else {
+            datasets
+                .iter()
+                .map(|n| self.project.dataset(n).ok_or_else(|| PipelineError::UnknownDataset(n.clone())))
+                .collect::<Result<_, _>>()?
+        };
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let mut report = RunReport {
+            run_id: run_id.clone(),
+            steps: Vec::new(),
+            error: None,
+        };
+        let span = tracing::info_span!("run", run_id = %run_id);
+        let _enter = span.enter();
+        let mut changed: HashSet<String> = HashSet::new();
+        for spec in selected.iter() {
+            let result = self.run_dataset(spec, options, &run_id, &mut report, &mut changed).await;
+            if let Err(err) = result {
+                report.error = Some(err.to_string());
+                return Ok(report);
+            }
+        }
+        // Gold models reading anything this run touched (transitively), in order.
+        let touched: HashSet<String> = selected
+            .iter()
+            .flat_map(|d| [format!("bronze.{}", d.name), format!("silver.{}", d.name)])
+            .collect();
+        let mut affected: HashSet<String> = touched.clone();
+        for model in &self.project.gold {
+            let reads_affected = model.reads.iter().any(|r| affected.contains(&normalize(r)));
+            let declared_by_run = model.dataset.as_ref().is_some_and(|d| selected.iter().any(|s| &s.name == d));
+            if !(reads_affected || declared_by_run) {
+                continue;
+            }
+            affected.insert(format!("gold.{}", model.name));
+            let upstream_changed = model.reads.iter().any(|r| changed.contains(&normalize(r)));
+            let exists = self.lake.table(Layer::Gold, &model.name).await?.is_some();
+            let started = Instant::now();
+            let mut step = StepReport {
+                run_id: run_id.clone(),
+                dataset: model.dataset.clone().unwrap_or_default(),
+                layer: Layer::Gold,
+                table: model.name.clone(),
+                rows_in: 0,
+                rows_out: 0,
+                rows_rejected: 0,
+                status: StepStatus::Skipped,
+                duration_ms: 0,
+                message: None,
+            };
+            if exists && !upstream_changed && !options.full_refresh {
+                step.message = Some("inputs unchanged".into());
+                report.steps.push(step);
+                continue;
+            }
+            match self.build_gold(&model.sql, &model.name, &run_id).await {
+                Ok(rows) => {
+                    step.rows_out = rows;
+                    step.status = StepStatus::Ok;
+                    changed.insert(format!("gold.{}", model.name));
+                }
+                Err(err) => {
+                    step.status = StepStatus::Failed;
+                    step.message = Some(err.to_string());
+                    step.duration_ms = started.elapsed().as_millis() as u64;
+                    report.steps.push(step);
+                    report.error = Some(format!("gold.{} ({}): {err}", model.name, model.location));
+                    return Ok(report);
+                }
+            }
+            step.duration_ms = started.elapsed().as_millis() as u64;
+            report.steps.push(step);
+        }
+        Ok(report)
+    }
+
+    async fn run_dataset(
+        &self,
+        spec: &Spec,
+        options: &RunOptions,
+        run_id: &str,
+        report: &mut RunReport,
+        changed: &mut HashSet<String>,
+    ) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let mut step = StepReport {
+            run_id: run_id.to_string(),
+            dataset: spec.name.clone(),
+            layer: Layer::Bronze,
+            table: spec.name.clone(),
+            rows_in: 0,
+            rows_out: 0,
+            rows_rejected: 0,
+            status: StepStatus::Ok,
+            duration_ms: 0,
+            message: None,
+        };
+        let bronze = self.ingest(spec, options, run_id).await;
+        step.duration_ms = started.elapsed().as_millis() as u64;
+        let ingested = match bronze {
+            Ok(ingest) => {
+                step.rows_in = ingest.rows;
+                step.rows_out = ingest.rows;
+                step.message = Some(format!("{} new file(s), {} already ingested", ingest.files, ingest.skipped_files));
+                if ingest.rows == 0 && ingest.files == 0 {
+                    step.status = StepStatus::Skipped;
+                }
+                report.steps.push(step);
+                ingest.files > 0
+            }
+            Err(err) => {
+                step.status = StepStatus::Failed;
+                step.message = Some(err.to_string());
+                report.steps.push(step);
+                return Err(err);
+            }
+        };
+        if ingested {
+            changed.insert(format!("bronze.{}", spec.name));
+        }
+        let Some(silver) = &spec.silver else { return Ok(()) };
+        let started = Instant::now();
+        let mut step = StepReport {
+            run_id: run_id.to_string(),
+            dataset: spec.name.clone(),
+            layer: Layer::Silver,
+            table: spec.name.clone(),
+            rows_in: 0,
+            rows_out: 0,
+            rows_rejected: 0,
+            status: StepStatus::Ok,
+            duration_ms: 0,
+            message: None,
+        };
+        let silver_exists = self.lake.table(Layer::Silver, &spec.name).await?.is_some();
+        if !ingested && silver_exists && !options.full_refresh {
+            step.status = StepStatus::Skipped;
+            step.message = Some("bronze received nothing new".into());
+            report.steps.push(step);
+            return Ok(());
+        }
+        match self.refine(spec, silver.mode, &silver.key, &silver.rules, options, run_id).await {
+            Ok((rows_in, rows_out)) => {
+                step.rows_in = rows_in;
+                step.rows_out = rows_out;
+                step.duration_ms = started.elapsed().as_millis() as u64;
+                report.steps.push(step);
+                changed.insert(format!("silver.{}", spec.name));
+                Ok(())
+            }
+            Err(err) => {
+                step.status = StepStatus::Failed;
+                step.message = Some(err.to_string());
+                step.duration_ms = started.elapsed().as_millis() as u64;
+                report.steps.push(step);
+                Err(err)
+            }
+        }
+    }
+
+    async fn ingest(&self, spec: &Spec, options: &RunOptions, run_id: &str) -> Result<Ingested, PipelineError> {
+        let step = format!("bronze.{}", spec.name);
+        let known: HashSet<String> = if options.full_refresh {
+            HashSet::new()
+        } else {
+            self.ingested_hashes(&spec.name).await?
+        };
+        let ingested_at = chrono::Utc::now().timestamp_micros();
+        let mut batches = Vec::new();
+        let mut files = 0;
+        let mut skipped_files = 0;
+        match &spec.source.format {
+            SourceFormat::Postgres(pg) => {
+                let data = sources::read_postgres(pg, options.window).await?;
+                let hash = hash_batches(&data);
+                if known.contains(&hash) {
+                    skipped_files += 1;
+                } else {
+                    files += 1;
+                    for batch in data {
+                        batches.push(with_metadata(batch, run_id, "postgres:query", &hash, ingested_at).map_err(|e| step_error(&step, e))?);
+                    }
+                }
+            }
+            format => {
+                let pattern = spec.source.path.as_deref().unwrap_or_default();
+                for path in self.landing_files(pattern).await.map_err(|e| step_error(&step, e))? {
+                    let bytes = self
+                        .lake
+                        .read_bytes(&path)
+                        .await
+                        .map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
+                    let hash = hex::encode(Sha256::digest(&bytes));
+                    if known.contains(&hash) {
+                        skipped_files += 1;
+                        continue;
+                    }
+                    files += 1;
+                    for batch in sources::read_file(format, &path, &bytes)? {
+                        batches.push(with_metadata(batch, run_id, &path, &hash, ingested_at).map_err(|e| step_error(&step, e))?);
+                    }
+                }
+            }
+        }
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if files > 0 {
+            let kind = if options.full_refresh { WriteKind::Overwrite } else { WriteKind::Append };
+            self.lake.write(Layer::Bronze, &spec.name, batches, kind, run_id).await?;
+        } else if options.full_refresh {
+            return Err(step_error(&step, "no landing files matched the source path; nothing to rebuild bronze from"));
+        }
+        Ok(Ingested { rows, files, skipped_files })
+    }
+
+    async fn ingested_hashes(&self, dataset: &str) -> Result<HashSet<String>, PipelineError> {
+        let step = format!("bronze.{dataset}");
+        if self.lake.table(Layer::Bronze, dataset).await?.is_none() {
+            return Ok(HashSet::new());
+        }
+        let ctx = self.engine.internal_session();
+        let df = ctx
+            .table(format!("bronze.{dataset}"))
+            .await
+            .and_then(|t| t.select(vec![ident("_source_hash")]))
+            .and_then(|t| t.distinct())
+            .map_err(|e| step_error(&step, e))?;
+        let mut hashes = HashSet::new();
+        for batch in df.collect().await.map_err(|e| step_error(&step, e))? {
+            let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| step_error(&step, e))?;
+            for v in column.as_string::<i32>().iter().flatten() {
+                hashes.insert(v.to_string());
+            }
+        }
+        Ok(hashes)
+    }
+
+    /// Landing files matching `pattern` (relative to the lake), sorted.
+    async fn landing_files(&self, pattern: &str) -> Result<Vec<String>, String> {
+        let glob = glob::Pattern::new(pattern).map_err(|e| e.to_string())?;
+        let parts: Vec<&str> = pattern.split('/').collect();
+        let prefix = parts
+            .iter()
+            .take(parts.len().saturating_sub(1))
+            .take_while(|part| !part.contains(['*', '?', '[']))
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
+        let listed = self.lake.list_files(&prefix).await.map_err(|e| e.to_string())?;
+        let mut matched: Vec<String> = listed.into_iter().filter(|p| glob.matches(p)).collect();
+        matched.sort();
+        Ok(matched)
+    }
+
+    async fn refine(
+        &self,
+        spec: &Spec,
+        mode: WriteMode,
+        key: &[String],
+        rule_list: &[crate::spec::Located<crate::spec::Rule>],
+        options: &RunOptions,
+        run_id: &str,
+    ) -> Result<(u64, u64), PipelineError> {
+        let step = format!("silver.{}", spec.name);
+        let ctx = self.engine.internal_session();
+        let bronze = ctx.table(format!("bronze.{}", spec.name)).await.map_err(|e| step_error(&step, e))?;
+        let whole = options.full_refresh || mode == WriteMode::Overwrite;
+        let input = if whole {
+            bronze
+        } else {
+            bronze.filter(ident("_run_id").eq(lit(run_id))).map_err(|e| step_error(&step, e))?
+        };
+        let rows_in = count(&input).await.map_err(|e| step_error(&step, e))?;
+        let refined = rules::apply(&ctx, input, rule_list).await?;
+        let drop: Vec<&str> = SILVER_METADATA_DROPPED
+            .iter()
+            .copied()
+            .filter(|c| refined.schema().field_with_unqualified_name(c).is_ok())
+            .collect();
+        let refined = refined.drop_columns(&drop).map_err(|e| step_error(&step, e))?;
+        let refined = refined
+            .with_column("_run_id", lit(run_id.to_string()))
+            .map_err(|e| step_error(&step, e))?;
+        let rows_out = match (mode, whole) {
+            (WriteMode::Merge, false) => {
+                let info = self.lake.merge(Layer::Silver, &spec.name, refined, key, run_id).await?;
+                info.rows_written + info.rows_updated
+            }
+            (WriteMode::Scd2, _) => {
+                return Err(step_error(&step, "silver mode scd2 is not available in this version; use merge"));
+            }
+            (WriteMode::Append, false) => {
+                let batches = refined.collect().await.map_err(|e| step_error(&step, e))?;
+                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Append, run_id).await?.rows_written
+            }
+            _ => {
+                let batches = refined.collect().await.map_err(|e| step_error(&step, e))?;
+                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id).await?.rows_written
+            }
+        };
+        Ok((rows_in, rows_out))
+    }
+
+    async fn build_gold(&self, sql: &str, name: &str, run_id: &str) -> Result<u64, PipelineError> {
+        let step = format!("gold.{name}");
+        let ctx: SessionContext = self.engine.internal_session();
+        let df = ctx.sql(sql).await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
+        let batches = df.collect().await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
+        Ok(self.lake.write(Layer::Gold, name, batches, WriteKind::Overwrite, run_id).await?.rows_written)
+    }
+}
+
+struct Ingested {
+    rows: u64,
+    files: usize,
+    skipped_files: usize,
+}
+
+async fn count(df: &DataFrame) -> datafusion::error::Result<u64> {
+    Ok(df.clone().count().await? as u64)
+}
+
+/// `workbench.silver.x` / `silver.x` → `silver.x`.
+fn normalize(reference: &str) -> String {
+    let parts: Vec<&str> = reference.split('.').collect();
+    match parts.as_slice() {
+        [_, layer, table] => format!("{layer}.{table}"),
+        _ => reference.to_string(),
+    }
+}
+
+fn hash_batches(batches: &[RecordBatch]) -> String {
+    let mut hasher = Sha256::new();
+    for batch in batches {
+        for column in batch.columns() {
+            let data = column.to_data();
+            for buffer in data.buffers() {
+                hasher.update(buffer.as_slice());
+            }
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Add the bronze ingest metadata columns.
+fn with_metadata(batch: RecordBatch, run_id: &str, file: &str, hash: &str, ingested_at: i64) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let n = batch.num_rows();
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let mut row_number: Option<ArrayRef> = None;
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if field.name() == "_row_number" {
+            row_number = Some(column.clone());
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+        }
+    }
+    let text = |v: &str| Arc::new(StringArray::from(vec![v; n])) as ArrayRef;
+    fields.push(Field::new("_run_id", DataType::Utf8, false));
+    columns.push(text(run_id));
+    fields.push(Field::new("_source_file", DataType::Utf8, false));
+    columns.push(text(file));
+    fields.push(Field::new("_source_hash", DataType::Utf8, false));
+    columns.push(text(hash));
+    fields.push(Field::new("_ingested_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
+    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC")));
+    fields.push(Field::new("_row_number", DataType::Int64, false));
+    columns.push(row_number.unwrap_or_else(|| Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(1..=n as i64))));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}

@@ -1,0 +1,91 @@
+//! One reader per source format. File readers turn a landing file's bytes
+//! into Arrow batches: CSV and spreadsheets as text columns (bronze is a
+//! faithful copy; silver rules give types), Parquet and JSON with their own
+//! types. Each batch carries `_row_number`: where the row is in the file.
+
+mod csv;
+mod excel;
+mod json;
+mod parquet;
+mod postgres;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+pub use postgres::{DateWindow, read_postgres};
+
+use crate::spec::SourceFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("postgres source: {0}")]
+    Postgres(String),
+}
+
+pub fn file_error(file: &str, message: impl Into<String>) -> SourceError {
+    SourceError::File {
+        file: file.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Read one landing file. `name` is used in messages.
+pub fn read_file(format: &SourceFormat, name: &str, bytes: &[u8]) -> Result<Vec<RecordBatch>, SourceError> {
+    match format {
+        SourceFormat::Csv(options) => csv::read(options, name, bytes),
+        SourceFormat::Excel(options) => excel::read(options, name, bytes),
+        SourceFormat::Parquet => parquet::read(name, bytes),
+        SourceFormat::Json => json::read(name, bytes, false),
+        SourceFormat::Ndjson => json::read(name, bytes, true),
+        SourceFormat::Postgres(_) => Err(file_error(name, "a postgres source has no files")),
+    }
+}
+
+/// Column names as a spreadsheet or CSV header gives them: blanks become
+/// `column_<n>`, repeats get `_2`, `_3`, ...
+pub fn header_names(raw: impl IntoIterator<Item = Option<String>>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (i, name) in raw.into_iter().enumerate() {
+        let base = name
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("column_{}", i + 1));
+        let mut candidate = base.clone();
+        let mut n = 2;
+        while names.contains(&candidate) {
+            candidate = format!("{base}_{n}");
+            n += 1;
+        }
+        names.push(candidate);
+    }
+    names
+}
+
+/// Text columns named `names`, plus `_row_number`.
+pub fn text_schema(names: &[String]) -> Arc<Schema> {
+    let mut fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
+    fields.push(Field::new("_row_number", DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Append `_row_number` (first row numbered `first`) to batches without it.
+pub fn number_rows(batches: Vec<RecordBatch>, first: i64) -> Result<Vec<RecordBatch>, datafusion::arrow::error::ArrowError> {
+    let mut next = first;
+    batches
+        .into_iter()
+        .map(|batch| {
+            let n = batch.num_rows() as i64;
+            let numbers = Int64Array::from_iter_values(next..next + n);
+            next += n;
+            let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+            fields.push(Arc::new(Field::new("_row_number", DataType::Int64, false)));
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(numbers));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        })
+        .collect()
+}

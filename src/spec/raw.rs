@@ -1,0 +1,195 @@
+//! The YAML shape of a dataset spec, as serde reads it. Nothing here is
+//! checked beyond its shape; `validate` turns it into a [`super::Spec`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::yaml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub schedule: Option<String>,
+    pub source: Spanned<RawSource>,
+    #[serde(default)]
+    pub bronze: RawBronze,
+    #[serde(default)]
+    pub silver: Option<Spanned<RawSilver>>,
+    #[serde(default)]
+    pub gold: Vec<Spanned<RawGoldModel>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub format: Spanned<String>,
+    /// Glob relative to the lake, or an absolute path / URL.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    // Spreadsheets
+    #[serde(default)]
+    pub sheet: Option<SheetRef>,
+    /// 1-based row holding the column names (rows above are titles and notes).
+    #[serde(default)]
+    pub header_row: Option<Spanned<u32>>,
+    // CSV
+    #[serde(default)]
+    pub delimiter: Option<Spanned<String>>,
+    #[serde(default)]
+    pub quote: Option<Spanned<String>>,
+    #[serde(default)]
+    pub encoding: Option<Spanned<String>>,
+    #[serde(default)]
+    pub null_values: Option<Vec<String>>,
+    // Postgres
+    /// `postgres://...` or `env:VARIABLE` naming a variable that holds the URL.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub query: Option<Spanned<String>>,
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SheetRef {
+    Index(u32),
+    Name(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBronze {
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSilver {
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub key: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    pub expectations: Vec<Spanned<RawExpectation>>,
+}
+
+/// One tidy-up step; the YAML key names the rule.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawRule {
+    Rename(BTreeMap<String, String>),
+    Select(Vec<String>),
+    Drop(Vec<String>),
+    Trim(ColumnsOrAll),
+    Normalize(RawNormalize),
+    TypeCast(BTreeMap<String, RawCast>),
+    MapCategories(RawMapCategories),
+    Melt(RawMelt),
+    Filter(String),
+    Derive(BTreeMap<String, String>),
+    Dedupe(RawDedupe),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnsOrAll {
+    Columns(Vec<String>),
+    All(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNormalize {
+    pub columns: ColumnsOrAll,
+    /// lower | upper
+    #[serde(default)]
+    pub case: Option<String>,
+    /// Collapse runs of white space into one space.
+    #[serde(default)]
+    pub collapse_spaces: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawCast {
+    Type(String),
+    Detailed(RawCastDetail),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCastDetail {
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// Numbers: `es` (1.234,5), `en` (1,234.5); dates: a strftime pattern.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// `fail` (default) or `null`: what an unparseable value becomes.
+    #[serde(default)]
+    pub on_error: Option<String>,
+    /// Booleans: the texts meaning true / false.
+    #[serde(default)]
+    pub true_values: Option<Vec<String>>,
+    #[serde(default)]
+    pub false_values: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMapCategories {
+    pub column: String,
+    pub mapping: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub unmapped: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMelt {
+    pub id: Vec<String>,
+    /// Explicit value columns...
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    /// ...or a regular expression selecting them.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    pub variable: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupe {
+    pub key: Vec<String>,
+    /// first | last (by ingestion order)
+    #[serde(default)]
+    pub keep: Option<String>,
+}
+
+/// An expectation: one rule key plus optional `on_fail` and `mostly`.
+#[derive(Debug, Deserialize)]
+pub struct RawExpectation {
+    #[serde(flatten)]
+    pub check: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGoldModel {
+    pub name: String,
+    pub sql: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}

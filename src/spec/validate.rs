@@ -1,0 +1,678 @@
+//! Raw spec → validated [`Spec`]: names, formats, rule arguments, SQL that
+//! parses, gold references that resolve, no dependency cycles. Checks that
+//! need data (columns that exist) happen when the rules are planned.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::sql::parser::DFParser;
+use datafusion::sql::resolve::resolve_table_references;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use sha2::{Digest, Sha256};
+
+use super::raw::{self, ColumnsOrAll, RawCast, RawRule, RawSpec, SheetRef};
+use super::yaml::{self, Spanned, position_of};
+use super::*;
+use crate::storage::is_identifier;
+
+/// Load every `*.yaml` / `*.yml` spec in `dir` and every `gold/*.sql` model.
+/// All errors are collected, not just the first.
+pub fn load_dir(dir: &Path) -> Result<Project, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut datasets = Vec::new();
+    let mut models = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            return Err(vec![SpecError::new(
+                Location::start_of(dir),
+                format!("cannot read the specs directory: {err}"),
+            )
+            .hint("create it or pass --specs DIR")]);
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    for file in files {
+        match load_file(&file) {
+            Ok((spec, gold)) => {
+                datasets.push(spec);
+                models.extend(gold);
+            }
+            Err(mut errs) => errors.append(&mut errs),
+        }
+    }
+    let gold_dir = dir.join("gold");
+    if gold_dir.is_dir() {
+        match load_sql_models(&gold_dir) {
+            Ok(mut sql_models) => models.append(&mut sql_models),
+            Err(mut errs) => errors.append(&mut errs),
+        }
+    }
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for spec in &datasets {
+        if let Some(first) = seen.insert(&spec.name, &spec.file) {
+            errors.push(
+                SpecError::new(Location::start_of(&spec.file), format!("dataset '{}' is also defined in {}", spec.name, first.display()))
+                    .hint("dataset names must be unique; rename one of them"),
+            );
+        }
+    }
+    let gold = match order_gold(&datasets, models) {
+        Ok(gold) => gold,
+        Err(mut errs) => {
+            errors.append(&mut errs);
+            Vec::new()
+        }
+    };
+    if errors.is_empty() {
+        Ok(Project { datasets, gold })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Load and validate one spec file; returns the spec and its gold models.
+pub fn load_file(file: &Path) -> Result<(Spec, Vec<GoldModel>), Vec<SpecError>> {
+    let text = std::fs::read_to_string(file).map_err(|err| {
+        vec![SpecError::new(Location::start_of(file), format!("cannot read spec: {err}"))]
+    })?;
+    let raw: RawSpec = yaml::from_str(&text).map_err(|err| {
+        let location = Location::new(file, err.position.unwrap_or_default());
+        vec![SpecError::new(location, err.message).hint(
+            "check the indentation and the key names against the spec reference in README.md",
+        )]
+    })?;
+    let mut v = Validator {
+        file: file.to_path_buf(),
+        errors: Vec::new(),
+    };
+    let spec = v.spec(raw, &text);
+    if v.errors.is_empty() {
+        Ok(spec.expect("no errors means a spec"))
+    } else {
+        Err(v.errors)
+    }
+}
+
+struct Validator {
+    file: PathBuf,
+    errors: Vec<SpecError>,
+}
+
+impl Validator {
+    fn at<T>(&self, value: &Spanned<T>) -> Location {
+        Location::new(&self.file, position_of(value))
+    }
+
+    fn error(&mut self, location: Location, message: impl Into<String>, hint: impl Into<String>) {
+        self.errors.push(SpecError::new(location, message).hint(hint));
+    }
+
+    fn spec(&mut self, raw: RawSpec, text: &str) -> Option<(Spec, Vec<GoldModel>)> {
+        let name = raw.name.value.clone();
+        if !is_identifier(&name) {
+            self.error(
+                self.at(&raw.name),
+                format!("dataset name '{name}' is not a valid table name"),
+                "use lower-case letters, digits and underscores, starting with a letter (e.g. sales_orders)",
+            );
+        }
+        let source = self.source(&raw.source);
+        if let Some(mode) = &raw.bronze.mode
+            && mode.value != "append"
+        {
+            self.error(
+                self.at(mode),
+                format!("unknown bronze mode '{}'", mode.value),
+                "bronze is an append-only raw copy: use `mode: append` or leave it out",
+            );
+        }
+        let silver = raw.silver.as_ref().and_then(|s| self.silver(s));
+        let mut gold = Vec::new();
+        for model in &raw.gold {
+            if let Some(m) = self.gold_model(model, &name) {
+                gold.push(m);
+            }
+        }
+        let hash = hex::encode(Sha256::digest(text.as_bytes()));
+        Some((
+            Spec {
+                name,
+                description: raw.description,
+                owner: raw.owner,
+                schedule: raw.schedule,
+                file: self.file.clone(),
+                text: text.to_string(),
+                hash,
+                source: source?,
+                silver,
+                gold: gold.iter().map(|m| m.name.clone()).collect(),
+            },
+            gold,
+        ))
+    }
+
+    fn source(&mut self, raw: &Spanned<raw::RawSource>) -> Option<Source> {
+        let location = self.at(raw);
+        let s = &raw.value;
+        let header_row = s.header_row.as_ref().map(|h| h.value).unwrap_or(1);
+        if header_row == 0 {
+            self.error(self.at(s.header_row.as_ref().expect("checked")), "header_row is 1-based", "the first row is header_row: 1");
+        }
+        let null_values = s.null_values.clone().unwrap_or_else(|| vec![String::new()]);
+        let format = match s.format.value.to_ascii_lowercase().as_str() {
+            "csv" | "tsv" => {
+                let default_delimiter = if s.format.value.eq_ignore_ascii_case("tsv") { b'\t' } else { b',' };
+                let delimiter = self.single_byte(s.delimiter.as_ref(), default_delimiter, "delimiter");
+                let quote = self.single_byte(s.quote.as_ref(), b'"', "quote");
+                let encoding = match &s.encoding {
+                    None => encoding_rs::UTF_8,
+                    Some(label) => match encoding_rs::Encoding::for_label(label.value.as_bytes()) {
+                        Some(e) => e,
+                        None => {
+                            self.error(self.at(label), format!("unknown encoding '{}'", label.value), "use utf-8, latin1 or windows-1252");
+                            encoding_rs::UTF_8
+                        }
+                    },
+                };
+                SourceFormat::Csv(CsvOptions { delimiter, quote, encoding, null_values, header_row })
+            }
+            "xlsx" | "xls" | "xlsm" | "xlsb" | "ods" | "excel" => SourceFormat::Excel(ExcelOptions {
+                sheet: s.sheet.as_ref().map(|sheet| match sheet {
+                    SheetRef::Index(i) => Sheet::Index(*i as usize),
+                    SheetRef::Name(n) => Sheet::Name(n.clone()),
+                }),
+                header_row,
+                null_values,
+            }),
+            "parquet" => SourceFormat::Parquet,
+            "json" => SourceFormat::Json,
+            "ndjson" | "jsonl" => SourceFormat::Ndjson,
+            "postgres" | "postgresql" => {
+                let url = s.url.as_ref().map(|u| u.value.clone());
+                let query = s.query.as_ref().map(|q| q.value.clone());
+                match (url, query) {
+                    (Some(url), Some(query)) => SourceFormat::Postgres(PostgresOptions {
+                        url,
+                        query,
+                        batch_size: s.batch_size.unwrap_or(8192).max(1),
+                    }),
+                    _ => {
+                        self.error(location.clone(), "a postgres source needs `url` and `query`", "url: env:SALES_DB_URL (or postgres://user@host/db) and query: SELECT ...");
+                        return None;
+                    }
+                }
+            }
+            other => {
+                self.error(
+                    self.at(&s.format),
+                    format!("unknown source format '{other}'"),
+                    "use one of csv, tsv, xlsx, xls, ods, parquet, json, ndjson, postgres",
+                );
+                return None;
+            }
+        };
+        let is_file = !matches!(format, SourceFormat::Postgres(_));
+        if is_file && s.path.is_none() {
+            self.error(location.clone(), format!("a {} source needs `path`", format.name()), "path: landing/<dataset>/*.csv (a glob relative to the lake)");
+            return None;
+        }
+        if let (false, Some(path)) = (is_file, &s.path) {
+            self.error(self.at(path), "a postgres source takes `url` and `query`, not `path`", "remove `path`");
+        }
+        if let Some(path) = &s.path
+            && glob::Pattern::new(&path.value).is_err()
+        {
+            self.error(self.at(path), format!("invalid glob '{}'", path.value), "use * and ** wildcards, e.g. landing/sales/*.csv");
+        }
+        Some(Source { format, path: s.path.as_ref().map(|p| p.value.clone()), location })
+    }
+
+    fn single_byte(&mut self, value: Option<&Spanned<String>>, default: u8, what: &str) -> u8 {
+        match value {
+            None => default,
+            Some(v) => {
+                let text = v.value.replace("\\t", "\t");
+                if text.len() == 1 {
+                    text.as_bytes()[0]
+                } else {
+                    self.error(self.at(v), format!("{what} must be a single character, got '{}'", v.value), format!("e.g. {what}: \";\""));
+                    default
+                }
+            }
+        }
+    }
+
+    fn silver(&mut self, raw: &Spanned<raw::RawSilver>) -> Option<Silver> {
+        let s = &raw.value;
+        let mode = match s.mode.as_ref().map(|m| m.value.as_str()).unwrap_or("overwrite") {
+            "overwrite" => WriteMode::Overwrite,
+            "append" => WriteMode::Append,
+            "merge" => WriteMode::Merge,
+            "scd2" => WriteMode::Scd2,
+            other => {
+                self.error(self.at(s.mode.as_ref().expect("set")), format!("unknown silver mode '{other}'"), "use overwrite, append, merge or scd2");
+                WriteMode::Overwrite
+            }
+        };
+        let key = s.key.as_ref().map(|k| k.value.clone()).unwrap_or_default();
+        if matches!(mode, WriteMode::Merge | WriteMode::Scd2) && key.is_empty() {
+            self.error(self.at(raw), format!("silver mode {} needs a `key`", mode.as_str()), "key: [column, ...] identifies a row across runs");
+        }
+        let mut rules = Vec::new();
+        for rule in &s.rules {
+            let location = self.at(rule);
+            if let Some(value) = self.rule(&rule.value, &location) {
+                rules.push(Located { value, location });
+            }
+        }
+        let mut expectations = Vec::new();
+        for e in &s.expectations {
+            let location = self.at(e);
+            if let Some(value) = self.expectation(&e.value, &location) {
+                expectations.push(Located { value, location });
+            }
+        }
+        Some(Silver { mode, key, rules, expectations })
+    }
+
+    fn rule(&mut self, raw: &RawRule, at: &Location) -> Option<Rule> {
+        Some(match raw {
+            RawRule::Rename(map) => Rule::Rename(map.iter().map(|(a, b)| (a.clone(), b.clone())).collect()),
+            RawRule::Select(cols) => Rule::Select(cols.clone()),
+            RawRule::Drop(cols) => Rule::Drop(cols.clone()),
+            RawRule::Trim(cols) => Rule::Trim(self.columns_or_all(cols, at)?),
+            RawRule::Normalize(n) => Rule::Normalize {
+                columns: self.columns_or_all(&n.columns, at)?,
+                case: match n.case.as_deref() {
+                    None => None,
+                    Some("lower") => Some(TextCase::Lower),
+                    Some("upper") => Some(TextCase::Upper),
+                    Some(other) => {
+                        self.error(at.clone(), format!("unknown case '{other}'"), "use lower or upper");
+                        return None;
+                    }
+                },
+                collapse_spaces: n.collapse_spaces.unwrap_or(true),
+            },
+            RawRule::TypeCast(map) => {
+                let mut casts = Vec::new();
+                for (column, cast) in map {
+                    casts.push(self.cast(column, cast, at)?);
+                }
+                Rule::TypeCast(casts)
+            }
+            RawRule::MapCategories(m) => Rule::MapCategories {
+                column: m.column.clone(),
+                mapping: m
+                    .mapping
+                    .iter()
+                    .map(|(k, v)| {
+                        let text = match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (k.clone(), text)
+                    })
+                    .collect(),
+                unmapped: match m.unmapped.as_deref().unwrap_or("fail") {
+                    "keep" => Unmapped::Keep,
+                    "null" => Unmapped::Null,
+                    "fail" => Unmapped::Fail,
+                    other => {
+                        self.error(at.clone(), format!("unknown unmapped policy '{other}'"), "use keep, null or fail");
+                        return None;
+                    }
+                },
+            },
+            RawRule::Melt(m) => {
+                let values = match (&m.values, &m.pattern) {
+                    (Some(v), None) => MeltValues::Columns(v.clone()),
+                    (None, Some(p)) => {
+                        if let Err(err) = regex::Regex::new(p) {
+                            self.error(at.clone(), format!("invalid melt pattern: {err}"), "a regular expression matching the value columns, e.g. '^(Enero|Febrero)$'");
+                            return None;
+                        }
+                        MeltValues::Pattern(p.clone())
+                    }
+                    _ => {
+                        self.error(at.clone(), "melt needs exactly one of `values` or `pattern`", "values: [col, ...] or pattern: '<regex>'");
+                        return None;
+                    }
+                };
+                Rule::Melt { id: m.id.clone(), values, variable: m.variable.clone(), value: m.value.clone() }
+            }
+            RawRule::Filter(sql) => {
+                self.sql_expr(sql, at)?;
+                Rule::Filter(sql.clone())
+            }
+            RawRule::Derive(map) => {
+                let mut derived = Vec::new();
+                for (name, sql) in map {
+                    self.sql_expr(sql, at)?;
+                    derived.push((name.clone(), sql.clone()));
+                }
+                Rule::Derive(derived)
+            }
+            RawRule::Dedupe(d) => Rule::Dedupe {
+                key: d.key.clone(),
+                keep: match d.keep.as_deref().unwrap_or("last") {
+                    "first" => Keep::First,
+                    "last" => Keep::Last,
+                    other => {
+                        self.error(at.clone(), format!("unknown keep '{other}'"), "use first or last");
+                        return None;
+                    }
+                },
+            },
+        })
+    }
+
+    fn columns_or_all(&mut self, cols: &ColumnsOrAll, at: &Location) -> Option<Option<Vec<String>>> {
+        match cols {
+            ColumnsOrAll::Columns(c) => Some(Some(c.clone())),
+            ColumnsOrAll::All(all) if all == "all" => Some(None),
+            ColumnsOrAll::All(other) => {
+                self.error(at.clone(), format!("expected a list of columns or `all`, got '{other}'"), "e.g. trim: all or trim: [name, city]");
+                None
+            }
+        }
+    }
+
+    fn cast(&mut self, column: &str, raw: &RawCast, at: &Location) -> Option<Cast> {
+        let (type_name, format, on_error, true_values, false_values) = match raw {
+            RawCast::Type(t) => (t.clone(), None, None, None, None),
+            RawCast::Detailed(d) => (
+                d.data_type.clone(),
+                d.format.clone(),
+                d.on_error.clone(),
+                d.true_values.clone(),
+                d.false_values.clone(),
+            ),
+        };
+        let Some(to) = parse_type(&type_name) else {
+            self.error(
+                at.clone(),
+                format!("unknown type '{type_name}' for column {column}"),
+                "use text, int, bigint, smallint, double, real, decimal(p,s), bool, date or timestamp",
+            );
+            return None;
+        };
+        let format = match format.as_deref() {
+            None => None,
+            Some("es" | "de" | "fr" | "it" | "pt" | "decimal_comma") => Some(CastFormat::DecimalComma),
+            Some("en" | "us" | "decimal_point") => Some(CastFormat::DecimalPoint),
+            Some(pattern) if pattern.contains('%') => Some(CastFormat::Pattern(pattern.to_string())),
+            Some(other) => {
+                self.error(at.clone(), format!("unknown format '{other}' for column {column}"), "numbers: es (1.234,5) or en (1,234.5); dates: a pattern such as %d/%m/%Y");
+                return None;
+            }
+        };
+        let null_on_error = match on_error.as_deref().unwrap_or("fail") {
+            "fail" => false,
+            "null" => true,
+            other => {
+                self.error(at.clone(), format!("unknown on_error '{other}' for column {column}"), "use fail (report the bad value) or null");
+                return None;
+            }
+        };
+        Some(Cast {
+            column: column.to_string(),
+            to,
+            type_name,
+            format,
+            null_on_error,
+            true_values: true_values.unwrap_or_else(|| ["true", "t", "yes", "y", "sí", "si", "s", "1"].map(String::from).to_vec()),
+            false_values: false_values.unwrap_or_else(|| ["false", "f", "no", "n", "0"].map(String::from).to_vec()),
+        })
+    }
+
+    fn sql_expr(&mut self, sql: &str, at: &Location) -> Option<()> {
+        let parsed = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_expr());
+        match parsed {
+            Ok(_) => Some(()),
+            Err(err) => {
+                self.error(at.clone(), format!("invalid SQL expression '{sql}': {err}"), "write a SQL expression over the columns, e.g. amount > 0");
+                None
+            }
+        }
+    }
+
+    fn expectation(&mut self, raw: &raw::RawExpectation, at: &Location) -> Option<Expectation> {
+        let mut on_fail = OnFail::Warn;
+        let mut mostly = 1.0;
+        let mut kind = None;
+        for (key, value) in &raw.check {
+            match key.as_str() {
+                "on_fail" => {
+                    on_fail = match value.as_str() {
+                        Some("warn") => OnFail::Warn,
+                        Some("drop") => OnFail::Drop,
+                        Some("quarantine") => OnFail::Quarantine,
+                        Some("fail") => OnFail::Fail,
+                        _ => {
+                            self.error(at.clone(), format!("unknown on_fail {value}"), "use warn, drop, quarantine or fail");
+                            return None;
+                        }
+                    }
+                }
+                "mostly" => match value.as_f64() {
+                    Some(m) if (0.0..=1.0).contains(&m) => mostly = m,
+                    _ => {
+                        self.error(at.clone(), format!("mostly must be a fraction between 0 and 1, got {value}"), "e.g. mostly: 0.99");
+                        return None;
+                    }
+                },
+                k if EXPECTATION_KINDS.contains(&k) => {
+                    if kind.replace((k.to_string(), value.clone())).is_some() {
+                        self.error(at.clone(), "one expectation per list item", "split it into two `- ...` items");
+                        return None;
+                    }
+                }
+                other => {
+                    self.error(at.clone(), format!("unknown expectation '{other}'"), format!("use one of {}", EXPECTATION_KINDS.join(", ")));
+                    return None;
+                }
+            }
+        }
+        let Some((kind, args)) = kind else {
+            self.error(at.clone(), "expectation without a check", format!("use one of {}", EXPECTATION_KINDS.join(", ")));
+            return None;
+        };
+        Some(Expectation { kind, args, on_fail, mostly })
+    }
+
+    fn gold_model(&mut self, raw: &Spanned<raw::RawGoldModel>, dataset: &str) -> Option<GoldModel> {
+        let location = self.at(raw);
+        let m = &raw.value;
+        if !is_identifier(&m.name) {
+            self.error(location.clone(), format!("gold model name '{}' is not a valid table name", m.name), "use lower-case letters, digits and underscores");
+            return None;
+        }
+        match model_reads(&m.sql) {
+            Ok(reads) => Some(GoldModel {
+                name: m.name.clone(),
+                sql: m.sql.clone(),
+                description: m.description.clone(),
+                dataset: Some(dataset.to_string()),
+                location,
+                reads,
+            }),
+            Err(message) => {
+                self.error(location, format!("gold model {}: {message}", m.name), "the sql must be one SELECT reading bronze./silver./gold. tables");
+                None
+            }
+        }
+    }
+}
+
+/// `layer.table` names a model's SQL reads; errors if it does not parse.
+fn model_reads(sql: &str) -> Result<Vec<String>, String> {
+    let mut statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}).map_err(|e| format!("SQL does not parse: {e}"))?;
+    if statements.len() != 1 {
+        return Err(format!("expected one SELECT statement, found {}", statements.len()));
+    }
+    let statement = statements.pop_front().expect("one statement");
+    let (tables, _ctes) = resolve_table_references(&statement, true).map_err(|e| e.to_string())?;
+    let mut reads: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    reads.sort();
+    reads.dedup();
+    Ok(reads)
+}
+
+fn load_sql_models(dir: &Path) -> Result<Vec<GoldModel>, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut models = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|e| e.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().and_then(|e| e.to_str()) == Some("sql"));
+    files.sort();
+    for file in files {
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        // `20_fact_sales.sql` → `fact_sales`: the number orders the DWH convention.
+        let name = match stem.split_once('_') {
+            Some((number, rest)) if number.chars().all(|c| c.is_ascii_digit()) => rest,
+            _ => stem,
+        }
+        .to_string();
+        let location = Location::start_of(&file);
+        if !is_identifier(&name) {
+            errors.push(SpecError::new(location, format!("model name '{name}' (from the file name) is not a valid table name")).hint("name files like 20_fact_sales.sql"));
+            continue;
+        }
+        let sql = match std::fs::read_to_string(&file) {
+            Ok(sql) => sql,
+            Err(err) => {
+                errors.push(SpecError::new(location, format!("cannot read: {err}")));
+                continue;
+            }
+        };
+        match model_reads(&sql) {
+            Ok(reads) => models.push(GoldModel { name, sql, description: None, dataset: None, location, reads }),
+            Err(message) => errors.push(SpecError::new(location, message).hint("the file must hold one SELECT reading bronze./silver./gold. tables")),
+        }
+    }
+    if errors.is_empty() { Ok(models) } else { Err(errors) }
+}
+
+/// Check every read resolves, then order models so each follows what it reads.
+fn order_gold(datasets: &[Spec], models: Vec<GoldModel>) -> Result<Vec<GoldModel>, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut known: HashSet<String> = HashSet::new();
+    for d in datasets {
+        known.insert(format!("bronze.{}", d.name));
+        if d.silver.is_some() {
+            known.insert(format!("silver.{}", d.name));
+        }
+    }
+    let mut by_name: BTreeMap<String, &GoldModel> = BTreeMap::new();
+    for m in &models {
+        if let Some(previous) = by_name.insert(m.name.clone(), m) {
+            errors.push(SpecError::new(m.location.clone(), format!("gold model '{}' is also defined at {}", m.name, previous.location)).hint("gold model names must be unique"));
+        }
+        known.insert(format!("gold.{}", m.name));
+    }
+    for m in &models {
+        for read in &m.reads {
+            let parts: Vec<&str> = read.split('.').collect();
+            let qualified = match parts.as_slice() {
+                [_, layer, table] | [layer, table] => format!("{layer}.{table}"),
+                _ => {
+                    errors.push(SpecError::new(m.location.clone(), format!("gold model {} reads '{read}' without a layer", m.name)).hint(format!("qualify it: silver.{read} or gold.{read}")));
+                    continue;
+                }
+            };
+            if !known.contains(&qualified) {
+                errors.push(SpecError::new(m.location.clone(), format!("gold model {} reads {qualified}, which no spec produces", m.name)).hint("check the name, or add the dataset's spec (silver.<dataset>, gold.<model>)"));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Depth-first topological order; ties keep file/declaration order.
+    let mut ordered: Vec<GoldModel> = Vec::new();
+    let mut state: HashMap<String, u8> = HashMap::new(); // 1 visiting, 2 done
+    fn visit(
+        name: &str,
+        by_name: &BTreeMap<String, &GoldModel>,
+        state: &mut HashMap<String, u8>,
+        stack: &mut Vec<String>,
+        ordered: &mut Vec<GoldModel>,
+    ) -> Result<(), SpecError> {
+        match state.get(name) {
+            Some(2) => return Ok(()),
+            Some(1) => {
+                let model = by_name[name];
+                let start = stack.iter().position(|s| s == name).unwrap_or(0);
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(name.to_string());
+                return Err(SpecError::new(model.location.clone(), format!("gold models form a cycle: {}", cycle.join(" → ")))
+                    .hint("a model cannot read itself, directly or through other models"));
+            }
+            _ => {}
+        }
+        state.insert(name.to_string(), 1);
+        stack.push(name.to_string());
+        let model = by_name[name];
+        for read in &model.reads {
+            if let Some(dep) = read.strip_prefix("gold.").or_else(|| read.split_once(".gold.").map(|(_, t)| t))
+                && by_name.contains_key(dep)
+            {
+                visit(dep, by_name, state, stack, ordered)?;
+            }
+        }
+        stack.pop();
+        state.insert(name.to_string(), 2);
+        ordered.push((*model).clone());
+        Ok(())
+    }
+    for m in &models {
+        let mut stack = Vec::new();
+        if let Err(err) = visit(&m.name, &by_name, &mut state, &mut stack, &mut ordered) {
+            return Err(vec![err]);
+        }
+    }
+    Ok(ordered)
+}
+
+/// A spec type name → Arrow type.
+pub fn parse_type(name: &str) -> Option<DataType> {
+    let lower = name.trim().to_ascii_lowercase();
+    let (base, args) = match lower.split_once('(') {
+        Some((b, rest)) => (b.trim().to_string(), Some(rest.trim_end_matches(')').to_string())),
+        None => (lower.clone(), None),
+    };
+    Some(match (base.as_str(), args) {
+        ("text" | "string" | "varchar" | "char", _) => DataType::Utf8,
+        ("int" | "integer" | "int4", None) => DataType::Int32,
+        ("bigint" | "int8" | "long", None) => DataType::Int64,
+        ("smallint" | "int2", None) => DataType::Int16,
+        ("double" | "float8" | "float" | "double precision", None) => DataType::Float64,
+        ("real" | "float4", None) => DataType::Float32,
+        ("bool" | "boolean", None) => DataType::Boolean,
+        ("date", None) => DataType::Date32,
+        ("timestamp", None) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        ("timestamptz", None) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ("decimal" | "numeric", None) => DataType::Decimal128(38, 10),
+        ("decimal" | "numeric", Some(args)) => {
+            let mut parts = args.split(',').map(|p| p.trim().parse::<i64>());
+            let precision = parts.next()?.ok()?;
+            let scale = parts.next().unwrap_or(Ok(0)).ok()?;
+            if !(1..=38).contains(&precision) || scale < 0 || scale > precision {
+                return None;
+            }
+            DataType::Decimal128(precision as u8, scale as i8)
+        }
+        _ => return None,
+    })
+}
