@@ -5,6 +5,7 @@
 //! committed version.
 
 pub mod rules;
+mod scd2;
 pub mod sources;
 
 use std::collections::HashSet;
@@ -13,17 +14,20 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, SessionContext, lit};
 use sha2::{Digest, Sha256};
 
 use crate::engine::Engine;
 use crate::spec::{Project, SourceFormat, Spec, WriteMode};
-use crate::storage::{Lake, Layer, StorageError, WriteKind};
+use crate::storage::{CommitMetadata, Lake, Layer, StorageError, WriteKind};
 use rules::ident;
 pub use sources::DateWindow;
 
 /// Ingest metadata columns bronze adds to every row.
 pub const BRONZE_METADATA: [&str; 5] = ["_run_id", "_source_file", "_source_hash", "_ingested_at", "_row_number"];
+/// Silver commit metadata: the bronze version the silver table has consumed.
+const BRONZE_VERSION_KEY: &str = "workbench.bronze_version";
 /// Of those, the ones silver keeps (the rest only serve the rules).
 const SILVER_METADATA_DROPPED: [&str; 3] = ["_source_hash", "_ingested_at", "_row_number"];
 
@@ -287,15 +291,15 @@ impl Pipeline {
             duration_ms: 0,
             message: None,
         };
-        let silver_exists = self.lake.table(Layer::Silver, &spec.name).await?.is_some();
-        if !ingested && silver_exists && !options.full_refresh {
-            step.status = StepStatus::Skipped;
-            step.message = Some("bronze received nothing new".into());
-            report.steps.push(step);
-            return Ok(());
-        }
         match self.refine(spec, silver.mode, &silver.key, &silver.rules, options, run_id).await {
-            Ok((rows_in, rows_out)) => {
+            Ok(None) => {
+                step.status = StepStatus::Skipped;
+                step.message = Some("bronze has nothing silver has not seen".into());
+                step.duration_ms = started.elapsed().as_millis() as u64;
+                report.steps.push(step);
+                Ok(())
+            }
+            Ok(Some((rows_in, rows_out))) => {
                 step.rows_in = rows_in;
                 step.rows_out = rows_out;
                 step.duration_ms = started.elapsed().as_millis() as u64;
@@ -360,7 +364,7 @@ impl Pipeline {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if files > 0 {
             let kind = if options.full_refresh { WriteKind::Overwrite } else { WriteKind::Append };
-            self.lake.write(Layer::Bronze, &spec.name, batches, kind, run_id).await?;
+            self.lake.write(Layer::Bronze, &spec.name, batches, kind, run_id, vec![]).await?;
         } else if options.full_refresh {
             return Err(step_error(&step, "no landing files matched the source path; nothing to rebuild bronze from"));
         }
@@ -414,16 +418,46 @@ impl Pipeline {
         rule_list: &[crate::spec::Located<crate::spec::Rule>],
         options: &RunOptions,
         run_id: &str,
-    ) -> Result<(u64, u64), PipelineError> {
+    ) -> Result<Option<(u64, u64)>, PipelineError> {
         let step = format!("silver.{}", spec.name);
         let ctx = self.engine.internal_session();
+        let Some(bronze_table) = self.lake.table(Layer::Bronze, &spec.name).await? else {
+            return Ok(None);
+        };
+        let bronze_version = bronze_table.version().unwrap_or_default() as i64;
+        // Silver records the bronze version it has consumed; everything bronze
+        // committed after it (even by a run that died before its silver step)
+        // is pending.
+        let consumed: Option<i64> = self
+            .lake
+            .commits(Layer::Silver, &spec.name, Some(1))
+            .await?
+            .first()
+            .and_then(|c| c.metadata.get(BRONZE_VERSION_KEY))
+            .and_then(|v| v.as_i64());
+        if !options.full_refresh && consumed == Some(bronze_version) {
+            return Ok(None);
+        }
+        let whole = options.full_refresh || mode == WriteMode::Overwrite || consumed.is_none();
         let bronze = ctx.table(format!("bronze.{}", spec.name)).await.map_err(|e| step_error(&step, e))?;
-        let whole = options.full_refresh || mode == WriteMode::Overwrite;
         let input = if whole {
             bronze
         } else {
-            bronze.filter(ident("_run_id").eq(lit(run_id))).map_err(|e| step_error(&step, e))?
+            let pending: Vec<Expr> = self
+                .lake
+                .commits(Layer::Bronze, &spec.name, None)
+                .await?
+                .into_iter()
+                .filter(|c| consumed.is_none_or(|v| c.version > v) && c.version <= bronze_version)
+                .filter_map(|c| c.run_id)
+                .map(lit)
+                .collect();
+            if pending.is_empty() {
+                return Ok(None);
+            }
+            bronze.filter(ident("_run_id").in_list(pending, false)).map_err(|e| step_error(&step, e))?
         };
+        let watermark: CommitMetadata = vec![(BRONZE_VERSION_KEY.to_string(), serde_json::json!(bronze_version))];
         let rows_in = count(&input).await.map_err(|e| step_error(&step, e))?;
         let refined = rules::apply(&ctx, input, rule_list).await?;
         let drop: Vec<&str> = SILVER_METADATA_DROPPED
@@ -437,22 +471,35 @@ impl Pipeline {
             .map_err(|e| step_error(&step, e))?;
         let rows_out = match (mode, whole) {
             (WriteMode::Merge, false) => {
-                let info = self.lake.merge(Layer::Silver, &spec.name, refined, key, run_id).await?;
+                let info = self.lake.merge(Layer::Silver, &spec.name, refined, key, run_id, watermark).await?;
                 info.rows_written + info.rows_updated
             }
             (WriteMode::Scd2, _) => {
-                return Err(step_error(&step, "silver mode scd2 is not available in this version; use merge"));
+                let current = if whole {
+                    None
+                } else {
+                    match self.lake.table(Layer::Silver, &spec.name).await? {
+                        Some(_) => Some(ctx.table(format!("silver.{}", spec.name)).await.map_err(|e| step_error(&step, e))?),
+                        None => None,
+                    }
+                };
+                let now = chrono::Utc::now().timestamp_micros();
+                let state = scd2::next_state(&ctx, current, refined, key, now)
+                    .await
+                    .map_err(|e| step_error(&step, e.strip_backtrace()))?;
+                let batches = state.collect().await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
+                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
             }
             (WriteMode::Append, false) => {
                 let batches = refined.collect().await.map_err(|e| step_error(&step, e))?;
-                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Append, run_id).await?.rows_written
+                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Append, run_id, watermark).await?.rows_written
             }
             _ => {
                 let batches = refined.collect().await.map_err(|e| step_error(&step, e))?;
-                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id).await?.rows_written
+                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
             }
         };
-        Ok((rows_in, rows_out))
+        Ok(Some((rows_in, rows_out)))
     }
 
     async fn build_gold(&self, sql: &str, name: &str, run_id: &str) -> Result<u64, PipelineError> {
@@ -460,7 +507,7 @@ impl Pipeline {
         let ctx: SessionContext = self.engine.internal_session();
         let df = ctx.sql(sql).await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
         let batches = df.collect().await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
-        Ok(self.lake.write(Layer::Gold, name, batches, WriteKind::Overwrite, run_id).await?.rows_written)
+        Ok(self.lake.write(Layer::Gold, name, batches, WriteKind::Overwrite, run_id, vec![]).await?.rows_written)
     }
 }
 

@@ -137,7 +137,7 @@ pub struct RawCastDetail {
     #[serde(default)]
     pub format: Option<String>,
     /// `fail` (default) or `null`: what an unparseable value becomes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_means_null")]
     pub on_error: Option<String>,
     /// Booleans: the texts meaning true / false.
     #[serde(default)]
@@ -151,7 +151,7 @@ pub struct RawCastDetail {
 pub struct RawMapCategories {
     pub column: String,
     pub mapping: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_means_null")]
     pub unmapped: Option<String>,
 }
 
@@ -192,4 +192,11 @@ pub struct RawGoldModel {
     pub sql: String,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// For policies whose choices include `null`: a YAML `null` there is the
+/// word "null", not an absent value (absent keys take the serde default).
+fn null_means_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let value: Option<String> = Option::deserialize(deserializer)?;
+    Ok(Some(value.unwrap_or_else(|| "null".to_string())))
 }

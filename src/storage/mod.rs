@@ -309,11 +309,26 @@ pub struct CommitInfo {
     pub rows_updated: u64,
 }
 
-fn commit_properties(run_id: &str) -> deltalake::kernel::transaction::CommitProperties {
-    deltalake::kernel::transaction::CommitProperties::default().with_metadata([(
-        "workbench.run_id".to_string(),
-        serde_json::Value::String(run_id.to_string()),
-    )])
+/// Commit metadata key holding the run that made a commit.
+pub const RUN_ID_KEY: &str = "workbench.run_id";
+
+/// Extra commit metadata: `(key, value)` pairs stored in the Delta log.
+pub type CommitMetadata = Vec<(String, serde_json::Value)>;
+
+fn commit_properties(run_id: &str, extra: CommitMetadata) -> deltalake::kernel::transaction::CommitProperties {
+    let mut metadata = vec![(RUN_ID_KEY.to_string(), serde_json::Value::String(run_id.to_string()))];
+    metadata.extend(extra);
+    deltalake::kernel::transaction::CommitProperties::default().with_metadata(metadata)
+}
+
+/// One commit of a table, newest first in [`Lake::commits`].
+#[derive(Debug, Clone)]
+pub struct CommitRecord {
+    pub version: i64,
+    pub timestamp_ms: Option<i64>,
+    pub operation: Option<String>,
+    pub run_id: Option<String>,
+    pub metadata: std::collections::HashMap<String, serde_json::Value>,
 }
 
 impl Lake {
@@ -342,12 +357,13 @@ impl Lake {
         batches: Vec<datafusion::arrow::array::RecordBatch>,
         kind: WriteKind,
         run_id: &str,
+        extra: CommitMetadata,
     ) -> Result<CommitInfo, StorageError> {
         use deltalake::operations::write::SchemaMode;
         use deltalake::protocol::SaveMode;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let delta = self.writable(layer, table).await?;
-        let builder = delta.write(batches).with_commit_properties(commit_properties(run_id));
+        let builder = delta.write(batches).with_commit_properties(commit_properties(run_id, extra));
         let builder = match kind {
             WriteKind::Append => builder.with_save_mode(SaveMode::Append).with_schema_mode(SchemaMode::Merge),
             WriteKind::Overwrite => builder
@@ -375,6 +391,7 @@ impl Lake {
         source: datafusion::prelude::DataFrame,
         key: &[String],
         run_id: &str,
+        extra: CommitMetadata,
     ) -> Result<CommitInfo, StorageError> {
         let wrap = |source: DeltaTableError| StorageError::Table {
             layer,
@@ -386,7 +403,7 @@ impl Lake {
                 .collect()
                 .await
                 .map_err(|e| wrap(DeltaTableError::Generic(e.to_string())))?;
-            return self.write(layer, table, batches, WriteKind::Overwrite, run_id).await;
+            return self.write(layer, table, batches, WriteKind::Overwrite, run_id, extra).await;
         }
         let delta = self.writable(layer, table).await?;
         let columns: Vec<String> = source.schema().fields().iter().map(|f| f.name().clone()).collect();
@@ -401,7 +418,7 @@ impl Lake {
             .merge(source, predicate)
             .with_source_alias("source")
             .with_target_alias("target")
-            .with_commit_properties(commit_properties(run_id))
+            .with_commit_properties(commit_properties(run_id, extra))
             .when_matched_update(|update| {
                 non_key.iter().fold(update, |u, c| u.update(quote(c), format!("source.{}", quote(c))))
             })
@@ -442,5 +459,33 @@ impl Lake {
     pub async fn read_bytes(&self, path: &str) -> Result<bytes::Bytes, object_store::Error> {
         use object_store::ObjectStoreExt;
         self.store.get(&ObjectPath::from(path)).await?.bytes().await
+    }
+}
+
+impl Lake {
+    /// The latest `limit` commits of `layer.table` (all when `None`), newest first.
+    pub async fn commits(&self, layer: Layer, table: &str, limit: Option<usize>) -> Result<Vec<CommitRecord>, StorageError> {
+        use futures::TryStreamExt;
+        let Some(delta) = self.table(layer, table).await? else {
+            return Ok(Vec::new());
+        };
+        let latest = delta.version().unwrap_or_default() as i64;
+        let infos: Vec<deltalake::kernel::CommitInfo> =
+            delta.history(limit).try_collect().await.map_err(|source| StorageError::Table {
+                layer,
+                table: table.to_string(),
+                source: Box::new(source),
+            })?;
+        Ok(infos
+            .into_iter()
+            .enumerate()
+            .map(|(i, info)| CommitRecord {
+                version: latest - i as i64,
+                timestamp_ms: info.timestamp,
+                operation: info.operation,
+                run_id: info.info.get(RUN_ID_KEY).and_then(|v| v.as_str()).map(str::to_string),
+                metadata: info.info,
+            })
+            .collect())
     }
 }

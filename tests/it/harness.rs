@@ -28,7 +28,8 @@ pub struct ServerOptions {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
-    pub lake: TempDir,
+    lake: PathBuf,
+    _lake_owner: Option<TempDir>,
     pub log: PathBuf,
 }
 
@@ -43,20 +44,28 @@ impl Server {
         Server::start_in(lake, options)
     }
 
-    /// Start on an existing lake directory (tables may already be there).
+    /// Start on a lake this server owns (tables may already be there).
     pub fn start_in(lake: TempDir, options: ServerOptions) -> Server {
-        let config = lake.path().join("workbench-test.yaml");
+        let path = lake.path().to_path_buf();
+        let mut server = Server::start_at(&path, options);
+        server._lake_owner = Some(lake);
+        server
+    }
+
+    /// Start on a lake directory owned by someone else.
+    pub fn start_at(lake: &Path, options: ServerOptions) -> Server {
+        let config = lake.join("workbench-test.yaml");
         std::fs::write(
             &config,
             format!("debug_functions: true\n{}", options.config_yaml),
         )
         .expect("write config");
-        let log = lake.path().join("server.log");
+        let log = lake.join("server.log");
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--lake")
-            .arg(lake.path())
+            .arg(lake)
             .arg("--config")
             .arg(&config)
             .args(&options.args)
@@ -83,9 +92,14 @@ impl Server {
         Server {
             child: Some(child),
             addr,
-            lake,
+            lake: lake.to_path_buf(),
+            _lake_owner: None,
             log,
         }
+    }
+
+    pub fn lake(&self) -> &Path {
+        &self.lake
     }
 
     pub fn port(&self) -> u16 {

@@ -135,14 +135,14 @@ async fn run_all_builds_every_layer_then_is_idempotent_then_full_refresh_rebuild
     assert!(n > 0);
     let before: Vec<String> = silver_fingerprint(&client).await;
 
-    let out = workbench(&["run", "--all"], server.lake.path(), &specs);
+    let out = workbench(&["run", "--all"], server.lake(), &specs);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("0 new file(s)"), "{}", text(&out));
     assert_eq!(silver_fingerprint(&client).await, before, "a re-run changed silver");
     let bronze: i64 = client.query_one("SELECT count(*) FROM bronze.dipres_ejecucion", &[]).await.unwrap().get(0);
     assert_eq!(bronze, 36, "nothing re-ingested");
 
-    let out = workbench(&["run", "--all", "--full-refresh"], server.lake.path(), &specs);
+    let out = workbench(&["run", "--all", "--full-refresh"], server.lake(), &specs);
     assert!(out.status.success(), "{}", text(&out));
     let bronze: i64 = client.query_one("SELECT count(*) FROM bronze.dipres_ejecucion", &[]).await.unwrap().get(0);
     assert_eq!(bronze, 36, "full refresh rebuilds bronze from the files, not on top");
@@ -180,4 +180,293 @@ async fn a_value_that_cannot_be_cast_is_reported_with_row_and_value() {
     assert!(out.contains("sales.yaml:7:") && out.contains("amount"), "{out}");
     assert!(out.contains("row 3: 'ten'"), "{out}");
     assert!(!lake.path().join("silver/sales/_delta_log").exists(), "nothing half-written");
+}
+
+/// A lake and a specs directory for one test.
+struct Workspace {
+    lake: tempfile::TempDir,
+    specs: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        Workspace {
+            lake: tempfile::TempDir::new().unwrap(),
+            specs: tempfile::TempDir::new().unwrap(),
+        }
+    }
+
+    fn spec(&self, name: &str, yaml: &str) -> &Self {
+        std::fs::write(self.specs.path().join(format!("{name}.yaml")), yaml).unwrap();
+        self
+    }
+
+    fn landing(&self, path: &str, bytes: &[u8]) -> &Self {
+        let path = self.lake.path().join("landing").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        self
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let out = workbench(&all, self.lake.path(), self.specs.path());
+        assert!(out.status.success(), "workbench {all:?} failed:\n{}", text(&out));
+        text(&out)
+    }
+
+    async fn rows(&self, server: &Server, sql: &str) -> Vec<String> {
+        let client = server.connect().await;
+        let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn every_rule_over_a_windows_1252_csv_with_title_rows() {
+    let ws = Workspace::new();
+    let csv = "Reporte de ventas\r\nCodigo;Nombre;Región;Monto;Fecha;Activo;Mes;Nota\r\n\
+               1;  ana   perez ;Norte;1.234,50;05/01/2024;Sí;Ene;x\r\n\
+               2;Luis;Sur;NA;06/01/2024;No;Feb;\"a;b\"\r\n\
+               2;Luis;Sur;2.000,00;07/01/2024;No;Feb;second\r\n\
+               3;Eva;Este;10,00;08/01/2024;Sí;Mar;y\r\n\
+               4;Max;Oeste;5,00;09/01/2024;No;Zzz;drop me\r\n";
+    let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(csv);
+    ws.landing("ventas/enero.csv", &bytes).spec(
+        "ventas",
+        r#"name: ventas
+source: { format: csv, path: landing/ventas/*.csv, delimiter: ";", encoding: windows-1252, header_row: 2, null_values: ["", "NA"] }
+silver:
+  mode: overwrite
+  rules:
+    - rename: { Codigo: codigo, Nombre: nombre, "Región": region, Monto: monto, Fecha: fecha, Activo: activo, Mes: mes, Nota: nota }
+    - normalize: { columns: [nombre], case: upper }
+    - type_cast:
+        codigo: int
+        monto: { type: "decimal(12,2)", format: es }
+        fecha: { type: date, format: "%d/%m/%Y" }
+        activo: bool
+    - map_categories: { column: mes, mapping: { Ene: 1, Feb: 2, Mar: 3 }, unmapped: null }
+    - filter: "mes IS NOT NULL"
+    - derive: { monto_doble: "monto * 2" }
+    - dedupe: { key: [codigo], keep: last }
+    - drop: [nota]
+    - select: [codigo, nombre, region, monto, fecha, activo, mes, monto_doble]
+"#,
+    );
+    ws.run(&["ventas"]);
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    let rows = ws
+        .rows(&server, "SELECT codigo, nombre, region, monto, fecha, activo, mes, monto_doble FROM silver.ventas ORDER BY codigo")
+        .await;
+    assert_eq!(
+        rows,
+        [
+            "1|ANA PEREZ|Norte|1234.50|2024-01-05|t|1|2469.00",
+            "2|LUIS|Sur|2000.00|2024-01-07|f|2|4000.00",
+            "3|EVA|Este|10.00|2024-01-08|t|3|20.00",
+        ]
+    );
+    let bronze = ws.rows(&server, "SELECT count(*), min(_row_number), max(_row_number) FROM bronze.ventas").await;
+    assert_eq!(bronze, ["5|3|7"], "bronze keeps every raw row with its line number");
+}
+
+
+#[tokio::test]
+async fn melt_by_pattern_and_unmapped_categories_fail_with_examples() {
+    let ws = Workspace::new();
+    ws.landing("wide/a.csv", b"id,m_1,m_2,m_3\nA,1,2,3\nB,4,5,x\n").spec(
+        "wide",
+        "name: wide\nsource: { format: csv, path: landing/wide/*.csv }\nsilver:\n  rules:\n    - melt: { id: [id], pattern: '^m_', variable: month, value: amount }\n    - map_categories: { column: month, mapping: { m_1: jan, m_2: feb }, unmapped: fail }\n",
+    );
+    let out = workbench(&["run", "wide"], ws.lake.path(), ws.specs.path());
+    assert!(!out.status.success());
+    let out = text(&out);
+    assert!(out.contains("wide.yaml:6:") && out.contains("2 value(s) have no mapping") && out.contains("'m_3'"), "{out}");
+}
+
+#[tokio::test]
+async fn parquet_json_and_ndjson_sources() {
+    use deltalake::arrow::array::{Float64Array, Int32Array, RecordBatch};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    let ws = Workspace::new();
+    let batch = RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, false), Field::new("v", DataType::Float64, true)])),
+        vec![std::sync::Arc::new(Int32Array::from(vec![1, 2, 3])), std::sync::Arc::new(Float64Array::from(vec![Some(0.5), None, Some(2.5)]))],
+    )
+    .unwrap();
+    let mut parquet = Vec::new();
+    let mut writer = deltalake::parquet::arrow::ArrowWriter::try_new(&mut parquet, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    ws.landing("p/x.parquet", &parquet)
+        .landing("j/x.json", br#"[{"k": 1, "name": "uno"}, {"k": 2, "name": "dos"}]"#)
+        .landing("n/x.ndjson", b"{\"k\": 1, \"ok\": true}\n{\"k\": 2, \"ok\": false}\n{\"k\": 3, \"ok\": null}\n")
+        .spec("p", "name: p\nsource: { format: parquet, path: landing/p/*.parquet }\nsilver: { rules: [] }\n")
+        .spec("j", "name: j\nsource: { format: json, path: landing/j/*.json }\nsilver: { rules: [] }\n")
+        .spec("n", "name: n\nsource: { format: ndjson, path: landing/n/*.ndjson }\nsilver: { rules: [] }\n");
+    ws.run(&["--all"]);
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    assert_eq!(ws.rows(&server, "SELECT k, v FROM silver.p ORDER BY k").await, ["1|0.5", "2|NULL", "3|2.5"]);
+    assert_eq!(ws.rows(&server, "SELECT k, name FROM silver.j ORDER BY k").await, ["1|uno", "2|dos"]);
+    assert_eq!(ws.rows(&server, "SELECT k, ok FROM silver.n ORDER BY k").await, ["1|t", "2|f", "3|NULL"]);
+}
+
+#[tokio::test]
+async fn postgres_source_with_a_date_window() {
+    let table = format!("wb_orders_{}", std::process::id());
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    let setup = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c"])
+        .arg(format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int, day date, amount numeric(10,2), note text); \
+             INSERT INTO {table} VALUES (1, '2024-01-01', 10.50, 'a'), (2, '2024-01-15', 20.25, NULL), (3, '2024-02-01', 30, 'c');"
+        ))
+        .output()
+        .unwrap();
+    assert!(setup.status.success(), "{}", text(&setup));
+    let ws = Workspace::new();
+    ws.spec(
+        "orders",
+        &format!("name: orders\nsource:\n  format: postgres\n  url: env:WB_TEST_PG_URL\n  query: SELECT id, day, amount, note FROM {table} WHERE day BETWEEN {{{{ start_date }}}} AND {{{{ end_date }}}}\nsilver: {{ rules: [] }}\n"),
+    );
+    let out = Command::new(BIN)
+        .args(["run", "orders", "--from", "2024-01-01", "--to", "2024-01-31", "--lake"])
+        .arg(ws.lake.path())
+        .arg("--specs")
+        .arg(ws.specs.path())
+        .env("WB_TEST_PG_URL", url)
+        .output()
+        .unwrap();
+    let _ = Command::new("psql").args(["-X", "-q", url, "-c"]).arg(format!("DROP TABLE {table}")).output();
+    assert!(out.status.success(), "{}", text(&out));
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    assert_eq!(
+        ws.rows(&server, "SELECT id, day, amount, note FROM silver.orders ORDER BY id").await,
+        ["1|2024-01-01|10.50|a", "2|2024-01-15|20.25|NULL"]
+    );
+}
+
+#[tokio::test]
+async fn append_merge_and_scd2_write_modes() {
+    let ws = Workspace::new();
+    for mode in ["append", "merge", "scd2"] {
+        ws.spec(
+            &format!("c_{mode}"),
+            &format!("name: c_{mode}\nsource: {{ format: csv, path: landing/customers/*.csv }}\nsilver:\n  mode: {mode}\n  key: [id]\n  rules:\n    - type_cast: {{ id: int }}\n"),
+        );
+    }
+    ws.landing("customers/1.csv", b"id,city\n1,Lima\n2,Quito\n");
+    ws.run(&["--all"]);
+    ws.landing("customers/2.csv", b"id,city\n2,Cuenca\n3,Bogota\n");
+    ws.run(&["--all"]);
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    assert_eq!(
+        ws.rows(&server, "SELECT id, city FROM silver.c_append ORDER BY id, city").await,
+        ["1|Lima", "2|Cuenca", "2|Quito", "3|Bogota"]
+    );
+    assert_eq!(
+        ws.rows(&server, "SELECT id, city FROM silver.c_merge ORDER BY id").await,
+        ["1|Lima", "2|Cuenca", "3|Bogota"]
+    );
+    assert_eq!(
+        ws.rows(&server, "SELECT id, city, _is_current, _valid_to IS NULL FROM silver.c_scd2 ORDER BY id, _valid_from").await,
+        ["1|Lima|t|t", "2|Quito|f|f", "2|Cuenca|t|t", "3|Bogota|t|t"]
+    );
+    // Nothing new: every silver table is left alone.
+    let out = ws.run(&["--all"]);
+    assert_eq!(out.matches("bronze has nothing silver has not seen").count(), 3, "{out}");
+}
+
+#[tokio::test]
+async fn commits_carry_the_run_id() {
+    let ws = Workspace::new();
+    ws.landing("t/a.csv", b"a\n1\n").spec("t", "name: t\nsource: { format: csv, path: landing/t/*.csv }\nsilver: { rules: [] }\n");
+    let out = ws.run(&["t"]);
+    let run_id = out.lines().next().unwrap().trim_start_matches("run ").trim().to_string();
+    for layer in ["bronze", "silver"] {
+        let log = std::fs::read_to_string(ws.lake.path().join(layer).join("t/_delta_log/00000000000000000000.json")).unwrap();
+        assert!(log.contains(&format!("\"workbench.run_id\":\"{run_id}\"")), "{layer}: {log}");
+    }
+}
+
+#[tokio::test]
+async fn sigkill_during_a_silver_write_leaves_the_previous_version_and_the_next_run_succeeds() {
+    let ws = Workspace::new();
+    ws.spec(
+        "big",
+        "name: big\nsource: { format: csv, path: landing/big/*.csv }\nsilver:\n  mode: append\n  rules:\n    - type_cast: { n: bigint }\n    - derive: { square: \"n * n\", label: \"concat('row-', n)\" }\n",
+    );
+    ws.landing("big/0.csv", b"n\n1\n2\n3\n");
+    ws.run(&["big"]);
+    let mut rows = String::from("n\n");
+    for n in 0..400_000 {
+        rows.push_str(&format!("{n}\n"));
+    }
+    ws.landing("big/1.csv", rows.as_bytes());
+    let silver = ws.lake.path().join("silver/big");
+    let parquet_count = || std::fs::read_dir(&silver).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")).count();
+    let before = parquet_count();
+    let mut child = Command::new(BIN)
+        .args(["run", "big", "--lake"])
+        .arg(ws.lake.path())
+        .arg("--specs")
+        .arg(ws.specs.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill as soon as silver starts writing a data file (before its commit).
+    let started = std::time::Instant::now();
+    while parquet_count() == before && started.elapsed() < std::time::Duration::from_secs(60) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    let count = ws.rows(&server, "SELECT count(*) FROM silver.big").await;
+    assert!(count == ["3"] || count == ["400003"], "silver must be at a committed version, got {count:?}");
+    ws.run(&["big"]);
+    assert_eq!(ws.rows(&server, "SELECT count(*), sum(square) FILTER (WHERE n = 399999) FROM silver.big").await, ["400003|159999200001"]);
+}
+
+#[tokio::test]
+async fn serve_builds_datasets_whose_tables_do_not_exist() {
+    let lake = example_lake();
+    let server = Server::start_in(
+        lake,
+        ServerOptions {
+            args: vec!["--specs".into(), repo().join("specs").display().to_string()],
+            ..Default::default()
+        },
+    );
+    let client = server.connect().await;
+    let started = std::time::Instant::now();
+    loop {
+        match client.query_one("SELECT count(*) FROM gold.mart_ejecucion_mensual", &[]).await {
+            Ok(row) => {
+                assert!(row.get::<_, i64>(0) > 0);
+                break;
+            }
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(60) => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await
+            }
+            Err(err) => panic!("gold never appeared: {err}\n{}", server.log_text()),
+        }
+    }
 }

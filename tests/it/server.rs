@@ -8,7 +8,7 @@ use crate::harness::{Server, ServerOptions, orders_batch, sqlstate, write_table}
 
 async fn server_with_orders() -> Server {
     let server = Server::start();
-    write_table(server.lake.path(), "silver", "orders", orders_batch(0..300), SaveMode::Overwrite).await;
+    write_table(server.lake(), "silver", "orders", orders_batch(0..300), SaveMode::Overwrite).await;
     server
 }
 
@@ -91,10 +91,10 @@ async fn table_committed_later_is_visible_without_restart() {
     let client = server.connect().await;
     let err = client.query("SELECT * FROM gold.late", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&err), "42P01");
-    write_table(server.lake.path(), "gold", "late", orders_batch(0..5), SaveMode::Overwrite).await;
+    write_table(server.lake(), "gold", "late", orders_batch(0..5), SaveMode::Overwrite).await;
     let n: i64 = client.query_one("SELECT count(*) FROM gold.late", &[]).await.unwrap().get(0);
     assert_eq!(n, 5);
-    write_table(server.lake.path(), "gold", "late", orders_batch(5..12), SaveMode::Append).await;
+    write_table(server.lake(), "gold", "late", orders_batch(5..12), SaveMode::Append).await;
     let n: i64 = client.query_one("SELECT count(*) FROM gold.late", &[]).await.unwrap().get(0);
     assert_eq!(n, 12);
     let tables: Vec<String> = client
