@@ -138,7 +138,11 @@ impl App {
         let Core { lake, engine } = Core::build(&config, roles).await?;
         let pipeline = if config.specs.is_dir() {
             match load_project(&config) {
-                Ok(project) => Some(Arc::new(Pipeline::new(lake.clone(), engine.clone(), project))),
+                Ok(project) => {
+                    let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), project));
+                    engine.with_template(|ctx| crate::functions::register(ctx, pipeline.clone()));
+                    Some(pipeline)
+                }
                 Err(errors) => {
                     for error in &errors {
                         tracing::error!("{error}");

@@ -10,6 +10,7 @@
 //! - [`app`]: wires storage → engine → pg; used by `main` and the tests.
 //! - [`pg`]: wire protocol only: listener, auth, sessions, SQLSTATE mapping.
 //! - [`engine`]: DataFusion session template and the `workbench` catalog.
+//! - [`functions`]: table functions (`run`, ...), one file each.
 //! - [`storage`]: Delta tables at `<lake>/<layer>/<table>` on object_store.
 //! - [`spec`]: dataset specs (YAML → raw serde types → validated).
 //! - [`pipeline`]: runs datasets: sources → bronze → silver rules → gold.
@@ -17,6 +18,7 @@
 pub mod app;
 pub mod config;
 pub mod engine;
+pub mod functions;
 pub mod pg;
 pub mod pipeline;
 pub mod spec;

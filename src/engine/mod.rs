@@ -153,6 +153,12 @@ impl Engine {
         SessionContext::new_with_state(state)
     }
 
+    /// Add functions (table functions that need the pipeline, say) to every
+    /// session created from now on.
+    pub fn with_template(&self, register: impl FnOnce(&SessionContext)) {
+        register(&self.template);
+    }
+
     /// A session for internal use (pipelines, table functions).
     pub fn internal_session(&self) -> SessionContext {
         self.session()

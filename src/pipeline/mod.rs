@@ -511,6 +511,12 @@ impl Pipeline {
     }
 }
 
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("datasets", &self.project().datasets.len()).finish()
+    }
+}
+
 struct Ingested {
     rows: u64,
     files: usize,

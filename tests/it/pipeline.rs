@@ -470,3 +470,33 @@ async fn serve_builds_datasets_whose_tables_do_not_exist() {
         }
     }
 }
+
+#[tokio::test]
+async fn run_from_sql_returns_one_row_per_step() {
+    let ws = Workspace::new();
+    ws.landing("t/a.csv", b"a\n1\n2\n").spec("t", "name: t\nsource: { format: csv, path: landing/t/*.csv }\nsilver: { rules: [] }\n");
+    let server = Server::start_at(
+        ws.lake.path(),
+        ServerOptions {
+            args: vec!["--specs".into(), ws.specs.path().display().to_string()],
+            ..Default::default()
+        },
+    );
+    // Let the start-up build finish, then add a file and run from SQL.
+    let client = server.connect().await;
+    for _ in 0..300 {
+        if client.query("SELECT 1 FROM silver.t", &[]).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ws.landing("t/b.csv", b"a\n3\n");
+    let rows = ws
+        .rows(&server, "SELECT layer, \"table\", rows_in, rows_out, status FROM run('t') ORDER BY layer")
+        .await;
+    // Silver defaults to overwrite: it is recomputed from all of bronze.
+    assert_eq!(rows, ["bronze|t|1|1|ok", "silver|t|3|3|ok"]);
+    let client = server.connect().await;
+    let err = client.simple_query("SELECT * FROM run('nope')").await.unwrap_err();
+    assert!(err.as_db_error().unwrap().message().contains("unknown dataset 'nope'"), "{err}");
+}
