@@ -500,3 +500,37 @@ async fn run_from_sql_returns_one_row_per_step() {
     let err = client.simple_query("SELECT * FROM run('nope')").await.unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("unknown dataset 'nope'"), "{err}");
 }
+
+#[tokio::test]
+async fn spreadsheets_xlsx_xls_and_ods_with_sheet_index_title_rows_and_dates() {
+    let ws = Workspace::new();
+    for ext in ["xlsx", "xls", "ods"] {
+        let bytes = std::fs::read(repo().join(format!("tests/fixtures/personas.{ext}"))).unwrap();
+        ws.landing(&format!("p_{ext}/personas.{ext}"), &bytes).spec(
+            &format!("p_{ext}"),
+            &format!(
+                "name: p_{ext}\nsource: {{ format: {ext}, path: landing/p_{ext}/*.{ext}, sheet: 1, header_row: 3 }}\n\
+                 silver:\n  rules:\n    - type_cast: {{ Nacimiento: date, Saldo: \"decimal(10,2)\" }}\n"
+            ),
+        );
+    }
+    ws.run(&["--all"]);
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    for ext in ["xlsx", "xls", "ods"] {
+        let rows = ws
+            .rows(&server, &format!("SELECT \"Nombre\", \"Nacimiento\", \"Saldo\", _source_file FROM silver.p_{ext} ORDER BY 1"))
+            .await;
+        assert_eq!(
+            rows,
+            [
+                format!("Ana|1990-05-17|1500.50|landing/p_{ext}/personas.{ext}"),
+                format!("Bruno|1985-12-01|NULL|landing/p_{ext}/personas.{ext}"),
+                format!("Carla|2001-02-28|990.00|landing/p_{ext}/personas.{ext}"),
+            ],
+            "{ext}"
+        );
+        // Bronze keeps the sheet's own row numbers (header on row 3).
+        let numbers = ws.rows(&server, &format!("SELECT _row_number FROM bronze.p_{ext} ORDER BY 1")).await;
+        assert_eq!(numbers, ["4", "5", "7"], "{ext}");
+    }
+}
