@@ -90,6 +90,23 @@ pub struct StepReport {
     pub message: Option<String>,
 }
 
+impl StepReport {
+    fn new(run_id: &str, dataset: &str, layer: Layer, table: &str) -> Self {
+        StepReport {
+            run_id: run_id.to_string(),
+            dataset: dataset.to_string(),
+            layer,
+            table: table.to_string(),
+            rows_in: 0,
+            rows_out: 0,
+            rows_rejected: 0,
+            status: StepStatus::Ok,
+            duration_ms: 0,
+            message: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub run_id: String,
@@ -195,17 +212,10 @@ impl Pipeline {
             let upstream_changed = model.reads.iter().any(|r| changed.contains(&normalize(r)));
             let exists = self.lake.table(Layer::Gold, &model.name).await?.is_some();
             let started = Instant::now();
+            let dataset = model.dataset.clone().unwrap_or_default();
             let mut step = StepReport {
-                run_id: run_id.clone(),
-                dataset: model.dataset.clone().unwrap_or_default(),
-                layer: Layer::Gold,
-                table: model.name.clone(),
-                rows_in: 0,
-                rows_out: 0,
-                rows_rejected: 0,
                 status: StepStatus::Skipped,
-                duration_ms: 0,
-                message: None,
+                ..StepReport::new(&run_id, &dataset, Layer::Gold, &model.name)
             };
             if exists && !upstream_changed && !options.full_refresh {
                 step.message = Some("inputs unchanged".into());
@@ -242,18 +252,7 @@ impl Pipeline {
         changed: &mut HashSet<String>,
     ) -> Result<(), PipelineError> {
         let started = Instant::now();
-        let mut step = StepReport {
-            run_id: run_id.to_string(),
-            dataset: spec.name.clone(),
-            layer: Layer::Bronze,
-            table: spec.name.clone(),
-            rows_in: 0,
-            rows_out: 0,
-            rows_rejected: 0,
-            status: StepStatus::Ok,
-            duration_ms: 0,
-            message: None,
-        };
+        let mut step = StepReport::new(&run_id, &spec.name, Layer::Bronze, &spec.name);
         let bronze = self.ingest(spec, options, run_id).await;
         step.duration_ms = started.elapsed().as_millis() as u64;
         let ingested = match bronze {
@@ -279,18 +278,7 @@ impl Pipeline {
         }
         let Some(silver) = &spec.silver else { return Ok(()) };
         let started = Instant::now();
-        let mut step = StepReport {
-            run_id: run_id.to_string(),
-            dataset: spec.name.clone(),
-            layer: Layer::Silver,
-            table: spec.name.clone(),
-            rows_in: 0,
-            rows_out: 0,
-            rows_rejected: 0,
-            status: StepStatus::Ok,
-            duration_ms: 0,
-            message: None,
-        };
+        let mut step = StepReport::new(&run_id, &spec.name, Layer::Silver, &spec.name);
         match self.refine(spec, silver.mode, &silver.key, &silver.rules, options, run_id).await {
             Ok(None) => {
                 step.status = StepStatus::Skipped;
