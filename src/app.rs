@@ -11,6 +11,7 @@ use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, RunReport};
 use crate::spec::{self, Project};
 use crate::pg::{Backends, PgServer, ServerOptions, UserStore};
+use crate::meta::MetaStore;
 use crate::storage::{Lake, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,17 +31,31 @@ pub enum AppError {
     Specs(Vec<String>),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
 }
 
 /// The lake, engine and pipeline, without a server.
 struct Core {
     lake: Arc<Lake>,
     engine: Arc<Engine>,
+    meta: Arc<MetaStore>,
 }
 
 impl Core {
     async fn build(config: &Config, roles: Vec<String>) -> Result<Core, AppError> {
         let lake = Arc::new(Lake::open(&config.lake, config.storage_options.clone())?);
+        let meta = Arc::new(match &config.metadata_url {
+            Some(url) => MetaStore::postgres(url).await?,
+            None => {
+                let dir = lake
+                    .local_root()
+                    .map(|root| root.join("_workbench"))
+                    .unwrap_or_else(|| std::path::PathBuf::from(".workbench"));
+                MetaStore::sqlite(&dir.join("metadata.db")).await?
+            }
+        });
+        tracing::info!(backend = meta.backend(), "metadata store ready");
         let engine = Arc::new(
             Engine::new(
                 lake.clone(),
@@ -48,11 +63,12 @@ impl Core {
                     query_memory_limit: config.query_memory_limit,
                     roles,
                     debug_functions: config.debug_functions,
+                    meta: Some(meta.clone()),
                 },
             )
             .await?,
         );
-        Ok(Core { lake, engine })
+        Ok(Core { lake, engine, meta })
     }
 }
 
@@ -68,7 +84,7 @@ pub async fn check(config: &Config) -> Result<Vec<String>, AppError> {
         Err(errors) => return Ok(errors),
     };
     let core = Core::build(config, vec![]).await?;
-    let pipeline = Pipeline::new(core.lake, core.engine, project);
+    let pipeline = Pipeline::new(core.lake, core.engine, core.meta, project);
     let mut errors = Vec::new();
     let mut planned = 0;
     for dataset in &pipeline.project().datasets {
@@ -93,7 +109,7 @@ pub async fn check(config: &Config) -> Result<Vec<String>, AppError> {
 pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> Result<RunReport, AppError> {
     let project = load_project(config).map_err(AppError::Specs)?;
     let core = Core::build(config, vec![]).await?;
-    let pipeline = Pipeline::new(core.lake, core.engine, project);
+    let pipeline = Pipeline::new(core.lake, core.engine, core.meta, project);
     Ok(pipeline.run(datasets, options).await?)
 }
 
@@ -135,11 +151,12 @@ impl App {
         ));
         // With trust auth anyone may connect; show the conventional role.
         let roles = if users.is_empty() { vec!["workbench".into()] } else { users.names() };
-        let Core { lake, engine } = Core::build(&config, roles).await?;
+        let Core { lake, engine, meta } = Core::build(&config, roles).await?;
         let pipeline = if config.specs.is_dir() {
             match load_project(&config) {
                 Ok(project) => {
-                    let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), project));
+                    let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), meta.clone(), project));
+                    pipeline.sync_datasets().await?;
                     engine.with_template(|ctx| crate::functions::register(ctx, pipeline.clone()));
                     Some(pipeline)
                 }
@@ -207,7 +224,11 @@ impl App {
                     return;
                 }
                 tracing::info!(datasets = ?missing, "building datasets whose tables do not exist yet");
-                match pipeline.run(&missing, &RunOptions::default()).await {
+                let options = RunOptions {
+                    trigger: "startup".into(),
+                    ..Default::default()
+                };
+                match pipeline.run(&missing, &options).await {
                     Ok(report) => match &report.error {
                         None => tracing::info!(run_id = %report.run_id, "initial build done"),
                         Some(error) => tracing::error!(run_id = %report.run_id, %error, "initial build failed"),

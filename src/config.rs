@@ -59,6 +59,15 @@ pub struct FileConfig {
     pub storage_options: BTreeMap<String, String>,
     /// Registers `workbench_debug_panic()`; only for tests of panic isolation.
     pub debug_functions: Option<bool>,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// `postgres://...`; when absent, an embedded SQLite file in `<lake>/_workbench/`.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +91,8 @@ pub struct Overrides {
     pub query_memory_limit: Option<String>,
     pub statement_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
+    /// `DATABASE_URL`: the metadata store.
+    pub metadata_url: Option<String>,
 }
 
 /// A user's SCRAM credentials: salt, iteration count and the salted password.
@@ -117,6 +128,8 @@ pub struct Config {
     pub users: Vec<User>,
     pub storage_options: BTreeMap<String, String>,
     pub debug_functions: bool,
+    /// Postgres URL of the metadata store; `None` for the embedded SQLite file.
+    pub metadata_url: Option<String>,
 }
 
 impl Default for Config {
@@ -200,6 +213,7 @@ impl Config {
             users,
             storage_options: file.storage_options,
             debug_functions: file.debug_functions.unwrap_or(false),
+            metadata_url: o.metadata_url.or(file.metadata.url).filter(|u| !u.is_empty()),
         })
     }
 

@@ -42,6 +42,9 @@ struct CommonArgs {
     /// YAML config file; flags and WORKBENCH_* variables override it
     #[arg(long, env = "WORKBENCH_CONFIG")]
     config: Option<PathBuf>,
+    /// Metadata store: a postgres:// URL [default: SQLite file in <lake>/_workbench/]
+    #[arg(long = "database-url", env = "DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 impl CommonArgs {
@@ -49,6 +52,7 @@ impl CommonArgs {
         let overrides = Overrides {
             lake: self.lake,
             specs: self.specs,
+            metadata_url: self.database_url,
             ..Default::default()
         };
         Ok(Config::load(self.config.as_deref(), overrides)?)
@@ -106,6 +110,7 @@ impl ServeArgs {
             query_memory_limit: self.query_memory_limit,
             statement_timeout: self.statement_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            metadata_url: self.common.database_url,
         };
         Ok(Config::load(self.common.config.as_deref(), overrides)?)
     }
@@ -170,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
             let options = workbench::pipeline::RunOptions {
                 full_refresh: args.full_refresh,
                 window: workbench::pipeline::DateWindow { start: args.from, end: args.to },
+                trigger: "cli".into(),
             };
             let report = workbench::app::run(&config, &args.datasets, &options).await?;
             print!("{}", workbench::app::format_report(&report));

@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS datasets (
 );
 
 CREATE TABLE IF NOT EXISTS runs (
-    id           UUID PRIMARY KEY,                  -- UUIDv7: sorts by start time
+    id           TEXT PRIMARY KEY,                  -- UUIDv7 text: sorts by start time
     datasets     JSONB NOT NULL,
     trigger      TEXT NOT NULL,                     -- cli | sql | schedule | api | startup
     parameters   JSONB NOT NULL,
@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_started_at ON runs (started_at);
 
 CREATE TABLE IF NOT EXISTS run_steps (
-    run_id        UUID NOT NULL REFERENCES runs (id),
+    run_id        TEXT NOT NULL REFERENCES runs (id),
     seq           INTEGER NOT NULL,
     dataset       TEXT NOT NULL,
     layer         TEXT NOT NULL,
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS files (
     path         TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     size_bytes   BIGINT NOT NULL,
-    run_id       UUID NOT NULL,
+    run_id       TEXT NOT NULL,
     ingested_at  TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (dataset, content_hash)
 );
@@ -58,13 +58,13 @@ CREATE TABLE IF NOT EXISTS lineage_edges (
     to_table     TEXT NOT NULL,
     to_column    TEXT NOT NULL,
     transform    TEXT NOT NULL,
-    run_id       UUID NOT NULL,
+    run_id       TEXT NOT NULL,
     updated_at   TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (from_table, from_column, to_table, to_column)
 );
 
 CREATE TABLE IF NOT EXISTS validations (
-    run_id            UUID,
+    run_id            TEXT,
     table_name        TEXT NOT NULL,
     expectation       TEXT NOT NULL,
     columns           TEXT NOT NULL,

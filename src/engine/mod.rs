@@ -5,6 +5,7 @@
 //! with its own memory pool, so one query cannot starve the others.
 
 mod layer;
+mod metadata;
 mod pg_catalog;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct EngineOptions {
     pub roles: Vec<String>,
     /// Register `workbench_debug_panic()` (tests of panic isolation only).
     pub debug_functions: bool,
+    /// The metadata store, served as the `workbench` schema.
+    pub meta: Option<Arc<crate::meta::MetaStore>>,
 }
 
 pub struct Engine {
@@ -87,6 +90,11 @@ impl Engine {
         for layer in Layer::ALL {
             catalog
                 .register_schema(layer.as_str(), Arc::new(LayerSchema::new(lake.clone(), layer)))
+                .map_err(setup)?;
+        }
+        if let Some(meta) = &options.meta {
+            catalog
+                .register_schema("workbench", Arc::new(metadata::MetadataSchema::new(meta.clone())))
                 .map_err(setup)?;
         }
         ctx.register_catalog(DATABASE, catalog);

@@ -114,7 +114,13 @@ impl TableProvider for RunTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let report = self
             .pipeline
-            .run(&self.datasets, &RunOptions::default())
+            .run(
+                &self.datasets,
+                &RunOptions {
+                    trigger: "sql".into(),
+                    ..Default::default()
+                },
+            )
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let batch = to_batch(&report)?;

@@ -19,6 +19,7 @@ use datafusion::prelude::{DataFrame, SessionContext, lit};
 use sha2::{Digest, Sha256};
 
 use crate::engine::Engine;
+use crate::meta::{DatasetRecord, FileRecord, LineageEdge, MetaStore, RunRecord, StepRecord};
 use crate::spec::{Project, SourceFormat, Spec, WriteMode};
 use crate::storage::{CommitMetadata, Lake, Layer, StorageError, WriteKind};
 use rules::ident;
@@ -43,6 +44,8 @@ pub enum PipelineError {
     Storage(#[from] StorageError),
     #[error("{step}: {message}")]
     Step { step: String, message: String },
+    #[error("{0}")]
+    Meta(#[from] crate::meta::MetaError),
 }
 
 fn step_error(step: &str, err: impl std::fmt::Display) -> PipelineError {
@@ -56,6 +59,8 @@ fn step_error(step: &str, err: impl std::fmt::Display) -> PipelineError {
 pub struct RunOptions {
     pub full_refresh: bool,
     pub window: DateWindow,
+    /// Who started the run: cli, sql, startup, schedule, api.
+    pub trigger: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,12 +123,41 @@ pub struct RunReport {
 pub struct Pipeline {
     lake: Arc<Lake>,
     engine: Arc<Engine>,
+    meta: Arc<MetaStore>,
     project: Project,
 }
 
 impl Pipeline {
-    pub fn new(lake: Arc<Lake>, engine: Arc<Engine>, project: Project) -> Self {
-        Pipeline { lake, engine, project }
+    pub fn new(lake: Arc<Lake>, engine: Arc<Engine>, meta: Arc<MetaStore>, project: Project) -> Self {
+        Pipeline { lake, engine, meta, project }
+    }
+
+    /// Record every spec in the metadata store; specs that disappeared are
+    /// marked retired (their history stays).
+    pub async fn sync_datasets(&self) -> Result<(), crate::meta::MetaError> {
+        let records: Vec<DatasetRecord> = self
+            .project
+            .datasets
+            .iter()
+            .map(|d| {
+                let mut tables = vec![format!("bronze.{}", d.name)];
+                if d.silver.is_some() {
+                    tables.push(format!("silver.{}", d.name));
+                }
+                tables.extend(d.gold.iter().map(|g| format!("gold.{g}")));
+                DatasetRecord {
+                    name: d.name.clone(),
+                    description: d.description.clone(),
+                    owner: d.owner.clone(),
+                    spec_hash: d.hash.clone(),
+                    spec_text: d.text.clone(),
+                    spec_file: d.file.display().to_string(),
+                    tables,
+                    schedule: d.schedule.clone(),
+                }
+            })
+            .collect();
+        self.meta.sync_datasets(&records).await
     }
 
     pub fn project(&self) -> &Project {
@@ -170,8 +204,64 @@ impl Pipeline {
         names
     }
 
-    /// Run `datasets` (all when empty) and the gold models that depend on them.
+    /// Run `datasets` (all when empty) and the gold models that depend on
+    /// them, recording the run, its steps, files and lineage.
     pub async fn run(&self, datasets: &[String], options: &RunOptions) -> Result<RunReport, PipelineError> {
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let names: Vec<String> = if datasets.is_empty() {
+            self.project.datasets.iter().map(|d| d.name.clone()).collect()
+        } else {
+            datasets.to_vec()
+        };
+        self.meta
+            .start_run(&RunRecord {
+                id: run_id.clone(),
+                datasets: names,
+                trigger: if options.trigger.is_empty() { "api".into() } else { options.trigger.clone() },
+                parameters: serde_json::json!({
+                    "full_refresh": options.full_refresh,
+                    "from": options.window.start.map(|d| d.to_string()),
+                    "to": options.window.end.map(|d| d.to_string()),
+                }),
+                started_at: chrono::Utc::now(),
+            })
+            .await?;
+        let result = self.execute(datasets, options, &run_id).await;
+        let (error, report) = match &result {
+            Ok(report) => (report.error.clone(), Some(report)),
+            Err(err) => (Some(err.to_string()), None),
+        };
+        let mut totals = (0i64, 0i64, 0i64);
+        if let Some(report) = report {
+            for (seq, step) in report.steps.iter().enumerate() {
+                totals.0 += step.rows_in as i64;
+                totals.1 += step.rows_out as i64;
+                totals.2 += step.rows_rejected as i64;
+                let record = StepRecord {
+                    run_id: run_id.clone(),
+                    seq: seq as i32,
+                    dataset: step.dataset.clone(),
+                    layer: step.layer.as_str().to_string(),
+                    table_name: step.table.clone(),
+                    rows_in: step.rows_in as i64,
+                    rows_out: step.rows_out as i64,
+                    rows_rejected: step.rows_rejected as i64,
+                    status: step.status.as_str().to_string(),
+                    duration_ms: step.duration_ms as i64,
+                    message: step.message.clone(),
+                };
+                if let Err(err) = self.meta.record_step(&record).await {
+                    tracing::warn!(%err, "recording a run step failed");
+                }
+            }
+        }
+        if let Err(err) = self.meta.finish_run(&run_id, error.as_deref(), totals.0, totals.1, totals.2).await {
+            tracing::warn!(%err, "recording the end of the run failed");
+        }
+        result
+    }
+
+    async fn execute(&self, datasets: &[String], options: &RunOptions, run_id: &str) -> Result<RunReport, PipelineError> {
         let selected: Vec<&Spec> = if datasets.is_empty() {
             self.project.datasets.iter().collect()
         } else {
@@ -180,7 +270,7 @@ impl Pipeline {
                 .map(|n| self.project.dataset(n).ok_or_else(|| PipelineError::UnknownDataset(n.clone())))
                 .collect::<Result<_, _>>()?
         };
-        let run_id = uuid::Uuid::now_v7().to_string();
+        let run_id = run_id.to_string();
         let mut report = RunReport {
             run_id: run_id.clone(),
             steps: Vec::new(),
@@ -224,6 +314,12 @@ impl Pipeline {
             }
             match self.build_gold(&model.sql, &model.name, &run_id).await {
                 Ok(rows) => {
+                    let edges: Vec<LineageEdge> = model
+                        .reads
+                        .iter()
+                        .map(|r| edge(&normalize(r), &format!("gold.{}", model.name), "sql"))
+                        .collect();
+                    self.record_lineage(&edges, &run_id).await;
                     step.rows_out = rows;
                     step.status = StepStatus::Ok;
                     changed.insert(format!("gold.{}", model.name));
@@ -316,6 +412,7 @@ impl Pipeline {
         let mut batches = Vec::new();
         let mut files = 0;
         let mut skipped_files = 0;
+        let mut new_files: Vec<NewFile> = Vec::new();
         match &spec.source.format {
             SourceFormat::Postgres(pg) => {
                 let data = sources::read_postgres(pg, options.window).await?;
@@ -324,6 +421,11 @@ impl Pipeline {
                     skipped_files += 1;
                 } else {
                     files += 1;
+                    new_files.push(NewFile {
+                        path: "postgres:query".into(),
+                        hash: hash.clone(),
+                        size: data.iter().map(|b| b.get_array_memory_size() as i64).sum(),
+                    });
                     for batch in data {
                         batches.push(with_metadata(batch, run_id, "postgres:query", &hash, ingested_at).map_err(|e| step_error(&step, e))?);
                     }
@@ -343,6 +445,11 @@ impl Pipeline {
                         continue;
                     }
                     files += 1;
+                    new_files.push(NewFile {
+                        path: path.clone(),
+                        hash: hash.clone(),
+                        size: bytes.len() as i64,
+                    });
                     for batch in sources::read_file(format, &path, &bytes)? {
                         batches.push(with_metadata(batch, run_id, &path, &hash, ingested_at).map_err(|e| step_error(&step, e))?);
                     }
@@ -353,6 +460,23 @@ impl Pipeline {
         if files > 0 {
             let kind = if options.full_refresh { WriteKind::Overwrite } else { WriteKind::Append };
             self.lake.write(Layer::Bronze, &spec.name, batches, kind, run_id, vec![]).await?;
+            for file in &new_files {
+                let record = FileRecord {
+                    dataset: spec.name.clone(),
+                    path: file.path.clone(),
+                    content_hash: file.hash.clone(),
+                    size_bytes: file.size,
+                    run_id: run_id.to_string(),
+                };
+                if let Err(err) = self.meta.record_file(&record).await {
+                    tracing::warn!(%err, "recording an ingested file failed");
+                }
+            }
+            let source = match &spec.source.path {
+                Some(path) => format!("landing:{path}"),
+                None => format!("{}:query", spec.source.format.name()),
+            };
+            self.record_lineage(&[edge(&source, &format!("bronze.{}", spec.name), "ingest")], run_id).await;
         } else if options.full_refresh {
             return Err(step_error(&step, "no landing files matched the source path; nothing to rebuild bronze from"));
         }
@@ -457,6 +581,8 @@ impl Pipeline {
         let refined = refined
             .with_column("_run_id", lit(run_id.to_string()))
             .map_err(|e| step_error(&step, e))?;
+        let rule_names: Vec<&str> = rule_list.iter().map(|r| r.value.name()).collect();
+        let transform = if rule_names.is_empty() { "copy".to_string() } else { format!("rules: {}", rule_names.join(", ")) };
         let rows_out = match (mode, whole) {
             (WriteMode::Merge, false) => {
                 let info = self.lake.merge(Layer::Silver, &spec.name, refined, key, run_id, watermark).await?;
@@ -487,7 +613,15 @@ impl Pipeline {
                 self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
             }
         };
+        self.record_lineage(&[edge(&format!("bronze.{}", spec.name), &format!("silver.{}", spec.name), &transform)], run_id)
+            .await;
         Ok(Some((rows_in, rows_out)))
+    }
+
+    async fn record_lineage(&self, edges: &[LineageEdge], run_id: &str) {
+        if let Err(err) = self.meta.upsert_lineage(edges, run_id).await {
+            tracing::warn!(%err, "recording lineage failed");
+        }
     }
 
     async fn build_gold(&self, sql: &str, name: &str, run_id: &str) -> Result<u64, PipelineError> {
@@ -511,8 +645,26 @@ struct Ingested {
     skipped_files: usize,
 }
 
+/// A landing file (or query result) ingested in this run.
+struct NewFile {
+    path: String,
+    hash: String,
+    size: i64,
+}
+
 async fn count(df: &DataFrame) -> datafusion::error::Result<u64> {
     Ok(df.clone().count().await? as u64)
+}
+
+/// A table-level lineage edge.
+fn edge(from: &str, to: &str, transform: &str) -> LineageEdge {
+    LineageEdge {
+        from_table: from.to_string(),
+        from_column: String::new(),
+        to_table: to.to_string(),
+        to_column: String::new(),
+        transform: transform.to_string(),
+    }
 }
 
 /// `workbench.silver.x` / `silver.x` → `silver.x`.

@@ -1,0 +1,116 @@
+//! The metadata store: datasets, runs, run steps, ingested files, lineage
+//! and validations, in PostgreSQL (`DATABASE_URL` / `metadata.url`) or, by
+//! default, in a SQLite file in the lake's `_workbench/` folder. Both run the
+//! same numbered migrations from `migrations/` and the same SQL; this module
+//! does not know about pipelines or the wire protocol.
+
+mod records;
+pub mod tables;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+pub use records::{DatasetRecord, FileRecord, LineageEdge, RunRecord, StepRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata store unreachable ({backend}): {source}; queries on the lake still work, runs need the store")]
+    Unavailable {
+        backend: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("metadata migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("metadata store ({backend}): {source}")]
+    Query {
+        backend: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// One metadata store, one of two back-ends with the same behaviour.
+#[derive(Debug, Clone)]
+pub enum MetaStore {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Run the same statement on whichever pool the store has. The SQL uses
+/// `$n` placeholders, which both Postgres and SQLite accept.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            MetaStore::Postgres($pool) => $body.map_err(|source| MetaError::Query { backend: "postgres", source }),
+            MetaStore::Sqlite($pool) => $body.map_err(|source| MetaError::Query { backend: "sqlite", source }),
+        }
+    };
+}
+pub(crate) use on_pool;
+
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "metadata", include_str!("../../migrations/postgres/0001_metadata.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql"))];
+
+fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    (*description).into(),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+impl MetaStore {
+    /// Connect to Postgres and apply pending migrations (idempotent).
+    pub async fn postgres(url: &str) -> Result<MetaStore, MetaError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|source| MetaError::Unavailable { backend: "postgres", source })?;
+        migrator(POSTGRES_MIGRATIONS).run(&pool).await?;
+        Ok(MetaStore::Postgres(pool))
+    }
+
+    /// Open (creating) the SQLite file at `path` and apply migrations.
+    pub async fn sqlite(path: &Path) -> Result<MetaStore, MetaError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| MetaError::Unavailable { backend: "sqlite", source })?;
+        migrator(SQLITE_MIGRATIONS).run(&pool).await?;
+        Ok(MetaStore::Sqlite(pool))
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            MetaStore::Postgres(_) => "postgres",
+            MetaStore::Sqlite(_) => "sqlite",
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Writing metadata: datasets synced from specs, runs and their steps,
+//! ingested files, lineage edges.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use super::{MetaError, MetaStore, on_pool};
+
+#[derive(Debug, Clone)]
+pub struct DatasetRecord {
+    pub name: String,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub spec_hash: String,
+    pub spec_text: String,
+    pub spec_file: String,
+    /// `layer.table` names the dataset produces.
+    pub tables: Vec<String>,
+    pub schedule: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: String,
+    pub datasets: Vec<String>,
+    pub trigger: String,
+    pub parameters: serde_json::Value,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub run_id: String,
+    pub seq: i32,
+    pub dataset: String,
+    pub layer: String,
+    pub table_name: String,
+    pub rows_in: i64,
+    pub rows_out: i64,
+    pub rows_rejected: i64,
+    pub status: String,
+    pub duration_ms: i64,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileRecord {
+    pub dataset: String,
+    pub path: String,
+    pub content_hash: String,
+    pub size_bytes: i64,
+    pub run_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LineageEdge {
+    pub from_table: String,
+    /// Empty for a table-level edge.
+    pub from_column: String,
+    pub to_table: String,
+    pub to_column: String,
+    pub transform: String,
+}
+
+impl MetaStore {
+    /// Upsert `datasets` as active and mark every other known dataset
+    /// retired (its history is kept).
+    pub async fn sync_datasets(&self, datasets: &[DatasetRecord]) -> Result<(), MetaError> {
+        let now = Utc::now();
+        for d in datasets {
+            let sql = "INSERT INTO datasets (name, description, owner, spec_hash, spec_text, spec_file, tables, schedule, status, synced_at) \
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9) \
+                       ON CONFLICT (name) DO UPDATE SET description = excluded.description, owner = excluded.owner, \
+                       spec_hash = excluded.spec_hash, spec_text = excluded.spec_text, spec_file = excluded.spec_file, \
+                       tables = excluded.tables, schedule = excluded.schedule, status = 'active', synced_at = excluded.synced_at";
+            on_pool!(self, |pool| sqlx::query(sql)
+                .bind(&d.name)
+                .bind(&d.description)
+                .bind(&d.owner)
+                .bind(&d.spec_hash)
+                .bind(&d.spec_text)
+                .bind(&d.spec_file)
+                .bind(Json(&d.tables))
+                .bind(&d.schedule)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|_| ()))?;
+        }
+        let names: Vec<String> = on_pool!(self, |pool| sqlx::query_scalar::<_, String>(
+            "SELECT name FROM datasets WHERE status = 'active'"
+        )
+        .fetch_all(pool)
+        .await)?;
+        for name in names.iter().filter(|n| !datasets.iter().any(|d| &d.name == *n)) {
+            on_pool!(self, |pool| sqlx::query("UPDATE datasets SET status = 'retired', synced_at = $2 WHERE name = $1")
+                .bind(name)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|_| ()))?;
+        }
+        Ok(())
+    }
+
+    pub async fn start_run(&self, run: &RunRecord) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO runs (id, datasets, trigger, parameters, status, started_at) VALUES ($1, $2, $3, $4, 'running', $5)"
+        )
+        .bind(&run.id)
+        .bind(Json(&run.datasets))
+        .bind(&run.trigger)
+        .bind(Json(&run.parameters))
+        .bind(run.started_at)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn record_step(&self, step: &StepRecord) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO run_steps (run_id, seq, dataset, layer, table_name, rows_in, rows_out, rows_rejected, status, duration_ms, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        )
+        .bind(&step.run_id)
+        .bind(step.seq)
+        .bind(&step.dataset)
+        .bind(&step.layer)
+        .bind(&step.table_name)
+        .bind(step.rows_in)
+        .bind(step.rows_out)
+        .bind(step.rows_rejected)
+        .bind(&step.status)
+        .bind(step.duration_ms)
+        .bind(&step.message)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn finish_run(
+        &self,
+        id: &str,
+        error: Option<&str>,
+        rows_in: i64,
+        rows_out: i64,
+        rows_rejected: i64,
+    ) -> Result<(), MetaError> {
+        let status = if error.is_some() { "failed" } else { "succeeded" };
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE runs SET status = $2, finished_at = $3, error = $4, rows_in = $5, rows_out = $6, rows_rejected = $7 WHERE id = $1"
+        )
+        .bind(id)
+        .bind(status)
+        .bind(Utc::now())
+        .bind(error)
+        .bind(rows_in)
+        .bind(rows_out)
+        .bind(rows_rejected)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn record_file(&self, file: &FileRecord) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO files (dataset, path, content_hash, size_bytes, run_id, ingested_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (dataset, content_hash) DO UPDATE SET path = excluded.path, run_id = excluded.run_id, ingested_at = excluded.ingested_at"
+        )
+        .bind(&file.dataset)
+        .bind(&file.path)
+        .bind(&file.content_hash)
+        .bind(file.size_bytes)
+        .bind(&file.run_id)
+        .bind(Utc::now())
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Insert or re-confirm `edges`, recording `run_id` as the run that last saw each.
+    pub async fn upsert_lineage(&self, edges: &[LineageEdge], run_id: &str) -> Result<(), MetaError> {
+        let now = Utc::now();
+        for e in edges {
+            on_pool!(self, |pool| sqlx::query(
+                "INSERT INTO lineage_edges (from_table, from_column, to_table, to_column, transform, run_id, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (from_table, from_column, to_table, to_column) DO UPDATE SET transform = excluded.transform, \
+                 run_id = excluded.run_id, updated_at = excluded.updated_at"
+            )
+            .bind(&e.from_table)
+            .bind(&e.from_column)
+            .bind(&e.to_table)
+            .bind(&e.to_column)
+            .bind(&e.transform)
+            .bind(run_id)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        }
+        Ok(())
+    }
+}
