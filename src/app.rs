@@ -110,6 +110,7 @@ pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> 
     let project = load_project(config).map_err(AppError::Specs)?;
     let core = Core::build(config, vec![]).await?;
     let pipeline = Pipeline::new(core.lake, core.engine, core.meta, project);
+    pipeline.sync_datasets().await?;
     Ok(pipeline.run(datasets, options).await?)
 }
 

@@ -2,5 +2,6 @@
 //! process over a real socket, with real Delta tables on disk.
 
 mod harness;
+mod metadata;
 mod pipeline;
 mod server;
