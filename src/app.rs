@@ -11,6 +11,7 @@ use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, RunReport};
 use crate::spec::{self, Project};
 use crate::pg::{Backends, PgServer, ServerOptions, UserStore};
+use crate::cache::Coordinator;
 use crate::meta::MetaStore;
 use crate::storage::{Lake, StorageError};
 
@@ -33,6 +34,8 @@ pub enum AppError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Meta(#[from] crate::meta::MetaError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// The lake, engine and pipeline, without a server.
@@ -40,6 +43,8 @@ struct Core {
     lake: Arc<Lake>,
     engine: Arc<Engine>,
     meta: Arc<MetaStore>,
+    coordinator: Arc<Coordinator>,
+    lock_ttl: std::time::Duration,
 }
 
 impl Core {
@@ -56,6 +61,11 @@ impl Core {
             }
         });
         tracing::info!(backend = meta.backend(), "metadata store ready");
+        let coordinator = Arc::new(match &config.redis_url {
+            Some(url) => Coordinator::redis(url, &config.redis_prefix).await?,
+            None => Coordinator::local(),
+        });
+        tracing::info!(backend = coordinator.backend(), "locks, events and cache ready");
         let engine = Arc::new(
             Engine::new(
                 lake.clone(),
@@ -68,7 +78,13 @@ impl Core {
             )
             .await?,
         );
-        Ok(Core { lake, engine, meta })
+        Ok(Core {
+            lake,
+            engine,
+            meta,
+            coordinator,
+            lock_ttl: config.lock_ttl,
+        })
     }
 }
 
@@ -84,7 +100,7 @@ pub async fn check(config: &Config) -> Result<Vec<String>, AppError> {
         Err(errors) => return Ok(errors),
     };
     let core = Core::build(config, vec![]).await?;
-    let pipeline = Pipeline::new(core.lake, core.engine, core.meta, project);
+    let pipeline = Pipeline::new(core.lake, core.engine, core.meta, core.coordinator, core.lock_ttl, project);
     let mut errors = Vec::new();
     let mut planned = 0;
     for dataset in &pipeline.project().datasets {
@@ -109,7 +125,7 @@ pub async fn check(config: &Config) -> Result<Vec<String>, AppError> {
 pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> Result<RunReport, AppError> {
     let project = load_project(config).map_err(AppError::Specs)?;
     let core = Core::build(config, vec![]).await?;
-    let pipeline = Pipeline::new(core.lake, core.engine, core.meta, project);
+    let pipeline = Pipeline::new(core.lake, core.engine, core.meta, core.coordinator, core.lock_ttl, project);
     pipeline.sync_datasets().await?;
     Ok(pipeline.run(datasets, options).await?)
 }
@@ -152,11 +168,11 @@ impl App {
         ));
         // With trust auth anyone may connect; show the conventional role.
         let roles = if users.is_empty() { vec!["workbench".into()] } else { users.names() };
-        let Core { lake, engine, meta } = Core::build(&config, roles).await?;
+        let Core { lake, engine, meta, coordinator, lock_ttl } = Core::build(&config, roles).await?;
         let pipeline = if config.specs.is_dir() {
             match load_project(&config) {
                 Ok(project) => {
-                    let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), meta.clone(), project));
+                    let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), meta.clone(), coordinator.clone(), lock_ttl, project));
                     pipeline.sync_datasets().await?;
                     engine.with_template(|ctx| crate::functions::register(ctx, pipeline.clone()));
                     Some(pipeline)

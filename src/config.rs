@@ -61,6 +61,19 @@ pub struct FileConfig {
     pub debug_functions: Option<bool>,
     #[serde(default)]
     pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    /// How long a dataset's run lock outlives a holder that died, e.g. `30s`.
+    pub lock_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://...`; when absent, locks, events and cache are in-process.
+    pub url: Option<String>,
+    /// Prefix for every key Workbench writes (several deployments on one Redis).
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +106,10 @@ pub struct Overrides {
     pub shutdown_timeout: Option<String>,
     /// `DATABASE_URL`: the metadata store.
     pub metadata_url: Option<String>,
+    /// `REDIS_URL`: locks, events, cache.
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub lock_ttl: Option<String>,
 }
 
 /// A user's SCRAM credentials: salt, iteration count and the salted password.
@@ -130,6 +147,10 @@ pub struct Config {
     pub debug_functions: bool,
     /// Postgres URL of the metadata store; `None` for the embedded SQLite file.
     pub metadata_url: Option<String>,
+    /// Redis URL; `None` for in-process locks, events and cache.
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub lock_ttl: Duration,
 }
 
 impl Default for Config {
@@ -214,6 +235,14 @@ impl Config {
             storage_options: file.storage_options,
             debug_functions: file.debug_functions.unwrap_or(false),
             metadata_url: o.metadata_url.or(file.metadata.url).filter(|u| !u.is_empty()),
+            redis_url: o.redis_url.or(file.redis.url).filter(|u| !u.is_empty()),
+            redis_prefix: o.redis_prefix.or(file.redis.prefix).unwrap_or_default(),
+            lock_ttl: o
+                .lock_ttl
+                .or(file.lock_ttl)
+                .map(|t| parse_duration("lock_ttl", &t))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(30)),
         })
     }
 

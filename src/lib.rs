@@ -12,11 +12,13 @@
 //! - [`engine`]: DataFusion session template and the `workbench` catalog.
 //! - [`functions`]: table functions (`run`, ...), one file each.
 //! - [`storage`]: Delta tables at `<lake>/<layer>/<table>` on object_store.
+//! - [`cache`]: Redis (or in-process) run locks, run events and result cache.
 //! - [`meta`]: metadata store (Postgres or embedded SQLite): runs, steps, files, lineage.
 //! - [`spec`]: dataset specs (YAML → raw serde types → validated).
 //! - [`pipeline`]: runs datasets: sources → bronze → silver rules → gold.
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod meta;

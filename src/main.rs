@@ -45,6 +45,15 @@ struct CommonArgs {
     /// Metadata store: a postgres:// URL [default: SQLite file in <lake>/_workbench/]
     #[arg(long = "database-url", env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// Redis for run locks, run events and cache [default: in-process]
+    #[arg(long = "redis-url", env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix for every Redis key Workbench writes
+    #[arg(long, env = "WORKBENCH_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// How long a dead holder's run lock lasts, e.g. 30s
+    #[arg(long, env = "WORKBENCH_LOCK_TTL")]
+    lock_ttl: Option<String>,
 }
 
 impl CommonArgs {
@@ -53,6 +62,9 @@ impl CommonArgs {
             lake: self.lake,
             specs: self.specs,
             metadata_url: self.database_url,
+            redis_url: self.redis_url,
+            redis_prefix: self.redis_prefix,
+            lock_ttl: self.lock_ttl,
             ..Default::default()
         };
         Ok(Config::load(self.config.as_deref(), overrides)?)
@@ -111,6 +123,9 @@ impl ServeArgs {
             statement_timeout: self.statement_timeout,
             shutdown_timeout: self.shutdown_timeout,
             metadata_url: self.common.database_url,
+            redis_url: self.common.redis_url,
+            redis_prefix: self.common.redis_prefix,
+            lock_ttl: self.common.lock_ttl,
         };
         Ok(Config::load(self.common.config.as_deref(), overrides)?)
     }

@@ -114,7 +114,16 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
         ),
         DataFusionError::ArrowError(arrow, _) => from_arrow(arrow),
         DataFusionError::External(inner) => {
-            if let Some(df) = inner.downcast_ref::<DataFusionError>() {
+            if let Some(pipeline) = inner.downcast_ref::<crate::pipeline::PipelineError>() {
+                use crate::pipeline::PipelineError;
+                let code = match pipeline {
+                    PipelineError::Locked { .. } => "55P03",
+                    PipelineError::UnknownDataset(_) => "42704",
+                    PipelineError::Meta(_) | PipelineError::Coordination(_) => "08006",
+                    _ => "XX000",
+                };
+                error(code, pipeline.to_string())
+            } else if let Some(df) = inner.downcast_ref::<DataFusionError>() {
                 from_datafusion(df)
             } else if let Some(arrow) = inner.downcast_ref::<ArrowError>() {
                 from_arrow(arrow)

@@ -18,6 +18,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, SessionContext, lit};
 use sha2::{Digest, Sha256};
 
+use crate::cache::{Coordinator, Event, LockGuard};
 use crate::engine::Engine;
 use crate::meta::{DatasetRecord, FileRecord, LineageEdge, MetaStore, RunRecord, StepRecord};
 use crate::spec::{Project, SourceFormat, Spec, WriteMode};
@@ -46,6 +47,10 @@ pub enum PipelineError {
     Step { step: String, message: String },
     #[error("{0}")]
     Meta(#[from] crate::meta::MetaError),
+    #[error("dataset '{dataset}' is already being run by run {holder}; wait for it (SELECT * FROM workbench.runs WHERE id = '{holder}') and try again")]
+    Locked { dataset: String, holder: String },
+    #[error("cannot take the run lock: {0}")]
+    Coordination(String),
 }
 
 fn step_error(step: &str, err: impl std::fmt::Display) -> PipelineError {
@@ -124,12 +129,61 @@ pub struct Pipeline {
     lake: Arc<Lake>,
     engine: Arc<Engine>,
     meta: Arc<MetaStore>,
+    coordinator: Arc<Coordinator>,
+    lock_ttl: std::time::Duration,
     project: Project,
 }
 
 impl Pipeline {
-    pub fn new(lake: Arc<Lake>, engine: Arc<Engine>, meta: Arc<MetaStore>, project: Project) -> Self {
-        Pipeline { lake, engine, meta, project }
+    pub fn new(
+        lake: Arc<Lake>,
+        engine: Arc<Engine>,
+        meta: Arc<MetaStore>,
+        coordinator: Arc<Coordinator>,
+        lock_ttl: std::time::Duration,
+        project: Project,
+    ) -> Self {
+        Pipeline { lake, engine, meta, coordinator, lock_ttl, project }
+    }
+
+    /// Take every dataset's run lock, or none: a second run of a dataset
+    /// fails naming the run that holds it.
+    async fn lock(&self, datasets: &[String], run_id: &str) -> Result<Vec<LockGuard>, PipelineError> {
+        let mut names = datasets.to_vec();
+        names.sort();
+        names.dedup();
+        let mut guards = Vec::with_capacity(names.len());
+        for name in &names {
+            match self.coordinator.try_lock(&format!("dataset:{name}"), run_id, self.lock_ttl).await {
+                Ok(Ok(guard)) => guards.push(guard),
+                Ok(Err(held)) => {
+                    for guard in guards {
+                        let _ = guard.release().await;
+                    }
+                    return Err(PipelineError::Locked {
+                        dataset: name.clone(),
+                        holder: held.holder,
+                    });
+                }
+                Err(err) => {
+                    for guard in guards {
+                        let _ = guard.release().await;
+                    }
+                    return Err(PipelineError::Coordination(err.to_string()));
+                }
+            }
+        }
+        Ok(guards)
+    }
+
+    async fn publish(&self, kind: &str, fields: Vec<(&str, String)>) {
+        let event = Event {
+            kind: kind.to_string(),
+            fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        };
+        if let Err(err) = self.coordinator.publish(event).await {
+            tracing::warn!(%err, "publishing a run event failed");
+        }
     }
 
     /// Record every spec in the metadata store; specs that disappeared are
@@ -213,6 +267,11 @@ impl Pipeline {
         } else {
             datasets.to_vec()
         };
+        if let Some(unknown) = names.iter().find(|n| self.project.dataset(n).is_none()) {
+            return Err(PipelineError::UnknownDataset(unknown.clone()));
+        }
+        let locks = self.lock(&names, &run_id).await?;
+        self.publish("run_started", vec![("run_id", run_id.clone()), ("datasets", names.join(","))]).await;
         self.meta
             .start_run(&RunRecord {
                 id: run_id.clone(),
@@ -253,10 +312,31 @@ impl Pipeline {
                 if let Err(err) = self.meta.record_step(&record).await {
                     tracing::warn!(%err, "recording a run step failed");
                 }
+                self.publish(
+                    "step",
+                    vec![
+                        ("run_id", run_id.clone()),
+                        ("dataset", record.dataset.clone()),
+                        ("layer", record.layer.clone()),
+                        ("table", record.table_name.clone()),
+                        ("status", record.status.clone()),
+                        ("rows_out", record.rows_out.to_string()),
+                    ],
+                )
+                .await;
             }
         }
         if let Err(err) = self.meta.finish_run(&run_id, error.as_deref(), totals.0, totals.1, totals.2).await {
             tracing::warn!(%err, "recording the end of the run failed");
+        }
+        match &error {
+            None => self.publish("run_finished", vec![("run_id", run_id.clone()), ("rows_out", totals.1.to_string())]).await,
+            Some(e) => self.publish("run_failed", vec![("run_id", run_id.clone()), ("error", e.clone())]).await,
+        }
+        for guard in locks {
+            if let Err(err) = guard.release().await {
+                tracing::warn!(%err, "releasing a run lock failed (it expires by itself)");
+            }
         }
         result
     }

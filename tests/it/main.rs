@@ -2,6 +2,7 @@
 //! process over a real socket, with real Delta tables on disk.
 
 mod harness;
+mod coordination;
 mod metadata;
 mod pipeline;
 mod server;

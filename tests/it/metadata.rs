@@ -6,18 +6,18 @@ use std::process::Command;
 use crate::harness::{BIN, Server, ServerOptions};
 
 /// A scratch Postgres database, dropped when this goes out of scope.
-struct ScratchDb {
+pub struct ScratchDb {
     name: String,
 }
 
 impl ScratchDb {
-    fn create(tag: &str) -> ScratchDb {
+    pub fn create(tag: &str) -> ScratchDb {
         let name = format!("wb_{tag}_{}_{}", std::process::id(), rand_suffix());
         psql("postgres", &format!("CREATE DATABASE {name}"));
         ScratchDb { name }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
     }
 }

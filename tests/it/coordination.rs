@@ -1,0 +1,173 @@
+//! Run locks and run events: in-process (embedded) and Redis + Postgres
+//! shared by two server processes.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{BIN, Server, ServerOptions};
+use crate::metadata::ScratchDb;
+
+fn prefix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("wbtest:{}:{nanos}:", std::process::id())
+}
+
+fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379"]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A lake + specs with one dataset big enough that a run lasts a while.
+fn big_dataset() -> (tempfile::TempDir, tempfile::TempDir) {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/big")).unwrap();
+    let mut rows = String::from("n,label\n");
+    for n in 0..150_000 {
+        rows.push_str(&format!("{n},label {n}\n"));
+    }
+    std::fs::write(lake.path().join("landing/big/a.csv"), rows).unwrap();
+    std::fs::write(
+        specs.path().join("big.yaml"),
+        "name: big\nsource: { format: csv, path: landing/big/*.csv }\nsilver:\n  mode: append\n  rules:\n    - type_cast: { n: bigint }\n",
+    )
+    .unwrap();
+    (lake, specs)
+}
+
+/// Fire `calls` concurrent `run('big')` queries spread over `servers`;
+/// returns (successes, lock errors).
+async fn race(servers: &[&Server], calls: usize) -> (usize, Vec<String>) {
+    let mut clients = Vec::new();
+    for i in 0..calls {
+        clients.push(servers[i % servers.len()].connect().await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(calls));
+    let mut tasks = Vec::new();
+    for client in clients {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            client.simple_query("SELECT status FROM run('big')").await.map(|_| ())
+        }));
+    }
+    let mut ok = 0;
+    let mut locked = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(err) => {
+                let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+                assert_eq!(db.code().code(), "55P03", "{}", db.message());
+                locked.push(db.message().to_string());
+            }
+        }
+    }
+    (ok, locked)
+}
+
+#[tokio::test]
+async fn ten_concurrent_runs_one_runs_the_others_name_the_holder_embedded() {
+    let (lake, specs) = big_dataset();
+    // Build once so the start-up build is out of the way.
+    let out = Command::new(BIN).args(["run", "big", "--lake"]).arg(lake.path()).arg("--specs").arg(specs.path()).output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(lake.path().join("landing/big/b.csv"), "n,label\n1,x\n").unwrap();
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions { args: vec!["--specs".into(), specs.path().display().to_string()], ..Default::default() },
+    );
+    let (ok, locked) = race(&[&server], 10).await;
+    assert_eq!(ok, 1, "exactly one run; lock errors: {locked:?}");
+    assert_eq!(locked.len(), 9);
+    assert!(locked[0].contains("already being run by run "), "{}", locked[0]);
+    let client = server.connect().await;
+    let n: i64 = client.query_one("SELECT count(*) FROM silver.big", &[]).await.unwrap().get(0);
+    assert_eq!(n, 150_001, "no duplicate rows");
+}
+
+#[tokio::test]
+async fn ten_concurrent_runs_across_two_servers_sharing_redis_and_postgres() {
+    let (lake, specs) = big_dataset();
+    let db = ScratchDb::create("locks");
+    let prefix = prefix();
+    let args = vec![
+        "--specs".to_string(),
+        specs.path().display().to_string(),
+        "--database-url".into(),
+        db.url(),
+        "--redis-url".into(),
+        "redis://127.0.0.1:6379".into(),
+        "--redis-prefix".into(),
+        prefix.clone(),
+    ];
+    let a = Server::start_at(lake.path(), ServerOptions { args: args.clone(), ..Default::default() });
+    // Wait for the start-up build (server a may be building; b sees it locked).
+    let client = a.connect().await;
+    let started = Instant::now();
+    while client.query("SELECT 1 FROM silver.big LIMIT 1", &[]).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(90), "start-up build never finished\n{}", a.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let b = Server::start_at(lake.path(), ServerOptions { args, ..Default::default() });
+    std::fs::write(lake.path().join("landing/big/b.csv"), "n,label\n1,x\n").unwrap();
+    let (ok, locked) = race(&[&a, &b], 10).await;
+    assert_eq!(ok, 1, "exactly one run across both servers; lock errors: {locked:?}");
+    assert_eq!(locked.len(), 9);
+    let n: i64 = client.query_one("SELECT count(*) FROM silver.big", &[]).await.unwrap().get(0);
+    assert_eq!(n, 150_001, "no duplicate rows");
+    let bronze: i64 = client.query_one("SELECT count(*) FROM bronze.big", &[]).await.unwrap().get(0);
+    assert_eq!(bronze, 150_001);
+    // Both servers read the same history from Postgres.
+    let runs_a: i64 = client.query_one("SELECT count(*) FROM workbench.runs", &[]).await.unwrap().get(0);
+    let runs_b: i64 = b.connect().await.query_one("SELECT count(*) FROM workbench.runs", &[]).await.unwrap().get(0);
+    assert_eq!(runs_a, runs_b);
+    // Events of every run are on the stream.
+    let events = redis_cli(&["XRANGE", &format!("{prefix}workbench:runs"), "-", "+"]);
+    assert!(events.contains("run_started") && events.contains("run_finished") && events.contains("step"), "{events}");
+}
+
+#[tokio::test]
+async fn a_killed_holder_blocks_the_next_run_no_longer_than_the_lock_ttl() {
+    let (lake, specs) = big_dataset();
+    let prefix = prefix();
+    let common = |cmd: &mut Command| {
+        cmd.arg("--lake")
+            .arg(lake.path())
+            .arg("--specs")
+            .arg(specs.path())
+            .args(["--redis-url", "redis://127.0.0.1:6379", "--redis-prefix", &prefix, "--lock-ttl", "3s"]);
+    };
+    let mut first = Command::new(BIN);
+    first.args(["run", "big"]);
+    common(&mut first);
+    let mut child = first.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let key = format!("{prefix}lock:dataset:big");
+    let started = Instant::now();
+    while redis_cli(&["EXISTS", &key]).trim() != "1" {
+        assert!(started.elapsed() < Duration::from_secs(30), "the run never took its lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = Instant::now();
+    let mut refused = 0;
+    let unlocked_after = loop {
+        let attempt = killed_at.elapsed();
+        let mut again = Command::new(BIN);
+        again.args(["run", "big"]);
+        common(&mut again);
+        let out = again.output().unwrap();
+        if out.status.success() {
+            break attempt;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("already being run by run"), "{stderr}");
+        refused += 1;
+        assert!(killed_at.elapsed() < Duration::from_secs(8), "still locked after the TTL");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The lock TTL is 3 s; allow for process start-up of each attempt.
+    assert!(unlocked_after < Duration::from_millis(4500), "lock outlived its TTL: {unlocked_after:?}");
+    assert!(refused >= 1, "the dead holder's lock should have been seen at least once");
+}
