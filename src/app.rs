@@ -94,7 +94,7 @@ fn load_project(config: &Config) -> Result<Project, Vec<String>> {
 
 /// `workbench check`: every spec error, then rule-planning errors on the
 /// landing files present. Empty when everything is valid.
-pub async fn check(config: &Config) -> Result<Vec<String>, AppError> {
+pub async fn check(config: &Config, sync: bool) -> Result<Vec<String>, AppError> {
     let project = match load_project(config) {
         Ok(project) => project,
         Err(errors) => return Ok(errors),
@@ -109,6 +109,9 @@ pub async fn check(config: &Config) -> Result<Vec<String>, AppError> {
             Ok(false) => {}
             Err(err) => errors.push(err.to_string()),
         }
+    }
+    if errors.is_empty() && sync {
+        pipeline.sync_datasets().await?;
     }
     if errors.is_empty() {
         println!(

@@ -23,7 +23,7 @@ enum Command {
     Serve(ServeArgs),
     /// Validate every spec (and plan its rules on the landing files present);
     /// exits non-zero on any error.
-    Check(CommonArgs),
+    Check(CheckArgs),
     /// Run datasets: landing → bronze → silver → gold.
     Run(RunArgs),
     /// Print a password hash for the `users:` section of the config file
@@ -72,6 +72,15 @@ impl CommonArgs {
 }
 
 #[derive(Args)]
+struct CheckArgs {
+    /// Also record the specs in the metadata store (workbench.datasets)
+    #[arg(long)]
+    sync: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// Datasets to run (see --all)
     datasets: Vec<String>,
@@ -87,6 +96,9 @@ struct RunArgs {
     /// Last day of the window for {{ end_date }} (YYYY-MM-DD)
     #[arg(long)]
     to: Option<chrono::NaiveDate>,
+    /// If another run of a dataset is in progress, wait up to this long (e.g. 10m)
+    #[arg(long)]
+    wait: Option<humantime::Duration>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -172,9 +184,9 @@ async fn main() -> anyhow::Result<()> {
             app.run(shutdown_signal()).await?;
         }
         Command::Check(args) => {
-            let config = args.config()?;
+            let config = args.common.config()?;
             init_telemetry();
-            let errors = workbench::app::check(&config).await?;
+            let errors = workbench::app::check(&config, args.sync).await?;
             if !errors.is_empty() {
                 for error in &errors {
                     eprintln!("{error}");
@@ -191,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
                 full_refresh: args.full_refresh,
                 window: workbench::pipeline::DateWindow { start: args.from, end: args.to },
                 trigger: "cli".into(),
+                wait: args.wait.map(Into::into),
             };
             let report = workbench::app::run(&config, &args.datasets, &options).await?;
             print!("{}", workbench::app::format_report(&report));

@@ -66,6 +66,9 @@ pub struct RunOptions {
     pub window: DateWindow,
     /// Who started the run: cli, sql, startup, schedule, api.
     pub trigger: String,
+    /// Wait up to this long for another run of the same dataset to finish
+    /// (instead of failing at once).
+    pub wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +151,19 @@ impl Pipeline {
 
     /// Take every dataset's run lock, or none: a second run of a dataset
     /// fails naming the run that holds it.
-    async fn lock(&self, datasets: &[String], run_id: &str) -> Result<Vec<LockGuard>, PipelineError> {
+    async fn lock(&self, datasets: &[String], run_id: &str, wait: Option<std::time::Duration>) -> Result<Vec<LockGuard>, PipelineError> {
+        let deadline = wait.map(|w| std::time::Instant::now() + w);
+        loop {
+            match self.try_lock_all(datasets, run_id).await {
+                Err(PipelineError::Locked { .. }) if deadline.is_some_and(|d| std::time::Instant::now() < d) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_lock_all(&self, datasets: &[String], run_id: &str) -> Result<Vec<LockGuard>, PipelineError> {
         let mut names = datasets.to_vec();
         names.sort();
         names.dedup();
@@ -270,7 +285,7 @@ impl Pipeline {
         if let Some(unknown) = names.iter().find(|n| self.project.dataset(n).is_none()) {
             return Err(PipelineError::UnknownDataset(unknown.clone()));
         }
-        let locks = self.lock(&names, &run_id).await?;
+        let locks = self.lock(&names, &run_id, options.wait).await?;
         self.publish("run_started", vec![("run_id", run_id.clone()), ("datasets", names.join(","))]).await;
         self.meta
             .start_run(&RunRecord {

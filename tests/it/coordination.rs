@@ -171,3 +171,85 @@ async fn a_killed_holder_blocks_the_next_run_no_longer_than_the_lock_ttl() {
     assert!(unlocked_after < Duration::from_millis(4500), "lock outlived its TTL: {unlocked_after:?}");
     assert!(refused >= 1, "the dead holder's lock should have been seen at least once");
 }
+
+/// A private redis-server on a free port, so stopping it disturbs no other test.
+struct PrivateRedis {
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { child: Some(child) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn when_redis_goes_away_queries_work_runs_fail_clearly_and_recover_when_it_returns() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = PrivateRedis::start(port);
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/t")).unwrap();
+    std::fs::write(lake.path().join("landing/t/a.csv"), "a\n1\n").unwrap();
+    std::fs::write(specs.path().join("t.yaml"), "name: t\nsource: { format: csv, path: landing/t/*.csv }\nsilver: { rules: [] }\n").unwrap();
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions {
+            args: vec![
+                "--specs".into(),
+                specs.path().display().to_string(),
+                "--redis-url".into(),
+                format!("redis://127.0.0.1:{port}"),
+            ],
+            ..Default::default()
+        },
+    );
+    let client = server.connect().await;
+    let started = Instant::now();
+    while client.query("SELECT 1 FROM silver.t", &[]).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.stop();
+    let n: i64 = client.query_one("SELECT count(*) FROM silver.t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "lake queries do not need Redis");
+    let err = client.simple_query("SELECT * FROM run('t')").await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "08006", "{}", db.message());
+    assert!(db.message().contains("lock"), "{}", db.message());
+    let _redis = PrivateRedis::start(port);
+    let started = Instant::now();
+    loop {
+        match client.simple_query("SELECT * FROM run('t')").await {
+            Ok(_) => break,
+            Err(err) if started.elapsed() < Duration::from_secs(20) => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(err) => panic!("no recovery after Redis came back: {err}"),
+        }
+    }
+}
