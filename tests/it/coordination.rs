@@ -253,3 +253,105 @@ async fn when_redis_goes_away_queries_work_runs_fail_clearly_and_recover_when_it
         }
     }
 }
+
+/// A private PostgreSQL cluster on a free port (initdb + pg_ctl as the
+/// `postgres` user), so stopping it disturbs no other test.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").is_file())
+            .expect("initdb");
+        let dir = tempfile::TempDir::new().unwrap();
+        Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let out = as_postgres(&bin.join("initdb"), &["-D", &dir.path().join("data").display().to_string(), "-U", "postgres", "--auth=trust"]);
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let pg = PrivatePostgres { dir, port, bin };
+        pg.up();
+        pg
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let data = self.dir.path().join("data").display().to_string();
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let mut all = vec!["-D", &data, "-o", &options, "-w"];
+        all.extend_from_slice(args);
+        as_postgres(&self.bin.join("pg_ctl"), &all)
+    }
+
+    fn up(&self) {
+        let out = self.ctl(&["-l", &self.dir.path().join("log").display().to_string(), "start"]);
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn down(&self) {
+        let _ = self.ctl(&["-m", "immediate", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("runuser").args(["-u", "postgres", "--"]).arg(program).args(args).output().expect("runuser")
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[tokio::test]
+async fn when_postgres_goes_away_queries_work_runs_fail_clearly_and_recover_when_it_returns() {
+    let pg = PrivatePostgres::start();
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/t")).unwrap();
+    std::fs::write(lake.path().join("landing/t/a.csv"), "a\n1\n").unwrap();
+    std::fs::write(specs.path().join("t.yaml"), "name: t\nsource: { format: csv, path: landing/t/*.csv }\nsilver: { rules: [] }\n").unwrap();
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions {
+            args: vec!["--specs".into(), specs.path().display().to_string(), "--database-url".into(), pg.url()],
+            ..Default::default()
+        },
+    );
+    let client = server.connect().await;
+    let started = Instant::now();
+    while client.query("SELECT 1 FROM silver.t", &[]).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pg.down();
+    let n: i64 = client.query_one("SELECT count(*) FROM silver.t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "lake queries do not need the metadata store");
+    let err = client.simple_query("SELECT * FROM run('t')").await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "08006", "{}", db.message());
+    assert!(db.message().contains("metadata store"), "{}", db.message());
+    pg.up();
+    let started = Instant::now();
+    loop {
+        match client.simple_query("SELECT * FROM run('t')").await {
+            Ok(_) => break,
+            Err(err) if started.elapsed() < Duration::from_secs(20) => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(err) => panic!("no recovery after Postgres came back: {err}"),
+        }
+    }
+    let runs: i64 = client.query_one("SELECT count(*) FROM workbench.runs", &[]).await.unwrap().get(0);
+    assert!(runs >= 2);
+}
