@@ -145,7 +145,9 @@ impl ServeArgs {
 
 fn init_telemetry() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // Our own events at info; dependencies (delta-kernel logs snapshot
+        // dumps at info) only when something is wrong.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,workbench=info"))
         // delta-kernel logs an ERROR when probing a table that has no commit
         // yet, which is how every new table starts.
         .add_directive("buoyant_kernel::snapshot::builder=off".parse().expect("valid directive"));

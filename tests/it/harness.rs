@@ -69,7 +69,7 @@ impl Server {
             .arg("--config")
             .arg(&config)
             .args(&options.args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn,workbench=info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("server log"))
             .spawn()
