@@ -177,7 +177,6 @@ impl App {
                 Ok(project) => {
                     let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), meta.clone(), coordinator.clone(), lock_ttl, project));
                     pipeline.sync_datasets().await?;
-                    engine.with_template(|ctx| crate::functions::register(ctx, pipeline.clone()));
                     Some(pipeline)
                 }
                 Err(errors) => {
@@ -191,6 +190,13 @@ impl App {
         } else {
             None
         };
+        let services = crate::functions::Services {
+            lake: lake.clone(),
+            meta: meta.clone(),
+            engine: engine.clone(),
+            pipeline: pipeline.clone(),
+        };
+        engine.with_template(|ctx| crate::functions::register(ctx, services));
         let server = PgServer::bind(
             config.listen,
             engine.clone(),

@@ -53,6 +53,15 @@ pub enum StorageError {
         #[source]
         source: Box<DeltaTableError>,
     },
+    #[error("table '{layer}.{table}' not found")]
+    Missing { layer: Layer, table: String },
+    #[error("{layer}.{table} has no version at {at}: {reason}")]
+    NoSuchVersion {
+        layer: Layer,
+        table: String,
+        at: String,
+        reason: String,
+    },
     #[error("listing {what}: {source}")]
     List {
         what: String,
@@ -487,5 +496,46 @@ impl Lake {
                 metadata: info.info,
             })
             .collect())
+    }
+}
+
+/// A point in a table's history.
+#[derive(Debug, Clone)]
+pub enum At {
+    Version(u64),
+    /// RFC 3339 timestamp or date (`2024-05-01T12:00:00Z`, `2024-05-01`).
+    Timestamp(String),
+}
+
+impl Lake {
+    /// `layer.table` as it was at `at`.
+    pub async fn table_at(&self, layer: Layer, table: &str, at: At) -> Result<DeltaTable, StorageError> {
+        if !is_identifier(table) || !self.has_delta_log(layer, table).await {
+            return Err(StorageError::Missing {
+                layer,
+                table: table.to_string(),
+            });
+        }
+        let wrap = |source: DeltaTableError| StorageError::Table {
+            layer,
+            table: table.to_string(),
+            source: Box::new(source),
+        };
+        let builder = DeltaTableBuilder::from_url(self.table_url(layer, table))
+            .map_err(wrap)?
+            .with_storage_options(self.options.clone());
+        let builder = match &at {
+            At::Version(v) => builder.with_version(*v),
+            At::Timestamp(ts) => {
+                let ts = if ts.len() == 10 { format!("{ts}T00:00:00Z") } else { ts.clone() };
+                builder.with_datestring(&ts).map_err(wrap)?
+            }
+        };
+        builder.load().await.map_err(|e| StorageError::NoSuchVersion {
+            layer,
+            table: table.to_string(),
+            at: format!("{at:?}"),
+            reason: e.to_string(),
+        })
     }
 }

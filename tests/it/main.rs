@@ -3,6 +3,7 @@
 
 mod harness;
 mod coordination;
+mod functions;
 mod metadata;
 mod pipeline;
 mod server;
