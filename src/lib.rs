@@ -14,6 +14,7 @@
 //! - [`storage`]: Delta tables at `<lake>/<layer>/<table>` on object_store.
 //! - [`cache`]: Redis (or in-process) run locks, run events and result cache.
 //! - [`meta`]: metadata store (Postgres or embedded SQLite): runs, steps, files, lineage.
+//! - [`quality`]: expectations compiled to SQL checks (validate, pipeline on_fail).
 //! - [`spec`]: dataset specs (YAML → raw serde types → validated).
 //! - [`pipeline`]: runs datasets: sources → bronze → silver rules → gold.
 
@@ -25,5 +26,6 @@ pub mod meta;
 pub mod functions;
 pub mod pg;
 pub mod pipeline;
+pub mod quality;
 pub mod spec;
 pub mod storage;

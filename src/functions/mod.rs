@@ -7,6 +7,7 @@ mod lineage;
 mod profile;
 mod run;
 mod table_at;
+mod validate;
 
 use std::sync::Arc;
 
@@ -41,5 +42,6 @@ pub fn register(ctx: &SessionContext, services: Services) {
     ctx.register_udtf("history", Arc::new(history::History(services.clone())));
     ctx.register_udtf("table_at", Arc::new(table_at::TableAt(services.clone())));
     ctx.register_udtf("lineage", Arc::new(lineage::Lineage(services.clone())));
+    ctx.register_udtf("validate", Arc::new(validate::Validate(services.clone())));
     ctx.register_udtf("profile", Arc::new(profile::Profile(services)));
 }

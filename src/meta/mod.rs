@@ -14,7 +14,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-pub use records::{DatasetRecord, FileRecord, LineageEdge, RunRecord, StepRecord};
+pub use records::{DatasetRecord, FileRecord, LineageEdge, RunRecord, StepRecord, ValidationRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {

@@ -62,7 +62,48 @@ pub struct LineageEdge {
     pub transform: String,
 }
 
+/// One expectation's result, as `workbench.validations` stores it.
+#[derive(Debug, Clone)]
+pub struct ValidationRecord {
+    pub run_id: Option<String>,
+    pub table_name: String,
+    pub expectation: String,
+    pub columns: String,
+    pub success: bool,
+    pub element_count: i64,
+    pub unexpected_count: i64,
+    pub unexpected_percent: f64,
+    pub missing_count: i64,
+    /// JSON array of up to 20 sample values.
+    pub partial_unexpected_list: String,
+    pub observed_value: Option<String>,
+}
+
 impl MetaStore {
+    pub async fn record_validation(&self, v: &ValidationRecord) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO validations (run_id, table_name, expectation, columns, success, element_count, unexpected_count, \
+             unexpected_percent, missing_count, partial_unexpected_list, observed_value, validated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        )
+        .bind(&v.run_id)
+        .bind(&v.table_name)
+        .bind(&v.expectation)
+        .bind(&v.columns)
+        .bind(v.success)
+        .bind(v.element_count)
+        .bind(v.unexpected_count)
+        .bind(v.unexpected_percent)
+        .bind(v.missing_count)
+        .bind(&v.partial_unexpected_list)
+        .bind(&v.observed_value)
+        .bind(Utc::now())
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
     /// Upsert `datasets` as active and mark every other known dataset
     /// retired (its history is kept).
     pub async fn sync_datasets(&self, datasets: &[DatasetRecord]) -> Result<(), MetaError> {

@@ -478,9 +478,10 @@ impl Pipeline {
                 report.steps.push(step);
                 Ok(())
             }
-            Ok(Some((rows_in, rows_out))) => {
+            Ok(Some((rows_in, rows_out, rejected))) => {
                 step.rows_in = rows_in;
                 step.rows_out = rows_out;
+                step.rows_rejected = rejected;
                 step.duration_ms = started.elapsed().as_millis() as u64;
                 report.steps.push(step);
                 changed.insert(format!("silver.{}", spec.name));
@@ -625,7 +626,7 @@ impl Pipeline {
         rule_list: &[crate::spec::Located<crate::spec::Rule>],
         options: &RunOptions,
         run_id: &str,
-    ) -> Result<Option<(u64, u64)>, PipelineError> {
+    ) -> Result<Option<(u64, u64, u64)>, PipelineError> {
         let step = format!("silver.{}", spec.name);
         let ctx = self.engine.internal_session();
         let Some(bronze_table) = self.lake.table(Layer::Bronze, &spec.name).await? else {
@@ -676,6 +677,8 @@ impl Pipeline {
         let refined = refined
             .with_column("_run_id", lit(run_id.to_string()))
             .map_err(|e| step_error(&step, e))?;
+        let expectations = spec.silver.as_ref().map(|s| s.expectations.clone()).unwrap_or_default();
+        let (refined, rejected) = self.enforce(&ctx, spec, refined, &expectations, run_id).await?;
         let rule_names: Vec<&str> = rule_list.iter().map(|r| r.value.name()).collect();
         let transform = if rule_names.is_empty() { "copy".to_string() } else { format!("rules: {}", rule_names.join(", ")) };
         let rows_out = match (mode, whole) {
@@ -710,7 +713,129 @@ impl Pipeline {
         };
         self.record_lineage(&[edge(&format!("bronze.{}", spec.name), &format!("silver.{}", spec.name), &transform)], run_id)
             .await;
-        Ok(Some((rows_in, rows_out)))
+        Ok(Some((rows_in, rows_out, rejected)))
+    }
+
+    /// Evaluate the silver expectations on `refined` and apply each one's
+    /// `on_fail`: warn (record only), drop or quarantine the failing rows
+    /// (quarantine: into `silver.<table>__quarantine` with the reasons), or
+    /// fail the run before anything is committed. Returns the rows to write
+    /// and how many were rejected.
+    async fn enforce(
+        &self,
+        ctx: &SessionContext,
+        spec: &Spec,
+        refined: DataFrame,
+        expectations: &[crate::spec::Located<crate::spec::Expectation>],
+        run_id: &str,
+    ) -> Result<(DataFrame, u64), PipelineError> {
+        use crate::quality;
+        use crate::spec::OnFail;
+        if expectations.is_empty() {
+            return Ok((refined, 0));
+        }
+        let step = format!("silver.{}", spec.name);
+        let columns: Vec<String> = refined.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let view = quality::register_view(ctx, refined.clone()).map_err(|e| step_error(&step, e))?;
+        let mut rejecting: Vec<(quality::Check, OnFail)> = Vec::new();
+        for expectation in expectations {
+            let checks = quality::compile(&expectation.value)
+                .map_err(|e| step_error(&step, format!("{}: {}", expectation.location, e.strip_backtrace())))?;
+            for check in checks {
+                let result = quality::evaluate(ctx, &view, &check)
+                    .await
+                    .map_err(|e| step_error(&step, format!("{}: {}", expectation.location, e.strip_backtrace())))?;
+                let record = crate::meta::ValidationRecord {
+                    run_id: Some(run_id.to_string()),
+                    table_name: step.clone(),
+                    expectation: result.expectation.clone(),
+                    columns: result.columns.clone(),
+                    success: result.success,
+                    element_count: result.element_count,
+                    unexpected_count: result.unexpected_count,
+                    unexpected_percent: result.unexpected_percent,
+                    missing_count: result.missing_count,
+                    partial_unexpected_list: serde_json::to_string(&result.partial_unexpected_list).unwrap_or_default(),
+                    observed_value: result.observed_value.clone(),
+                };
+                if let Err(err) = self.meta.record_validation(&record).await {
+                    tracing::warn!(%err, "storing a validation result failed");
+                }
+                match expectation.value.on_fail {
+                    OnFail::Warn => {
+                        if !result.success {
+                            tracing::warn!(expectation = %check.label(), unexpected = result.unexpected_count, "expectation failed (warn)");
+                        }
+                    }
+                    OnFail::Fail if !result.success => {
+                        return Err(step_error(
+                            &step,
+                            format!(
+                                "{}: expectation {} failed: {} of {} rows ({:.2}%) unexpected, e.g. {}; nothing was written",
+                                expectation.location,
+                                check.label(),
+                                result.unexpected_count,
+                                result.element_count,
+                                result.unexpected_percent,
+                                result.partial_unexpected_list.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                    }
+                    OnFail::Fail => {}
+                    action @ (OnFail::Drop | OnFail::Quarantine) => {
+                        if check.failing.is_none() {
+                            return Err(step_error(&step, format!("{}: {} is a table-level check: use on_fail: warn or fail", expectation.location, check.label())));
+                        }
+                        rejecting.push((check, action));
+                    }
+                }
+            }
+        }
+        if rejecting.is_empty() {
+            return Ok((refined, 0));
+        }
+        let refs: Vec<&quality::Check> = rejecting.iter().map(|(c, _)| c).collect();
+        let (source, predicates) = quality::augmented_source(&view, &refs);
+        let rejecting: Vec<(String, String, OnFail)> = rejecting
+            .iter()
+            .zip(predicates)
+            .map(|((check, action), predicate)| (check.label(), predicate, *action))
+            .collect();
+        let quoted: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+        let any_bad = rejecting.iter().map(|(_, p, _)| format!("COALESCE(({p}), false)")).collect::<Vec<_>>().join(" OR ");
+        let kept = ctx
+            .sql(&format!("SELECT {} FROM {source} AS t WHERE NOT ({any_bad})", quoted.join(", ")))
+            .await
+            .map_err(|e| step_error(&step, e.strip_backtrace()))?;
+        let quarantine: Vec<&(String, String, OnFail)> = rejecting.iter().filter(|(_, _, a)| *a == OnFail::Quarantine).collect();
+        if !quarantine.is_empty() {
+            let reasons = quarantine
+                .iter()
+                .map(|(label, p, _)| format!("CASE WHEN COALESCE(({p}), false) THEN '{}' END", label.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let any_quarantined = quarantine.iter().map(|(_, p, _)| format!("COALESCE(({p}), false)")).collect::<Vec<_>>().join(" OR ");
+            let business: Vec<&String> = quoted.iter().filter(|c| c.as_str() != "\"_run_id\"").collect();
+            let rows = ctx
+                .sql(&format!(
+                    "SELECT {}, concat_ws(', ', {reasons}) AS _failed_expectations, '{run_id}' AS _run_id, now() AS _quarantined_at \
+                     FROM {source} AS t WHERE {any_quarantined}",
+                    business.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+                .await
+                .map_err(|e| step_error(&step, e.strip_backtrace()))?
+                .collect()
+                .await
+                .map_err(|e| step_error(&step, e.strip_backtrace()))?;
+            if rows.iter().any(|b| b.num_rows() > 0) {
+                self.lake
+                    .write(Layer::Silver, &format!("{}__quarantine", spec.name), rows, WriteKind::Append, run_id, vec![])
+                    .await?;
+            }
+        }
+        let total = count(&refined).await.map_err(|e| step_error(&step, e))?;
+        let kept_rows = count(&kept).await.map_err(|e| step_error(&step, e))?;
+        Ok((kept, total - kept_rows))
     }
 
     async fn record_lineage(&self, edges: &[LineageEdge], run_id: &str) {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use datafusion::arrow::datatypes::DataType;
 
-pub use validate::{load_dir, load_file};
+pub use validate::{load_dir, load_file, parse_expectations};
 
 /// Where something is in a spec file.
 #[derive(Debug, Clone, PartialEq, Eq)]

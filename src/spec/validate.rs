@@ -514,6 +514,23 @@ impl Validator {
     }
 }
 
+/// Parse an ad-hoc expectation suite: the same list syntax as a spec's
+/// `expectations:` (YAML, or JSON which is YAML too).
+pub fn parse_expectations(text: &str) -> Result<Vec<Expectation>, String> {
+    let raw: Vec<raw::RawExpectation> =
+        yaml::from_str(text).map_err(|e| format!("expectation suite: {}{}", e.message, e.position.map(|p| format!(" at {p}")).unwrap_or_default()))?;
+    let mut v = Validator {
+        file: PathBuf::from("<suite>"),
+        errors: Vec::new(),
+    };
+    let at = Location::start_of(Path::new("<suite>"));
+    let parsed: Vec<Expectation> = raw.iter().filter_map(|e| v.expectation(e, &at)).collect();
+    match v.errors.first() {
+        Some(err) => Err(format!("expectation suite: {}{}", err.message, err.hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())),
+        None => Ok(parsed),
+    }
+}
+
 /// `layer.table` names a model's SQL reads; errors if it does not parse.
 fn model_reads(sql: &str) -> Result<Vec<String>, String> {
     let mut statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}).map_err(|e| format!("SQL does not parse: {e}"))?;

@@ -9,7 +9,7 @@ async fn rows(server: &Server, sql: &str) -> Vec<String> {
     client
         .simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())))
         .iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => {
@@ -109,4 +109,99 @@ async fn profile_describes_every_column() {
     .await;
     assert_eq!(numbers.len(), 1);
     assert!(numbers[0].starts_with("120|"), "{numbers:?}");
+}
+
+/// A dataset with planted defects: 10 rows, 2 NULL ids, 1 duplicate id
+/// (two rows), 1 amount out of range, 1 bad code, 1 orphan customer.
+fn defects(on_fail: Option<&str>) -> (tempfile::TempDir, tempfile::TempDir) {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/orders")).unwrap();
+    std::fs::write(
+        lake.path().join("landing/orders/a.csv"),
+        "id,amount,code,customer\n1,10,AB-1,c1\n2,20,AB-2,c1\n,30,AB-3,c2\n4,40,AB-4,c2\n4,45,AB-5,c2\n6,-5,AB-6,c1\n7,70,bad,c1\n,80,AB-8,c2\n9,90,AB-9,c9\n10,100,AB-10,c1\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/customers")).unwrap();
+    std::fs::write(lake.path().join("landing/customers/a.csv"), "customer\nc1\nc2\n").unwrap();
+    std::fs::write(specs.path().join("customers.yaml"), "name: customers\nsource: { format: csv, path: landing/customers/*.csv }\nsilver: { rules: [] }\n").unwrap();
+    let action = on_fail.map(|a| format!("\n      on_fail: {a}")).unwrap_or_default();
+    std::fs::write(
+        specs.path().join("orders.yaml"),
+        format!(
+            "name: orders\nsource: {{ format: csv, path: landing/orders/*.csv }}\nsilver:\n  rules:\n    - type_cast: {{ id: int, amount: int }}\n  expectations:\n    - not_null: [id]{action}\n    - between: {{ column: amount, min: 0, max: 1000 }}{action}\n"
+        ),
+    )
+    .unwrap();
+    (lake, specs)
+}
+
+fn run(lake: &tempfile::TempDir, specs: &tempfile::TempDir) -> std::process::Output {
+    Command::new(BIN).args(["run", "--all", "--lake"]).arg(lake.path()).arg("--specs").arg(specs.path()).output().unwrap()
+}
+
+#[tokio::test]
+async fn validate_reports_exactly_the_planted_defects() {
+    let (lake, specs) = defects(None);
+    let out = run(&lake, &specs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions { args: vec!["--specs".into(), specs.path().display().to_string()], ..Default::default() },
+    );
+    let declared = rows(&server, "SELECT expectation, columns, success, element_count, unexpected_count, missing_count, partial_unexpected_list FROM validate('silver.orders')").await;
+    assert_eq!(declared, ["not_null|id|f|10|2|2|[\"NULL\"]", "between|amount|f|10|1|0|[\"-5\"]"]);
+    let suite = "- unique: [id]\n- accepted_values: { column: customer, values: [c1, c2] }\n- regex: { column: code, pattern: '^AB-[0-9]+$' }\n- length_between: { column: code, min: 4, max: 4 }\n- relationships: { column: customer, to: silver.customers, field: customer }\n- row_count_between: { min: 1, max: 5 }\n- expression: \"amount < 100\"\n- not_null: [id]\n  mostly: 0.8\n";
+    let adhoc = rows(&server, &format!("SELECT expectation, success, unexpected_count, partial_unexpected_list, observed_value FROM validate('silver.orders', '{}')", suite.replace('\'', "''"))).await;
+    assert_eq!(
+        adhoc,
+        [
+            "unique|f|2|[\"4\"]|NULL",
+            "accepted_values|f|1|[\"c9\"]|NULL",
+            "regex|f|1|[\"bad\"]|NULL",
+            "length_between|f|2|[\"AB-10\",\"bad\"]|NULL",
+            "relationships|f|1|[\"c9\"]|NULL",
+            "row_count_between|f|1|[]|10",
+            "expression|f|1|[]|NULL",
+            "not_null|t|2|[\"NULL\"]|NULL",
+        ]
+    );
+    let stored = rows(&server, "SELECT count(*) FROM workbench.validations WHERE table_name = 'silver.orders'").await;
+    assert_eq!(stored, ["12"], "2 from the run, 2 declared, 8 ad hoc");
+    let client = server.connect().await;
+    let err = client.simple_query("SELECT * FROM validate('silver.orders', '- maybe: [id]')").await.unwrap_err();
+    assert!(err.as_db_error().unwrap().message().contains("unknown expectation 'maybe'"), "{err:?}");
+}
+
+#[tokio::test]
+async fn on_fail_drop_quarantine_and_fail() {
+    // drop: failing rows are gone, nowhere else.
+    let (lake, specs) = defects(Some("drop"));
+    assert!(run(&lake, &specs).status.success());
+    let server = Server::start_at(lake.path(), ServerOptions::default());
+    assert_eq!(rows(&server, "SELECT count(*), min(amount) FROM silver.orders").await, ["7|10"]);
+    assert!(!lake.path().join("silver/orders__quarantine").exists());
+    drop(server);
+
+    // quarantine: failing rows land in silver.orders__quarantine with the reasons.
+    let (lake, specs) = defects(Some("quarantine"));
+    let out = run(&lake, &specs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("        3 ok"), "{}", String::from_utf8_lossy(&out.stdout));
+    let server = Server::start_at(lake.path(), ServerOptions::default());
+    assert_eq!(rows(&server, "SELECT count(*) FROM silver.orders").await, ["7"]);
+    assert_eq!(
+        rows(&server, "SELECT coalesce(CAST(id AS TEXT), 'NULL'), amount, _failed_expectations, _run_id IS NOT NULL, _quarantined_at IS NOT NULL FROM silver.orders__quarantine ORDER BY amount").await,
+        ["6|-5|between(amount)|t|t", "NULL|30|not_null(id)|t|t", "NULL|80|not_null(id)|t|t"]
+    );
+    drop(server);
+
+    // fail: the run stops before silver's commit.
+    let (lake, specs) = defects(Some("fail"));
+    let out = run(&lake, &specs);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("orders.yaml:") && stderr.contains("not_null(id) failed: 2 of 10 rows"), "{stderr}");
+    assert!(!lake.path().join("silver/orders/_delta_log").exists(), "nothing committed to silver");
+    assert!(lake.path().join("bronze/orders/_delta_log").exists(), "bronze keeps the raw rows");
 }

@@ -1,0 +1,154 @@
+//! `validate('layer.table' [, suite])`: run the expectations declared for the
+//! table in its spec (or an ad-hoc suite in YAML/JSON, same syntax as a
+//! spec's `expectations:`) and return one row per check; results are stored
+//! in `workbench.validations`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::common::plan_err;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::{Services, args};
+use crate::meta::ValidationRecord;
+use crate::quality::{self, CheckResult};
+use crate::spec::Expectation;
+use crate::storage::Layer;
+
+#[derive(Debug)]
+pub struct Validate(pub Services);
+
+impl TableFunctionImpl for Validate {
+    fn call_with_args(&self, a: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let exprs = a.exprs();
+        if exprs.is_empty() || exprs.len() > 2 {
+            return plan_err!("validate() takes a table and optionally a suite: validate('silver.sales') or validate('silver.sales', '- not_null: [id]')");
+        }
+        let (layer, name) = args::table("validate", &exprs[0])?;
+        let expectations: Vec<Expectation> = match exprs.get(1) {
+            Some(suite) => crate::spec::parse_expectations(&args::text("validate", 2, suite)?)
+                .map_err(DataFusionError::Configuration)?,
+            None => {
+                let declared = self.0.pipeline.as_ref().and_then(|p| {
+                    p.project()
+                        .dataset(&name)
+                        .filter(|_| layer == Layer::Silver)
+                        .and_then(|d| d.silver.as_ref())
+                        .map(|s| s.expectations.iter().map(|e| e.value.clone()).collect::<Vec<_>>())
+                });
+                match declared {
+                    Some(e) if !e.is_empty() => e,
+                    _ => {
+                        return plan_err!(
+                            "no expectations are declared for {layer}.{name}; declare them under silver.expectations in its spec, or pass a suite: validate('{layer}.{name}', '- not_null: [id]')"
+                        );
+                    }
+                }
+            }
+        };
+        let mut checks = Vec::new();
+        for e in &expectations {
+            checks.extend(quality::compile(e)?);
+        }
+        Ok(Arc::new(ValidateTable {
+            services: self.0.clone(),
+            layer,
+            name,
+            checks,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct ValidateTable {
+    services: Services,
+    layer: Layer,
+    name: String,
+    checks: Vec<quality::Check>,
+}
+
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("expectation", DataType::Utf8, false),
+        Field::new("columns", DataType::Utf8, false),
+        Field::new("success", DataType::Boolean, false),
+        Field::new("element_count", DataType::Int64, false),
+        Field::new("unexpected_count", DataType::Int64, false),
+        Field::new("unexpected_percent", DataType::Float64, false),
+        Field::new("missing_count", DataType::Int64, false),
+        Field::new("partial_unexpected_list", DataType::Utf8, false),
+        Field::new("observed_value", DataType::Utf8, true),
+    ]))
+}
+
+pub fn to_batch(results: &[CheckResult]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(results.iter().map(|r| r.expectation.clone()))),
+        Arc::new(StringArray::from_iter_values(results.iter().map(|r| r.columns.clone()))),
+        Arc::new(BooleanArray::from(results.iter().map(|r| r.success).collect::<Vec<_>>())),
+        Arc::new(Int64Array::from_iter_values(results.iter().map(|r| r.element_count))),
+        Arc::new(Int64Array::from_iter_values(results.iter().map(|r| r.unexpected_count))),
+        Arc::new(Float64Array::from_iter_values(results.iter().map(|r| r.unexpected_percent))),
+        Arc::new(Int64Array::from_iter_values(results.iter().map(|r| r.missing_count))),
+        Arc::new(StringArray::from_iter_values(
+            results.iter().map(|r| serde_json::to_string(&r.partial_unexpected_list).unwrap_or_default()),
+        )),
+        Arc::new(StringArray::from(results.iter().map(|r| r.observed_value.clone()).collect::<Vec<_>>())),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+#[async_trait]
+impl TableProvider for ValidateTable {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let ctx = self.services.engine.internal_session();
+        let table = format!("{}.{}", self.layer, self.name);
+        let df = ctx.table(table.as_str()).await?;
+        let view = quality::register_view(&ctx, df)?;
+        let mut results = Vec::with_capacity(self.checks.len());
+        for check in &self.checks {
+            results.push(quality::evaluate(&ctx, &view, check).await?);
+        }
+        for r in &results {
+            let record = ValidationRecord {
+                run_id: None,
+                table_name: table.clone(),
+                expectation: r.expectation.clone(),
+                columns: r.columns.clone(),
+                success: r.success,
+                element_count: r.element_count,
+                unexpected_count: r.unexpected_count,
+                unexpected_percent: r.unexpected_percent,
+                missing_count: r.missing_count,
+                partial_unexpected_list: serde_json::to_string(&r.partial_unexpected_list).unwrap_or_default(),
+                observed_value: r.observed_value.clone(),
+            };
+            if let Err(err) = self.services.meta.record_validation(&record).await {
+                tracing::warn!(%err, "storing a validation result failed");
+            }
+        }
+        let batch = to_batch(&results)?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema(), projection.cloned())?)
+    }
+}

@@ -1,0 +1,363 @@
+//! Expectations: data quality checks compiled to SQL over a DataFrame, each
+//! evaluated with one aggregate (counts) and one sample query. Row-level
+//! checks also give the predicate that selects failing rows, which the
+//! pipeline uses to drop or quarantine them.
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::spec::Expectation;
+
+/// One concrete check (an expectation on several columns is several checks).
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// e.g. `not_null`.
+    pub kind: String,
+    pub columns: Vec<String>,
+    pub mostly: f64,
+    /// SQL predicate true for a failing row (row-level checks).
+    pub failing: Option<String>,
+    /// Column whose NULLs are counted as missing, and whose values are sampled.
+    pub subject: Option<String>,
+    /// Table-level checks: SQL computing the observed value, and whether it passes.
+    pub table_level: Option<(String, String)>,
+    /// Needs a per-key duplicate count (`unique`), named `__wb_dup`.
+    pub duplicates_over: Option<Vec<String>>,
+    /// Needs a lookup of `column` in `(table, field)` (`relationships`): the
+    /// matched value is `__wb_ref` (NULL when there is none).
+    pub lookup: Option<(String, String, String)>,
+}
+
+impl Check {
+    pub fn label(&self) -> String {
+        if self.columns.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}({})", self.kind, self.columns.join(", "))
+        }
+    }
+}
+
+/// What a check found.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub expectation: String,
+    pub columns: String,
+    pub success: bool,
+    pub element_count: i64,
+    pub unexpected_count: i64,
+    pub unexpected_percent: f64,
+    pub missing_count: i64,
+    pub partial_unexpected_list: Vec<String>,
+    pub observed_value: Option<String>,
+}
+
+fn q(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        serde_json::Value::Null => "NULL".into(),
+        other => other.to_string(),
+    }
+}
+
+fn invalid(message: String) -> DataFusionError {
+    DataFusionError::Configuration(message)
+}
+
+fn column_arg(kind: &str, args: &serde_json::Value) -> Result<String> {
+    args.get("column")
+        .and_then(|c| c.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| invalid(format!("{kind} needs `column`, e.g. {kind}: {{ column: amount, ... }}")))
+}
+
+/// Turn declared expectations into checks.
+pub fn compile(expectation: &Expectation) -> Result<Vec<Check>> {
+    let kind = expectation.kind.as_str();
+    let args = &expectation.args;
+    let base = |columns: Vec<String>| Check {
+        kind: kind.to_string(),
+        columns,
+        mostly: expectation.mostly,
+        failing: None,
+        subject: None,
+        table_level: None,
+        duplicates_over: None,
+        lookup: None,
+    };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        match v {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
+            _ => v.get("columns").or_else(|| v.get("column")).map(|c| match c {
+                serde_json::Value::String(s) => vec![s.clone()],
+                serde_json::Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
+                _ => vec![],
+            }).unwrap_or_default(),
+        }
+    };
+    Ok(match kind {
+        "not_null" => names(args)
+            .into_iter()
+            .map(|c| Check {
+                failing: Some(format!("{} IS NULL", q(&c))),
+                subject: Some(c.clone()),
+                ..base(vec![c])
+            })
+            .collect(),
+        "unique" => {
+            let columns = names(args);
+            if columns.is_empty() {
+                return Err(invalid("unique needs the key columns, e.g. unique: [id]".into()));
+            }
+            // As in SQL UNIQUE: rows with a NULL in the key are not duplicates.
+            let keys_present = columns.iter().map(|c| format!("{} IS NOT NULL", q(c))).collect::<Vec<_>>().join(" AND ");
+            vec![Check {
+                failing: Some(format!("__wb_dup > 1 AND {keys_present}")),
+                subject: (columns.len() == 1).then(|| columns[0].clone()),
+                duplicates_over: Some(columns.clone()),
+                ..base(columns)
+            }]
+        }
+        "accepted_values" => {
+            let column = column_arg(kind, args)?;
+            let values = args
+                .get("values")
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| invalid("accepted_values needs `values: [...]`".into()))?;
+            let list = values
+                .iter()
+                .map(|v| match v {
+                    serde_json::Value::String(_) => literal(v),
+                    other => format!("'{other}'"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![Check {
+                failing: Some(format!("{c} IS NOT NULL AND CAST({c} AS TEXT) NOT IN ({list})", c = q(&column))),
+                subject: Some(column.clone()),
+                ..base(vec![column])
+            }]
+        }
+        "between" => {
+            let column = column_arg(kind, args)?;
+            let mut conditions = Vec::new();
+            if let Some(min) = args.get("min") {
+                conditions.push(format!("{} < {}", q(&column), literal(min)));
+            }
+            if let Some(max) = args.get("max") {
+                conditions.push(format!("{} > {}", q(&column), literal(max)));
+            }
+            if conditions.is_empty() {
+                return Err(invalid("between needs `min` and/or `max`".into()));
+            }
+            vec![Check {
+                failing: Some(format!("({})", conditions.join(" OR "))),
+                subject: Some(column.clone()),
+                ..base(vec![column])
+            }]
+        }
+        "regex" => {
+            let column = column_arg(kind, args)?;
+            let pattern = args.get("pattern").and_then(|p| p.as_str()).ok_or_else(|| invalid("regex needs `pattern`".into()))?;
+            vec![Check {
+                failing: Some(format!("{c} IS NOT NULL AND NOT regexp_like(CAST({c} AS TEXT), {p})", c = q(&column), p = literal(&serde_json::json!(pattern)))),
+                subject: Some(column.clone()),
+                ..base(vec![column])
+            }]
+        }
+        "length_between" => {
+            let column = column_arg(kind, args)?;
+            let len = format!("character_length(CAST({} AS TEXT))", q(&column));
+            let mut conditions = Vec::new();
+            if let Some(min) = args.get("min") {
+                conditions.push(format!("{len} < {}", literal(min)));
+            }
+            if let Some(max) = args.get("max") {
+                conditions.push(format!("{len} > {}", literal(max)));
+            }
+            vec![Check {
+                failing: Some(format!("({})", conditions.join(" OR "))),
+                subject: Some(column.clone()),
+                ..base(vec![column])
+            }]
+        }
+        "expression" => {
+            let sql = args.as_str().or_else(|| args.get("sql").and_then(|s| s.as_str())).ok_or_else(|| invalid("expression takes a SQL predicate".into()))?;
+            vec![Check {
+                failing: Some(format!("NOT COALESCE(({sql}), false)")),
+                ..base(vec![])
+            }]
+        }
+        "relationships" => {
+            let column = column_arg(kind, args)?;
+            let to = args.get("to").and_then(|t| t.as_str()).ok_or_else(|| invalid("relationships needs `to: layer.table`".into()))?;
+            let field = args.get("field").and_then(|f| f.as_str()).unwrap_or(&column).to_string();
+            vec![Check {
+                failing: Some(format!("{} IS NOT NULL AND __wb_ref IS NULL", q(&column))),
+                subject: Some(column.clone()),
+                lookup: Some((column.clone(), to.to_string(), field)),
+                ..base(vec![column])
+            }]
+        }
+        "row_count_between" => {
+            let mut conditions = vec!["true".to_string()];
+            if let Some(min) = args.get("min") {
+                conditions.push(format!("count(*) >= {}", literal(min)));
+            }
+            if let Some(max) = args.get("max") {
+                conditions.push(format!("count(*) <= {}", literal(max)));
+            }
+            vec![Check {
+                table_level: Some(("CAST(count(*) AS TEXT)".into(), conditions.join(" AND "))),
+                ..base(vec![])
+            }]
+        }
+        "freshness" => {
+            let column = column_arg(kind, args)?;
+            let max_age = args.get("max_age").and_then(|m| m.as_str()).ok_or_else(|| invalid("freshness needs `max_age`, e.g. '2 days'".into()))?;
+            vec![Check {
+                table_level: Some((
+                    format!("CAST(max({}) AS TEXT)", q(&column)),
+                    format!("max(CAST({} AS TIMESTAMP)) >= now() - INTERVAL {}", q(&column), literal(&serde_json::json!(max_age))),
+                )),
+                ..base(vec![column])
+            }]
+        }
+        other => return Err(invalid(format!("unknown expectation '{other}'"))),
+    })
+}
+
+fn int(batch: &RecordBatch, i: usize) -> i64 {
+    cast(batch.column(i), &DataType::Int64)
+        .ok()
+        .map(|c| {
+            let c = c.as_primitive::<Int64Type>();
+            if c.is_empty() || c.is_null(0) { 0 } else { c.value(0) }
+        })
+        .unwrap_or(0)
+}
+
+/// The rows of `view` plus the helper columns `checks` need (duplicate
+/// counts, lookups), and each check's failing predicate over them.
+pub fn augmented_source(view: &str, checks: &[&Check]) -> (String, Vec<String>) {
+    let mut windows = Vec::new();
+    let mut joins = Vec::new();
+    let mut predicates = Vec::new();
+    for (i, check) in checks.iter().enumerate() {
+        let mut predicate = check.failing.clone().unwrap_or_else(|| "false".into());
+        if let Some(over) = &check.duplicates_over {
+            let alias = format!("__wb_dup_{i}");
+            windows.push(format!(
+                "count(*) OVER (PARTITION BY {}) AS {alias}",
+                over.iter().map(|c| format!("v.{}", q(c))).collect::<Vec<_>>().join(", ")
+            ));
+            predicate = predicate.replace("__wb_dup", &alias);
+        }
+        if let Some((column, table, field)) = &check.lookup {
+            let alias = format!("__wb_ref_{i}");
+            joins.push(format!(
+                "LEFT JOIN (SELECT DISTINCT {f} AS {alias} FROM {table} WHERE {f} IS NOT NULL) r{i} ON v.{c} = r{i}.{alias}",
+                f = q(field),
+                c = q(column)
+            ));
+            windows.push(format!("r{i}.{alias}"));
+            predicate = predicate.replace("__wb_ref", &alias);
+        }
+        predicates.push(predicate);
+    }
+    if windows.is_empty() {
+        return (view.to_string(), predicates);
+    }
+    (format!("(SELECT v.*, {} FROM {view} v {})", windows.join(", "), joins.join(" ")), predicates)
+}
+
+/// Evaluate `check` over the table or view named `view`.
+pub async fn evaluate(ctx: &SessionContext, view: &str, check: &Check) -> Result<CheckResult> {
+    let label = check.label();
+    if let Some((observed, passes)) = &check.table_level {
+        let batches = ctx
+            .sql(&format!("SELECT count(*) AS __elements, {observed} AS __observed, {passes} AS __passes FROM {view}"))
+            .await?
+            .collect()
+            .await?;
+        let batch = &batches[0];
+        let observed = cast(batch.column(1), &DataType::Utf8)?;
+        let observed = observed.as_string::<i32>();
+        let success = batch.column(2).as_boolean().value(0);
+        return Ok(CheckResult {
+            expectation: check.kind.clone(),
+            columns: check.columns.join(", "),
+            success,
+            element_count: int(batch, 0),
+            unexpected_count: if success { 0 } else { 1 },
+            unexpected_percent: if success { 0.0 } else { 100.0 },
+            missing_count: 0,
+            partial_unexpected_list: vec![],
+            observed_value: (!observed.is_null(0)).then(|| observed.value(0).to_string()),
+        });
+    }
+    let (source, predicates) = augmented_source(view, &[check]);
+    let failing = predicates[0].as_str();
+    let missing = match &check.subject {
+        Some(c) => format!("count(*) FILTER (WHERE {} IS NULL) AS __missing", q(c)),
+        None => "0 AS __missing".into(),
+    };
+    let batches = ctx
+        .sql(&format!("SELECT count(*) AS __elements, count(*) FILTER (WHERE {failing}) AS __unexpected, {missing} FROM {source} AS t"))
+        .await
+        .map_err(|e| DataFusionError::Plan(format!("{label}: {}", e.strip_backtrace())))?
+        .collect()
+        .await?;
+    let batch = &batches[0];
+    let (elements, unexpected, missing) = (int(batch, 0), int(batch, 1), int(batch, 2));
+    let sample_column = match (&check.subject, &check.duplicates_over) {
+        (Some(c), _) => format!("CAST({} AS TEXT)", q(c)),
+        (None, Some(columns)) => format!(
+            "concat_ws(', ', {})",
+            columns.iter().map(|c| format!("CAST({} AS TEXT)", q(c))).collect::<Vec<_>>().join(", ")
+        ),
+        _ => "NULL".into(),
+    };
+    let mut samples = Vec::new();
+    if unexpected > 0 && sample_column != "NULL" {
+        for batch in ctx
+            .sql(&format!("SELECT DISTINCT {sample_column} AS v FROM {source} AS t WHERE {failing} ORDER BY 1 LIMIT 20"))
+            .await?
+            .collect()
+            .await?
+        {
+            let values = cast(batch.column(0), &DataType::Utf8)?;
+            let values = values.as_string::<i32>();
+            for i in 0..values.len() {
+                samples.push(if values.is_null(i) { "NULL".into() } else { values.value(i).to_string() });
+            }
+        }
+    }
+    let percent = if elements == 0 { 0.0 } else { unexpected as f64 * 100.0 / elements as f64 };
+    Ok(CheckResult {
+        expectation: check.kind.clone(),
+        columns: check.columns.join(", "),
+        success: percent <= (1.0 - check.mostly) * 100.0 + 1e-9,
+        element_count: elements,
+        unexpected_count: unexpected,
+        unexpected_percent: percent,
+        missing_count: missing,
+        partial_unexpected_list: samples,
+        observed_value: None,
+    })
+}
+
+/// Register `df` under a private name for checks; returns the name.
+pub fn register_view(ctx: &SessionContext, df: DataFrame) -> Result<String> {
+    let name = format!("__wb_check_{}", uuid::Uuid::new_v4().simple());
+    ctx.register_table(name.as_str(), df.into_view())?;
+    Ok(name)
+}
