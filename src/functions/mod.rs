@@ -4,6 +4,7 @@
 mod args;
 mod history;
 mod lineage;
+mod preview;
 mod profile;
 mod run;
 mod table_at;
@@ -38,6 +39,7 @@ impl std::fmt::Debug for Services {
 pub fn register(ctx: &SessionContext, services: Services) {
     if let Some(pipeline) = &services.pipeline {
         ctx.register_udtf("run", Arc::new(run::RunFunction::new(pipeline.clone())));
+        ctx.register_udtf("preview", Arc::new(preview::Preview(services.clone())));
     }
     ctx.register_udtf("history", Arc::new(history::History(services.clone())));
     ctx.register_udtf("table_at", Arc::new(table_at::TableAt(services.clone())));

@@ -175,6 +175,9 @@ fn from_plan_message(msg: &str, err: &DataFusionError) -> ErrorInfo {
              list them with \\dt *.* or SELECT * FROM information_schema.tables",
         );
     }
+    if lower.contains("unknown dataset") {
+        return error("42704", strip(err));
+    }
     if lower.contains("invalid function") || lower.contains("function") && lower.contains("not found") {
         return error("42883", strip(err));
     }

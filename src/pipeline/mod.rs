@@ -4,6 +4,7 @@
 //! tagged with the run id, so a failed run leaves every table at its last
 //! committed version.
 
+mod preview;
 pub mod rules;
 mod scd2;
 pub mod sources;
@@ -31,7 +32,7 @@ pub const BRONZE_METADATA: [&str; 5] = ["_run_id", "_source_file", "_source_hash
 /// Silver commit metadata: the bronze version the silver table has consumed.
 const BRONZE_VERSION_KEY: &str = "workbench.bronze_version";
 /// Of those, the ones silver keeps (the rest only serve the rules).
-const SILVER_METADATA_DROPPED: [&str; 3] = ["_source_hash", "_ingested_at", "_row_number"];
+pub(crate) const SILVER_METADATA_DROPPED: [&str; 3] = ["_source_hash", "_ingested_at", "_row_number"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -601,8 +602,13 @@ impl Pipeline {
         Ok(hashes)
     }
 
-    /// Landing files matching `pattern` (relative to the lake), sorted.
+    /// Landing files matching `pattern` (relative to the lake), sorted by name.
     async fn landing_files(&self, pattern: &str) -> Result<Vec<String>, String> {
+        Ok(self.landing_files_with_times(pattern).await?.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// Landing files matching `pattern` with their modification times, sorted by name.
+    async fn landing_files_with_times(&self, pattern: &str) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, String> {
         let glob = glob::Pattern::new(pattern).map_err(|e| e.to_string())?;
         let parts: Vec<&str> = pattern.split('/').collect();
         let prefix = parts
@@ -613,7 +619,8 @@ impl Pipeline {
             .collect::<Vec<_>>()
             .join("/");
         let listed = self.lake.list_files(&prefix).await.map_err(|e| e.to_string())?;
-        let mut matched: Vec<String> = listed.into_iter().filter(|p| glob.matches(p)).collect();
+        let mut matched: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+            listed.into_iter().filter(|(p, _)| glob.matches(p)).collect();
         matched.sort();
         Ok(matched)
     }

@@ -448,8 +448,9 @@ impl Lake {
 }
 
 impl Lake {
-    /// Every object under `prefix` (relative to the lake root), as relative paths.
-    pub async fn list_files(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+    /// Every object under `prefix` (relative to the lake root), as relative
+    /// paths with their last-modified time.
+    pub async fn list_files(&self, prefix: &str) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StorageError> {
         use futures::TryStreamExt;
         let path = ObjectPath::from(prefix);
         let objects: Vec<object_store::ObjectMeta> = self
@@ -461,7 +462,7 @@ impl Lake {
                 what: format!("{}{prefix}", self.root),
                 source: Box::new(e),
             })?;
-        Ok(objects.into_iter().map(|o| o.location.to_string()).collect())
+        Ok(objects.into_iter().map(|o| (o.location.to_string(), o.last_modified)).collect())
     }
 
     /// The bytes of a landing file (relative to the lake root).

@@ -205,3 +205,52 @@ async fn on_fail_drop_quarantine_and_fail() {
     assert!(!lake.path().join("silver/orders/_delta_log").exists(), "nothing committed to silver");
     assert!(lake.path().join("bronze/orders/_delta_log").exists(), "bronze keeps the raw rows");
 }
+
+#[tokio::test]
+async fn preview_matches_what_a_run_writes_and_is_cached() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    assert!(Command::new("cp").arg("-r").arg(repo.join("lake/landing")).arg(lake.path()).status().unwrap().success());
+    let specs = repo.join("specs");
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions { args: vec!["--specs".into(), specs.display().to_string()], ..Default::default() },
+    );
+    // Before anything is written: preview one workbook.
+    let columns = "anio, partida, capitulo, programa, subtitulo, item, denominacion, mes, devengado";
+    let file = "landing/dipres_ejecucion/ejecucion_2024.xlsx";
+    let preview = rows(
+        &server,
+        &format!("SELECT {columns}, _expectations_failed FROM preview('dipres_ejecucion', '{file}') ORDER BY {columns}"),
+    )
+    .await;
+    assert_eq!(preview.len(), 18 * 12);
+    assert!(preview.iter().all(|r| r.ends_with('|')), "no expectation fails: {:?}", &preview[..2]);
+    let again = rows(
+        &server,
+        &format!("SELECT {columns}, _expectations_failed FROM preview('dipres_ejecucion', '{file}') ORDER BY {columns}"),
+    )
+    .await;
+    assert_eq!(again, preview);
+    assert!(server.log_text().contains("preview served from cache"), "second call not cached:\n{}", server.log_text());
+    // The newest landing file is the default.
+    let newest = rows(&server, "SELECT count(*) FROM preview('dipres_ejecucion')").await;
+    assert_eq!(newest, ["216"]);
+    // A real run writes the same rows to silver.
+    let client = server.connect().await;
+    let started = std::time::Instant::now();
+    while client.query("SELECT 1 FROM silver.dipres_ejecucion LIMIT 1", &[]).await.is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let silver = rows(
+        &server,
+        &format!("SELECT {columns}, '' FROM silver.dipres_ejecucion WHERE _source_file = '{file}' ORDER BY {columns}"),
+    )
+    .await;
+    assert_eq!(silver, preview);
+    let err = client.simple_query("SELECT * FROM preview('nope')").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42704");
+    let err = client.simple_query("SELECT * FROM preview('dipres_ejecucion', 'landing/missing.xlsx')").await.unwrap_err();
+    assert!(err.as_db_error().unwrap().message().contains("cannot read landing/missing.xlsx"), "{err:?}");
+}
