@@ -5,6 +5,7 @@ mod args;
 mod history;
 mod lineage;
 mod preview;
+mod preview_raw;
 mod profile;
 mod run;
 mod table_at;
@@ -41,6 +42,7 @@ pub fn register(ctx: &SessionContext, services: Services) {
         ctx.register_udtf("run", Arc::new(run::RunFunction::new(pipeline.clone())));
         ctx.register_udtf("preview", Arc::new(preview::Preview(services.clone())));
     }
+    ctx.register_udtf("preview_raw", Arc::new(preview_raw::PreviewRaw(services.clone())));
     ctx.register_udtf("history", Arc::new(history::History(services.clone())));
     ctx.register_udtf("table_at", Arc::new(table_at::TableAt(services.clone())));
     ctx.register_udtf("lineage", Arc::new(lineage::Lineage(services.clone())));

@@ -254,3 +254,19 @@ async fn preview_matches_what_a_run_writes_and_is_cached() {
     let err = client.simple_query("SELECT * FROM preview('dipres_ejecucion', 'landing/missing.xlsx')").await.unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("cannot read landing/missing.xlsx"), "{err:?}");
 }
+
+#[tokio::test]
+async fn preview_raw_shows_a_file_as_read() {
+    let (server, lake) = examples();
+    std::fs::create_dir_all(lake.path().join("landing/raw")).unwrap();
+    std::fs::write(lake.path().join("landing/raw/a.csv"), "id,name\n1,uno\n2,dos\n3,tres\n").unwrap();
+    let raw = rows(&server, "SELECT id, name, _row_number FROM preview_raw('landing/raw/a.csv', 2)").await;
+    assert_eq!(raw, ["1|uno|2", "2|dos|3"]);
+    let sheet = rows(&server, "SELECT count(*) FROM preview_raw('landing/dipres_ejecucion/ejecucion_2023.xlsx')").await;
+    assert_eq!(sheet, ["20"], "title rows and all, as read");
+    let client = server.connect().await;
+    let err = client.simple_query("SELECT * FROM preview_raw('landing/gl_entries/ledger_2024.csv')").await.unwrap_err();
+    assert!(err.as_db_error().unwrap().message().contains("not valid UTF-8"), "{err:?}");
+    let err = client.simple_query("SELECT * FROM preview_raw('landing/x.doc')").await.unwrap_err();
+    assert!(err.as_db_error().unwrap().message().contains("cannot tell the format"), "{err:?}");
+}

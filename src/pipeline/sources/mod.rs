@@ -89,3 +89,27 @@ pub fn number_rows(batches: Vec<RecordBatch>, first: i64) -> Result<Vec<RecordBa
         })
         .collect()
 }
+
+/// How to read a file judging by its extension, with default options
+/// (first sheet, header on the first row, comma-separated UTF-8).
+pub fn format_for_path(path: &str) -> Option<SourceFormat> {
+    let extension = path.rsplit('.').next()?.to_ascii_lowercase();
+    Some(match extension.as_str() {
+        "csv" | "tsv" | "txt" => SourceFormat::Csv(crate::spec::CsvOptions {
+            delimiter: if extension == "tsv" { b'\t' } else { b',' },
+            quote: b'"',
+            encoding: encoding_rs::UTF_8,
+            null_values: vec![String::new()],
+            header_row: 1,
+        }),
+        "xlsx" | "xlsm" | "xlsb" | "xls" | "ods" => SourceFormat::Excel(crate::spec::ExcelOptions {
+            sheet: None,
+            header_row: 1,
+            null_values: vec![String::new()],
+        }),
+        "parquet" => SourceFormat::Parquet,
+        "json" => SourceFormat::Json,
+        "ndjson" | "jsonl" => SourceFormat::Ndjson,
+        _ => return None,
+    })
+}
