@@ -4,6 +4,7 @@
 //! tagged with the run id, so a failed run leaves every table at its last
 //! committed version.
 
+mod column_lineage;
 mod preview;
 pub mod rules;
 mod scd2;
@@ -410,11 +411,12 @@ impl Pipeline {
             }
             match self.build_gold(&model.sql, &model.name, &run_id).await {
                 Ok(rows) => {
-                    let edges: Vec<LineageEdge> = model
+                    let mut edges: Vec<LineageEdge> = model
                         .reads
                         .iter()
                         .map(|r| edge(&normalize(r), &format!("gold.{}", model.name), "sql"))
                         .collect();
+                    edges.extend(self.gold_column_edges(&model.sql, &model.name).await);
                     self.record_lineage(&edges, &run_id).await;
                     step.rows_out = rows;
                     step.status = StepStatus::Ok;
@@ -843,6 +845,30 @@ impl Pipeline {
         let total = count(&refined).await.map_err(|e| step_error(&step, e))?;
         let kept_rows = count(&kept).await.map_err(|e| step_error(&step, e))?;
         Ok((kept, total - kept_rows))
+    }
+
+    /// Column-level edges of a gold model from its logical plan.
+    async fn gold_column_edges(&self, sql: &str, name: &str) -> Vec<LineageEdge> {
+        let ctx = self.engine.internal_session();
+        let plan = match ctx.state().create_logical_plan(sql).await {
+            Ok(plan) => plan,
+            Err(err) => {
+                tracing::warn!(%err, model = name, "cannot plan the model for column lineage");
+                return Vec::new();
+            }
+        };
+        column_lineage::column_sources(&plan)
+            .into_iter()
+            .flat_map(|(output, sources)| {
+                sources.into_iter().map(move |(table, column)| LineageEdge {
+                    from_table: table,
+                    from_column: column,
+                    to_table: format!("gold.{name}"),
+                    to_column: output.clone(),
+                    transform: "sql".into(),
+                })
+            })
+            .collect()
     }
 
     async fn record_lineage(&self, edges: &[LineageEdge], run_id: &str) {

@@ -66,7 +66,7 @@ async fn history_and_time_travel() {
 #[tokio::test]
 async fn lineage_reaches_bronze_and_the_sources() {
     let (server, _lake) = examples();
-    let up = rows(&server, "SELECT depth, from_table, to_table, transform FROM lineage('gold.fact_ledger_monthly', 'up')").await;
+    let up = rows(&server, "SELECT depth, from_table, to_table, transform FROM lineage('gold.fact_ledger_monthly', 'up') WHERE from_column IS NULL").await;
     assert_eq!(
         up,
         [
@@ -78,9 +78,14 @@ async fn lineage_reaches_bronze_and_the_sources() {
             "3|postgres:query|bronze.gl_accounts|ingest",
         ]
     );
-    let down = rows(&server, "SELECT depth, to_table FROM lineage('bronze.gl_entries', 'down')").await;
+    // Column level, from the model's logical plan: saldo = debe - haber.
+    let saldo = rows(&server, "SELECT from_table, from_column FROM lineage('gold.fact_ledger_monthly', 'up', 1) WHERE to_column = 'saldo' ORDER BY 2").await;
+    assert_eq!(saldo, ["silver.gl_entries|debe", "silver.gl_entries|haber"]);
+    let named = rows(&server, "SELECT from_table, from_column FROM lineage('gold.fact_ledger_monthly', 'up', 1) WHERE to_column = 'cuenta_nombre'").await;
+    assert_eq!(named, ["silver.gl_accounts|nombre"]);
+    let down = rows(&server, "SELECT DISTINCT depth, to_table FROM lineage('bronze.gl_entries', 'down') ORDER BY 1").await;
     assert_eq!(down, ["1|silver.gl_entries", "2|gold.fact_ledger_monthly"]);
-    let shallow = rows(&server, "SELECT count(*) FROM lineage('gold.fact_ledger_monthly', 'up', 1)").await;
+    let shallow = rows(&server, "SELECT count(*) FROM lineage('gold.fact_ledger_monthly', 'up', 1) WHERE from_column IS NULL").await;
     assert_eq!(shallow, ["2"]);
     let client = server.connect().await;
     let err = client.simple_query("SELECT * FROM lineage('gold.fact_ledger_monthly', 'sideways')").await.unwrap_err();

@@ -99,19 +99,23 @@ async fn run_is_recorded(database_url: Option<String>) {
     let files = rows(&server, "SELECT dataset, path, size_bytes, length(content_hash), run_id FROM workbench.files").await;
     assert_eq!(files, [format!("sales|landing/sales/jan.csv|20|64|{run_id}")]);
     assert_eq!(
-        rows(&server, "SELECT from_table, to_table, transform FROM workbench.lineage_edges ORDER BY to_table, from_table").await,
+        rows(&server, "SELECT from_table, to_table, transform FROM workbench.lineage_edges WHERE from_column = '' ORDER BY to_table, from_table").await,
         ["landing:landing/sales/*.csv|bronze.sales|ingest", "silver.sales|gold.sales_total|sql", "bronze.sales|silver.sales|rules: type_cast"]
     );
     assert_eq!(
         rows(&server, "SELECT name, description, status, tables FROM workbench.datasets").await,
         ["sales|Sales lines|active|[\"bronze.sales\",\"silver.sales\"]"]
     );
+    assert_eq!(
+        rows(&server, "SELECT from_table, from_column, to_column FROM workbench.lineage_edges WHERE from_column <> ''").await,
+        ["silver.sales|amount|total"]
+    );
     if let Some(url) = &database_url {
         // The Postgres tables hold the same rows.
         let db = url.rsplit('/').next().unwrap();
         assert_eq!(psql(db, &format!("SELECT status FROM runs WHERE id = '{run_id}'")).trim(), "succeeded");
         assert_eq!(psql(db, &format!("SELECT count(*) FROM run_steps WHERE run_id = '{run_id}'")).trim(), "3");
-        assert_eq!(psql(db, "SELECT count(*) FROM lineage_edges").trim(), "3");
+        assert_eq!(psql(db, "SELECT count(*) FROM lineage_edges").trim(), "4", "3 table-level edges, 1 column-level");
     } else {
         assert!(lake.path().join("_workbench/metadata.db").is_file());
     }
