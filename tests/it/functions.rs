@@ -275,3 +275,28 @@ async fn preview_raw_shows_a_file_as_read() {
     let err = client.simple_query("SELECT * FROM preview_raw('landing/x.doc')").await.unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("cannot tell the format"), "{err:?}");
 }
+
+#[tokio::test]
+async fn table_functions_through_psycopg2_with_bound_parameters() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    assert!(Command::new("cp").arg("-r").arg(repo.join("lake/landing")).arg(lake.path()).status().unwrap().success());
+    let specs = repo.join("specs");
+    let out = Command::new(BIN).args(["run", "--all", "--lake"]).arg(lake.path()).arg("--specs").arg(&specs).output().unwrap();
+    assert!(out.status.success());
+    let server = Server::start_at(lake.path(), ServerOptions { args: vec!["--specs".into(), specs.display().to_string()], ..Default::default() });
+    let out = Command::new("python3")
+        .arg(repo.join("tests/clients/functions_psycopg2.py"))
+        .arg(server.port().to_string())
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("preview_rows 216"), "{stdout}");
+    assert!(stdout.contains(r#"validate [["between", true], ["not_null", true], ["not_null", true], ["unique", true]]"#), "{stdout}");
+    assert!(stdout.contains("profile nombre"), "{stdout}");
+    assert!(stdout.contains(r#"history [[0, "WRITE"]]"#), "{stdout}");
+    assert!(stdout.contains("error 42P01"), "{stdout}");
+    let edges: i64 = stdout.lines().find_map(|l| l.strip_prefix("lineage_edges ")).unwrap().parse().unwrap();
+    assert!(edges >= 3, "{stdout}");
+}
