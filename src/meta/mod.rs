@@ -53,10 +53,14 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "metadata", include_str!("../../migrations/postgres/0001_metadata.sql"))];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "metadata", include_str!("../../migrations/postgres/0001_metadata.sql")),
+    (2, "openlineage", include_str!("../../migrations/postgres/0002_openlineage.sql")),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql")),
+    (2, "openlineage", include_str!("../../migrations/sqlite/0002_openlineage.sql")),
+];
 
 fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(

@@ -181,6 +181,7 @@ impl MetaStore {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_run(
         &self,
         id: &str,
@@ -188,10 +189,11 @@ impl MetaStore {
         rows_in: i64,
         rows_out: i64,
         rows_rejected: i64,
+        openlineage: &serde_json::Value,
     ) -> Result<(), MetaError> {
         let status = if error.is_some() { "failed" } else { "succeeded" };
         on_pool!(self, |pool| sqlx::query(
-            "UPDATE runs SET status = $2, finished_at = $3, error = $4, rows_in = $5, rows_out = $6, rows_rejected = $7 WHERE id = $1"
+            "UPDATE runs SET status = $2, finished_at = $3, error = $4, rows_in = $5, rows_out = $6, rows_rejected = $7, openlineage = $8 WHERE id = $1"
         )
         .bind(id)
         .bind(status)
@@ -200,6 +202,7 @@ impl MetaStore {
         .bind(rows_in)
         .bind(rows_out)
         .bind(rows_rejected)
+        .bind(Json(openlineage))
         .execute(pool)
         .await
         .map(|_| ()))?;

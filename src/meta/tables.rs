@@ -47,7 +47,7 @@ pub const TABLES: &[TableDef] = &[
         columns: &[
             ("id", Text), ("datasets", Json), ("trigger", Text), ("parameters", Json), ("status", Text),
             ("started_at", Timestamp), ("finished_at", Timestamp), ("error", Text), ("rows_in", Int),
-            ("rows_out", Int), ("rows_rejected", Int),
+            ("rows_out", Int), ("rows_rejected", Int), ("openlineage", Json),
         ],
         order_by: "started_at, id",
     },

@@ -288,6 +288,7 @@ impl Pipeline {
             return Err(PipelineError::UnknownDataset(unknown.clone()));
         }
         let locks = self.lock(&names, &run_id, options.wait).await?;
+        let names_for_event = names.clone();
         self.publish("run_started", vec![("run_id", run_id.clone()), ("datasets", names.join(","))]).await;
         self.meta
             .start_run(&RunRecord {
@@ -343,12 +344,25 @@ impl Pipeline {
                 .await;
             }
         }
-        if let Err(err) = self.meta.finish_run(&run_id, error.as_deref(), totals.0, totals.1, totals.2).await {
+        let openlineage = openlineage_event(&run_id, &names_for_event, report, error.as_deref());
+        if let Err(err) = self.meta.finish_run(&run_id, error.as_deref(), totals.0, totals.1, totals.2, &openlineage).await {
             tracing::warn!(%err, "recording the end of the run failed");
         }
         match &error {
-            None => self.publish("run_finished", vec![("run_id", run_id.clone()), ("rows_out", totals.1.to_string())]).await,
-            Some(e) => self.publish("run_failed", vec![("run_id", run_id.clone()), ("error", e.clone())]).await,
+            None => {
+                self.publish(
+                    "run_finished",
+                    vec![("run_id", run_id.clone()), ("rows_out", totals.1.to_string()), ("openlineage", openlineage.to_string())],
+                )
+                .await
+            }
+            Some(e) => {
+                self.publish(
+                    "run_failed",
+                    vec![("run_id", run_id.clone()), ("error", e.clone()), ("openlineage", openlineage.to_string())],
+                )
+                .await
+            }
         }
         for guard in locks {
             if let Err(err) = guard.release().await {
@@ -907,6 +921,36 @@ struct NewFile {
 
 async fn count(df: &DataFrame) -> datafusion::error::Result<u64> {
     Ok(df.clone().count().await? as u64)
+}
+
+/// An OpenLineage-shaped run event (COMPLETE or FAIL) naming the tables the
+/// run read and wrote.
+fn openlineage_event(run_id: &str, datasets: &[String], report: Option<&RunReport>, error: Option<&str>) -> serde_json::Value {
+    let steps = report.map(|r| r.steps.as_slice()).unwrap_or_default();
+    let outputs: Vec<serde_json::Value> = steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Ok)
+        .map(|s| serde_json::json!({"namespace": "workbench", "name": format!("{}.{}", s.layer, s.table)}))
+        .collect();
+    let inputs: Vec<serde_json::Value> = steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Ok && s.layer == Layer::Silver)
+        .map(|s| serde_json::json!({"namespace": "workbench", "name": format!("bronze.{}", s.table)}))
+        .collect();
+    let mut event = serde_json::json!({
+        "eventType": if error.is_some() { "FAIL" } else { "COMPLETE" },
+        "eventTime": chrono::Utc::now().to_rfc3339(),
+        "producer": concat!("https://workbench/", env!("CARGO_PKG_VERSION")),
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+        "run": {"runId": run_id},
+        "job": {"namespace": "workbench", "name": datasets.join(",")},
+        "inputs": inputs,
+        "outputs": outputs,
+    });
+    if let Some(error) = error {
+        event["run"]["facets"] = serde_json::json!({"errorMessage": {"message": error, "programmingLanguage": "SQL"}});
+    }
+    event
 }
 
 /// A table-level lineage edge.

@@ -96,6 +96,12 @@ async fn run_is_recorded(database_url: Option<String>) {
         rows(&server, &format!("SELECT seq, layer, table_name, rows_in, rows_out, status FROM workbench.run_steps WHERE run_id = '{run_id}' ORDER BY seq")).await,
         ["0|bronze|sales|2|2|ok", "1|silver|sales|2|2|ok", "2|gold|sales_total|0|1|ok"]
     );
+    let event = rows(&server, &format!("SELECT openlineage FROM workbench.runs WHERE id = '{run_id}'")).await;
+    let event: serde_json::Value = serde_json::from_str(&event[0]).unwrap();
+    assert_eq!(event["eventType"], "COMPLETE");
+    assert_eq!(event["run"]["runId"], run_id.as_str());
+    let outputs: Vec<&str> = event["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(outputs, ["bronze.sales", "silver.sales", "gold.sales_total"]);
     let files = rows(&server, "SELECT dataset, path, size_bytes, length(content_hash), run_id FROM workbench.files").await;
     assert_eq!(files, [format!("sales|landing/sales/jan.csv|20|64|{run_id}")]);
     assert_eq!(
