@@ -6,6 +6,7 @@
 
 mod column_lineage;
 mod preview;
+mod rule_lineage;
 pub mod rules;
 mod scd2;
 pub mod sources;
@@ -671,6 +672,7 @@ impl Pipeline {
         }
         let whole = options.full_refresh || mode == WriteMode::Overwrite || consumed.is_none();
         let bronze = ctx.table(format!("bronze.{}", spec.name)).await.map_err(|e| step_error(&step, e))?;
+        let bronze_columns: Vec<String> = bronze.schema().fields().iter().map(|f| f.name().clone()).collect();
         let input = if whole {
             bronze
         } else {
@@ -734,8 +736,24 @@ impl Pipeline {
                 self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
             }
         };
-        self.record_lineage(&[edge(&format!("bronze.{}", spec.name), &format!("silver.{}", spec.name), &transform)], run_id)
-            .await;
+        let (bronze_table, silver_table) = (format!("bronze.{}", spec.name), format!("silver.{}", spec.name));
+        let mut edges = vec![edge(&bronze_table, &silver_table, &transform)];
+        for (column, (sources, how)) in rule_lineage::column_sources(&bronze_columns, rule_list) {
+            if column.starts_with('_') {
+                continue;
+            }
+            let transform = if how.is_empty() { "copy".to_string() } else { how.join(", ") };
+            for source in sources {
+                edges.push(LineageEdge {
+                    from_table: bronze_table.clone(),
+                    from_column: source,
+                    to_table: silver_table.clone(),
+                    to_column: column.clone(),
+                    transform: transform.clone(),
+                });
+            }
+        }
+        self.record_lineage(&edges, run_id).await;
         Ok(Some((rows_in, rows_out, rejected)))
     }
 

@@ -300,3 +300,25 @@ async fn table_functions_through_psycopg2_with_bound_parameters() {
     let edges: i64 = stdout.lines().find_map(|l| l.strip_prefix("lineage_edges ")).unwrap().parse().unwrap();
     assert!(edges >= 3, "{stdout}");
 }
+
+#[tokio::test]
+async fn silver_column_lineage_follows_the_rules_down_to_the_source_file() {
+    let (server, _lake) = examples();
+    // devengado comes from the twelve month columns (melt), then type_cast.
+    let devengado = rows(
+        &server,
+        "SELECT count(*), min(transform) FROM lineage('silver.dipres_ejecucion', 'up', 1) WHERE to_column = 'devengado'",
+    )
+    .await;
+    assert_eq!(devengado, ["12|melt, type_cast"]);
+    let anio = rows(&server, "SELECT from_column FROM lineage('silver.dipres_ejecucion', 'up', 1) WHERE to_column = 'anio'").await;
+    assert_eq!(anio, ["_source_file"]);
+    let partida = rows(&server, "SELECT from_column, transform FROM lineage('silver.dipres_ejecucion', 'up', 1) WHERE to_column = 'partida'").await;
+    assert_eq!(partida, ["Partida|rename"]);
+    // From a gold column down to the landing files, hop by hop.
+    let path = rows(&server, "SELECT DISTINCT depth, from_table FROM lineage('gold.mart_ejecucion_mensual', 'up') WHERE from_column IS NULL ORDER BY 1").await;
+    assert_eq!(
+        path,
+        ["1|silver.dipres_ejecucion", "2|bronze.dipres_ejecucion", "3|landing:landing/dipres_ejecucion/*.xlsx"]
+    );
+}

@@ -113,15 +113,15 @@ async fn run_is_recorded(database_url: Option<String>) {
         ["sales|Sales lines|active|[\"bronze.sales\",\"silver.sales\"]"]
     );
     assert_eq!(
-        rows(&server, "SELECT from_table, from_column, to_column FROM workbench.lineage_edges WHERE from_column <> ''").await,
-        ["silver.sales|amount|total"]
+        rows(&server, "SELECT from_table, from_column, to_column, transform FROM workbench.lineage_edges WHERE from_column <> '' ORDER BY to_table, to_column").await,
+        ["silver.sales|amount|total|sql", "bronze.sales|amount|amount|type_cast", "bronze.sales|id|id|type_cast"]
     );
     if let Some(url) = &database_url {
         // The Postgres tables hold the same rows.
         let db = url.rsplit('/').next().unwrap();
         assert_eq!(psql(db, &format!("SELECT status FROM runs WHERE id = '{run_id}'")).trim(), "succeeded");
         assert_eq!(psql(db, &format!("SELECT count(*) FROM run_steps WHERE run_id = '{run_id}'")).trim(), "3");
-        assert_eq!(psql(db, "SELECT count(*) FROM lineage_edges").trim(), "4", "3 table-level edges, 1 column-level");
+        assert_eq!(psql(db, "SELECT count(*) FROM lineage_edges").trim(), "6", "3 table-level edges, 3 column-level");
     } else {
         assert!(lake.path().join("_workbench/metadata.db").is_file());
     }
