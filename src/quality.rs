@@ -22,7 +22,8 @@ pub struct Check {
     pub failing: Option<String>,
     /// Column whose NULLs are counted as missing, and whose values are sampled.
     pub subject: Option<String>,
-    /// Table-level checks: SQL computing the observed value, and whether it passes.
+    /// Table-level checks: an aggregate computing the observed value, and a
+    /// predicate over it (named `__value`) saying whether it passes.
     pub table_level: Option<(String, String)>,
     /// Needs a per-key duplicate count (`unique`), named `__wb_dup`.
     pub duplicates_over: Option<Vec<String>>,
@@ -210,13 +211,13 @@ pub fn compile(expectation: &Expectation) -> Result<Vec<Check>> {
         "row_count_between" => {
             let mut conditions = vec!["true".to_string()];
             if let Some(min) = args.get("min") {
-                conditions.push(format!("count(*) >= {}", literal(min)));
+                conditions.push(format!("__value >= {}", literal(min)));
             }
             if let Some(max) = args.get("max") {
-                conditions.push(format!("count(*) <= {}", literal(max)));
+                conditions.push(format!("__value <= {}", literal(max)));
             }
             vec![Check {
-                table_level: Some(("CAST(count(*) AS TEXT)".into(), conditions.join(" AND "))),
+                table_level: Some(("count(*)".into(), conditions.join(" AND "))),
                 ..base(vec![])
             }]
         }
@@ -225,8 +226,8 @@ pub fn compile(expectation: &Expectation) -> Result<Vec<Check>> {
             let max_age = args.get("max_age").and_then(|m| m.as_str()).ok_or_else(|| invalid("freshness needs `max_age`, e.g. '2 days'".into()))?;
             vec![Check {
                 table_level: Some((
-                    format!("CAST(max({}) AS TEXT)", q(&column)),
-                    format!("max(CAST({} AS TIMESTAMP)) >= now() - INTERVAL {}", q(&column), literal(&serde_json::json!(max_age))),
+                    format!("max(CAST({} AS TIMESTAMP))", q(&column)),
+                    format!("__value >= CAST(now() AS TIMESTAMP) - INTERVAL {}", literal(&serde_json::json!(max_age))),
                 )),
                 ..base(vec![column])
             }]
@@ -284,7 +285,10 @@ pub async fn evaluate(ctx: &SessionContext, view: &str, check: &Check) -> Result
     let label = check.label();
     if let Some((observed, passes)) = &check.table_level {
         let batches = ctx
-            .sql(&format!("SELECT count(*) AS __elements, {observed} AS __observed, {passes} AS __passes FROM {view}"))
+            .sql(&format!(
+                "SELECT __elements, CAST(__value AS TEXT) AS __observed, COALESCE({passes}, false) AS __passes \
+                 FROM (SELECT count(*) AS __elements, {observed} AS __value FROM {view})"
+            ))
             .await?
             .collect()
             .await?;

@@ -322,3 +322,24 @@ async fn silver_column_lineage_follows_the_rules_down_to_the_source_file() {
         ["1|silver.dipres_ejecucion", "2|bronze.dipres_ejecucion", "3|landing:landing/dipres_ejecucion/*.xlsx"]
     );
 }
+
+#[tokio::test]
+async fn freshness_compares_the_newest_timestamp_with_now() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/events")).unwrap();
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
+    std::fs::write(lake.path().join("landing/events/a.csv"), format!("id,at\n1,2020-01-01 00:00:00\n2,{now}\n")).unwrap();
+    std::fs::write(
+        specs.path().join("events.yaml"),
+        "name: events\nsource: { format: csv, path: landing/events/*.csv }\nsilver:\n  rules:\n    - type_cast: { at: { type: timestamp, format: \"%Y-%m-%d %H:%M:%S\" } }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["run", "--all", "--lake"]).arg(lake.path()).arg("--specs").arg(specs.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start_at(lake.path(), ServerOptions::default());
+    let fresh = rows(&server, "SELECT success, observed_value IS NOT NULL FROM validate('silver.events', '- freshness: { column: at, max_age: ''1 day'' }')").await;
+    assert_eq!(fresh, ["t|t"]);
+    let stale = rows(&server, "SELECT success FROM validate('silver.events', '- freshness: { column: at, max_age: ''1 day'' }\n- expression: \"at > now() - INTERVAL ''1 day''\"')").await;
+    assert_eq!(stale, ["t", "f"], "the old row fails the row-level check; the table is still fresh");
+}
