@@ -8,15 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::plan_err;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 
-use super::{Services, args};
+use super::{Rows, RowsTable, Services, args};
 use crate::meta::tables::TABLES;
 use crate::storage::Layer;
 
@@ -29,11 +26,11 @@ impl TableFunctionImpl for History {
             return plan_err!("history() takes one argument: history('silver.sales')");
         };
         let (layer, name) = args::table("history", table)?;
-        Ok(Arc::new(HistoryTable {
+        Ok(Arc::new(RowsTable(HistoryTable {
             services: self.0.clone(),
             layer,
             name,
-        }))
+        })))
     }
 }
 
@@ -65,22 +62,12 @@ fn metric(metadata: &HashMap<String, serde_json::Value>, keys: &[&str]) -> Optio
 }
 
 #[async_trait]
-impl TableProvider for HistoryTable {
+impl Rows for HistoryTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self) -> Result<RecordBatch> {
         let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
         if self.services.lake.table(self.layer, &self.name).await.map_err(|e| external(Box::new(e)))?.is_none() {
             return plan_err!("table '{}.{}' not found", self.layer, self.name);
@@ -137,6 +124,6 @@ impl TableProvider for HistoryTable {
             Arc::new(StringArray::from(commits.iter().map(|c| run_of(c, 1)).collect::<Vec<_>>())),
         ];
         let batch = RecordBatch::try_new(schema(), columns)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema(), projection.cloned())?)
+        Ok(batch)
     }
 }

@@ -8,15 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::plan_err;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 
-use super::{Services, args};
+use super::{Rows, RowsTable, Services, args};
 use crate::meta::tables::TABLES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +43,12 @@ impl TableFunctionImpl for Lineage {
         if depth < 1 {
             return plan_err!("lineage(): depth must be at least 1, got {depth}");
         }
-        Ok(Arc::new(LineageTable {
+        Ok(Arc::new(RowsTable(LineageTable {
             services: self.0.clone(),
             table: format!("{layer}.{name}"),
             direction,
             depth: depth as usize,
-        }))
+        })))
     }
 }
 
@@ -85,22 +82,12 @@ struct Edge {
 }
 
 #[async_trait]
-impl TableProvider for LineageTable {
+impl Rows for LineageTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self) -> Result<RecordBatch> {
         let def = TABLES.iter().find(|t| t.name == "lineage_edges").expect("lineage table");
         let batch = self
             .services
@@ -179,6 +166,6 @@ impl TableProvider for LineageTable {
             Arc::new(Int64Array::from_iter_values(found.iter().map(|(_, d)| *d as i64))),
         ];
         let batch = RecordBatch::try_new(schema(), columns)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema(), projection.cloned())?)
+        Ok(batch)
     }
 }

@@ -36,6 +36,44 @@ impl std::fmt::Debug for Services {
     }
 }
 
+/// A table function result with a fixed schema whose rows are computed
+/// when the query runs.
+#[async_trait::async_trait]
+pub trait Rows: std::fmt::Debug + Send + Sync + 'static {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef;
+    async fn rows(&self) -> datafusion::error::Result<datafusion::arrow::array::RecordBatch>;
+}
+
+/// The `TableProvider` for any [`Rows`].
+#[derive(Debug)]
+pub struct RowsTable<R: Rows>(pub R);
+
+#[async_trait::async_trait]
+impl<R: Rows> datafusion::datasource::TableProvider for RowsTable<R> {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::logical_expr::Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let batch = self.0.rows().await?;
+        Ok(datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.0.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
 /// Register every table function on `ctx`.
 pub fn register(ctx: &SessionContext, services: Services) {
     if let Some(pipeline) = &services.pipeline {

@@ -9,16 +9,14 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::plan_err;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::TableProvider;
 use datafusion::error::Result;
 use datafusion::functions_aggregate::expr_fn::{approx_distinct, avg, count, max, min, stddev};
 use datafusion::logical_expr::{Expr, cast as cast_expr, col, lit};
-use datafusion::physical_plan::ExecutionPlan;
 
-use super::{Services, args};
+use super::{Rows, RowsTable, Services, args};
 use crate::storage::Layer;
 
 #[derive(Debug)]
@@ -30,11 +28,11 @@ impl TableFunctionImpl for Profile {
             return plan_err!("profile() takes one argument: profile('silver.sales')");
         };
         let (layer, name) = args::table("profile", table)?;
-        Ok(Arc::new(ProfileTable {
+        Ok(Arc::new(RowsTable(ProfileTable {
             services: self.0.clone(),
             layer,
             name,
-        }))
+        })))
     }
 }
 
@@ -89,22 +87,12 @@ fn int_at(batch: &RecordBatch, name: &str) -> Option<i64> {
 }
 
 #[async_trait]
-impl TableProvider for ProfileTable {
+impl Rows for ProfileTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self) -> Result<RecordBatch> {
         let ctx = self.services.engine.internal_session();
         let df = ctx.table(format!("{}.{}", self.layer, self.name)).await?;
         let fields: Vec<(String, DataType)> = df
@@ -184,6 +172,6 @@ impl TableProvider for ProfileTable {
             Arc::new(StringArray::from(out.iter().map(|o| o[2].clone()).collect::<Vec<_>>())),
         ];
         let batch = RecordBatch::try_new(schema(), columns)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema(), projection.cloned())?)
+        Ok(batch)
     }
 }

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::{ScalarValue, plan_err};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 
+use super::{Rows, RowsTable};
 use crate::pipeline::{Pipeline, RunOptions, RunReport};
 
 #[derive(Debug)]
@@ -42,10 +41,10 @@ impl TableFunctionImpl for RunFunction {
             }
             datasets.push(name);
         }
-        Ok(Arc::new(RunTable {
+        Ok(Arc::new(RowsTable(RunTable {
             pipeline: self.pipeline.clone(),
             datasets,
-        }))
+        })))
     }
 }
 
@@ -96,22 +95,12 @@ fn to_batch(report: &RunReport) -> Result<RecordBatch> {
 }
 
 #[async_trait]
-impl TableProvider for RunTable {
+impl Rows for RunTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self) -> Result<RecordBatch> {
         let report = self
             .pipeline
             .run(
@@ -124,6 +113,6 @@ impl TableProvider for RunTable {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let batch = to_batch(&report)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema(), projection.cloned())?)
+        Ok(batch)
     }
 }

@@ -8,15 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::plan_err;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 
-use super::{Services, args};
+use super::{Rows, RowsTable, Services, args};
 use crate::meta::ValidationRecord;
 use crate::quality::{self, CheckResult};
 use crate::spec::Expectation;
@@ -57,12 +54,12 @@ impl TableFunctionImpl for Validate {
         for e in &expectations {
             checks.extend(quality::compile(e)?);
         }
-        Ok(Arc::new(ValidateTable {
+        Ok(Arc::new(RowsTable(ValidateTable {
             services: self.0.clone(),
             layer,
             name,
             checks,
-        }))
+        })))
     }
 }
 
@@ -106,22 +103,12 @@ pub fn to_batch(results: &[CheckResult]) -> Result<RecordBatch> {
 }
 
 #[async_trait]
-impl TableProvider for ValidateTable {
+impl Rows for ValidateTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self) -> Result<RecordBatch> {
         let ctx = self.services.engine.internal_session();
         let table = format!("{}.{}", self.layer, self.name);
         let df = ctx.table(table.as_str()).await?;
@@ -149,6 +136,6 @@ impl TableProvider for ValidateTable {
             }
         }
         let batch = to_batch(&results)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema(), projection.cloned())?)
+        Ok(batch)
     }
 }

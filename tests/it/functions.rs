@@ -2,23 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{BIN, Server, ServerOptions, sqlstate};
-
-async fn rows(server: &Server, sql: &str) -> Vec<String> {
-    let client = server.connect().await;
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())))
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect::<Vec<_>>().join("|"))
-            }
-            _ => None,
-        })
-        .collect()
-}
+use crate::harness::{BIN, Server, ServerOptions, rows, sqlstate};
 
 /// The examples built by `workbench run --all`, served.
 fn examples() -> (Server, tempfile::TempDir) {

@@ -256,3 +256,20 @@ pub fn sqlstate(err: &tokio_postgres::Error) -> String {
         None => panic!("expected a server error, got {err:?}"),
     }
 }
+
+/// Every row of `sql` (simple protocol) as `a|b|c` text, NULL as "NULL".
+pub async fn rows(server: &Server, sql: &str) -> Vec<String> {
+    let client = server.connect().await;
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())))
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect::<Vec<_>>().join("|"))
+            }
+            _ => None,
+        })
+        .collect()
+}

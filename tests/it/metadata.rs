@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::harness::{BIN, Server, ServerOptions};
+use crate::harness::{BIN, Server, ServerOptions, rows};
 
 /// A scratch Postgres database, dropped when this goes out of scope.
 pub struct ScratchDb {
@@ -42,22 +42,6 @@ fn psql(db: &str, sql: &str) -> String {
         .expect("psql");
     assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
-}
-
-async fn rows(server: &Server, sql: &str) -> Vec<String> {
-    let client = server.connect().await;
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect::<Vec<_>>().join("|"))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// Run a dataset with a gold model, then read the run back over the wire.

@@ -217,20 +217,7 @@ impl Workspace {
     }
 
     async fn rows(&self, server: &Server, sql: &str) -> Vec<String> {
-        let client = server.connect().await;
-        let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        messages
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).unwrap_or("NULL").to_string())
-                        .collect::<Vec<_>>()
-                        .join("|"),
-                ),
-                _ => None,
-            })
-            .collect()
+        crate::harness::rows(server, sql).await
     }
 }
 
