@@ -32,6 +32,25 @@ pub struct Check {
     pub lookup: Option<(String, String, String)>,
 }
 
+impl CheckResult {
+    /// This result as `workbench.validations` stores it.
+    pub fn record(&self, table: &str, run_id: Option<&str>) -> crate::meta::ValidationRecord {
+        crate::meta::ValidationRecord {
+            run_id: run_id.map(str::to_string),
+            table_name: table.to_string(),
+            expectation: self.expectation.clone(),
+            columns: self.columns.clone(),
+            success: self.success,
+            element_count: self.element_count,
+            unexpected_count: self.unexpected_count,
+            unexpected_percent: self.unexpected_percent,
+            missing_count: self.missing_count,
+            partial_unexpected_list: serde_json::to_string(&self.partial_unexpected_list).unwrap_or_default(),
+            observed_value: self.observed_value.clone(),
+        }
+    }
+}
+
 impl Check {
     pub fn label(&self) -> String {
         if self.columns.is_empty() {

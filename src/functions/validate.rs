@@ -14,7 +14,6 @@ use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 
 use super::{Rows, RowsTable, Services, args};
-use crate::meta::ValidationRecord;
 use crate::quality::{self, CheckResult};
 use crate::spec::Expectation;
 use crate::storage::Layer;
@@ -118,19 +117,7 @@ impl Rows for ValidateTable {
             results.push(quality::evaluate(&ctx, &view, check).await?);
         }
         for r in &results {
-            let record = ValidationRecord {
-                run_id: None,
-                table_name: table.clone(),
-                expectation: r.expectation.clone(),
-                columns: r.columns.clone(),
-                success: r.success,
-                element_count: r.element_count,
-                unexpected_count: r.unexpected_count,
-                unexpected_percent: r.unexpected_percent,
-                missing_count: r.missing_count,
-                partial_unexpected_list: serde_json::to_string(&r.partial_unexpected_list).unwrap_or_default(),
-                observed_value: r.observed_value.clone(),
-            };
+            let record = r.record(&table, None);
             if let Err(err) = self.services.meta.record_validation(&record).await {
                 tracing::warn!(%err, "storing a validation result failed");
             }

@@ -786,19 +786,7 @@ impl Pipeline {
                 let result = quality::evaluate(ctx, &view, &check)
                     .await
                     .map_err(|e| step_error(&step, format!("{}: {}", expectation.location, e.strip_backtrace())))?;
-                let record = crate::meta::ValidationRecord {
-                    run_id: Some(run_id.to_string()),
-                    table_name: step.clone(),
-                    expectation: result.expectation.clone(),
-                    columns: result.columns.clone(),
-                    success: result.success,
-                    element_count: result.element_count,
-                    unexpected_count: result.unexpected_count,
-                    unexpected_percent: result.unexpected_percent,
-                    missing_count: result.missing_count,
-                    partial_unexpected_list: serde_json::to_string(&result.partial_unexpected_list).unwrap_or_default(),
-                    observed_value: result.observed_value.clone(),
-                };
+                let record = result.record(&step, Some(run_id));
                 if let Err(err) = self.meta.record_validation(&record).await {
                     tracing::warn!(%err, "storing a validation result failed");
                 }
