@@ -23,9 +23,24 @@ if ! command -v psql >/dev/null; then
   log "installing psql"
   apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
 fi
-if ! python3 -c 'import sqlalchemy, psycopg2' 2>/dev/null; then
+if ! python3 -c 'import sqlalchemy, psycopg2, psycopg, asyncpg, pandas' 2>/dev/null; then
   log "installing Python client libraries"
   python3 -m pip install -q -r tests/clients/requirements.txt
+fi
+# Superset (SQLAlchemy 1.4) lives in its own virtualenv outside the clone,
+# rebuilt only when its requirements change.
+SUPERSET_VENV="${WORKBENCH_SUPERSET_VENV:-$HOME/.cache/workbench/superset-venv}"
+if ! cmp -s tests/clients/superset-requirements.txt "$SUPERSET_VENV/requirements.txt"; then
+  log "installing Superset into $SUPERSET_VENV (first run only, ~3 min)"
+  rm -rf "$SUPERSET_VENV"
+  python3 -m venv "$SUPERSET_VENV"
+  "$SUPERSET_VENV/bin/pip" install -q -r tests/clients/superset-requirements.txt
+  cp tests/clients/superset-requirements.txt "$SUPERSET_VENV/requirements.txt"
+fi
+export WORKBENCH_SUPERSET_PYTHON="$SUPERSET_VENV/bin/python"
+if ! command -v java >/dev/null || [ ! -f /usr/share/java/postgresql.jar ]; then
+  log "installing Java and pgjdbc"
+  apt-get update -qq && apt-get install -y -qq default-jdk-headless libpostgresql-jdbc-java >/dev/null
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

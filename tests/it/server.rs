@@ -303,26 +303,6 @@ async fn sigterm_cancels_running_queries_after_the_deadline_and_exits() {
 }
 
 #[tokio::test]
-async fn sqlalchemy_connects_and_lists_schemas() {
-    let server = server_with_orders().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sqlalchemy_connect.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(server.port().to_string())
-        .output()
-        .expect("run python3 (install the clients with: pip install -r tests/clients/requirements.txt)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "SQLAlchemy check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("north_orders 100"), "{stdout}");
-    assert!(stdout.contains("bronze") && stdout.contains("silver") && stdout.contains("gold"), "{stdout}");
-    assert!(stdout.contains("dialect_version (16, 6)"), "{stdout}");
-}
-
-#[tokio::test]
 async fn copy_to_stdout_in_text_csv_and_binary() {
     use futures::TryStreamExt;
     let server = server_with_orders().await;
