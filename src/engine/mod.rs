@@ -4,6 +4,7 @@
 //! clients expect. Each client connection gets its own session cloned from it,
 //! with its own memory pool, so one query cannot starve the others.
 
+mod catalog_tables;
 mod layer;
 mod metadata;
 mod pg_catalog;
@@ -20,6 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role};
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 
+pub use catalog_tables::SessionSettingsRows;
 pub use layer::LayerSchema;
 pub use pg_catalog::type_modifier;
 
@@ -53,6 +55,20 @@ pub struct Engine {
     template: SessionContext,
     options: EngineOptions,
     lake: Arc<Lake>,
+    /// Functions listed in `pg_proc` beyond the built-ins.
+    procs: catalog_tables::ProcEntries,
+    catalog_text: pg_catalog::CatalogText,
+}
+
+/// A function to list in the catalog (`pg_proc`, `\df`, JDBC `getFunctions`).
+#[derive(Debug, Clone)]
+pub struct FunctionDoc {
+    pub name: &'static str,
+    /// (name, Postgres type name) of each argument, in order.
+    pub args: &'static [(&'static str, &'static str)],
+    /// How many trailing arguments may be left out.
+    pub optional: usize,
+    pub description: &'static str,
 }
 
 impl std::fmt::Debug for Engine {
@@ -110,14 +126,16 @@ impl Engine {
         let catalog = ctx
             .catalog(DATABASE)
             .ok_or_else(|| EngineError::Setup("catalog vanished".into()))?;
+        let procs = catalog_tables::ProcEntries::default();
         if let Some(upstream) = catalog.schema("pg_catalog") {
-            let overlay = pg_catalog::PgCatalogOverlay::new(upstream, ctx.state().catalog_list().clone());
+            let overlay =
+                pg_catalog::PgCatalogOverlay::new(upstream, ctx.state().catalog_list().clone(), procs.clone());
             catalog
                 .register_schema("pg_catalog", Arc::new(overlay))
                 .map_err(setup)?;
         }
 
-        pg_catalog::CatalogText::install(&ctx).await.map_err(setup)?;
+        let catalog_text = pg_catalog::CatalogText::install(&ctx).await.map_err(setup)?;
         for udf in workbench_udfs::all() {
             ctx.register_udf(udf);
         }
@@ -130,7 +148,35 @@ impl Engine {
             template: ctx,
             options,
             lake,
+            procs,
+            catalog_text,
         })
+    }
+
+    /// List `functions` in `pg_proc` (one row per arity) with their
+    /// descriptions, result and argument texts.
+    pub fn document_functions(&self, functions: &[FunctionDoc]) {
+        let mut procs = self.procs.write().unwrap_or_else(|p| p.into_inner());
+        for function in functions {
+            for dropped in 0..=function.optional {
+                let args = &function.args[..function.args.len() - dropped];
+                let oid = catalog_tables::FIRST_PROC_OID + procs.len() as i32;
+                procs.push(catalog_tables::ProcEntry {
+                    oid,
+                    name: function.name.to_string(),
+                    args: args.iter().map(|(n, t)| (n.to_string(), type_oid(t))).collect(),
+                });
+                let key = vec![oid as i64];
+                let text = args.iter().map(|(n, t)| format!("{n} {t}")).collect::<Vec<_>>().join(", ");
+                for (table, value) in [
+                    (&self.catalog_text.descriptions, function.description.to_string()),
+                    (&self.catalog_text.function_results, "SETOF record".to_string()),
+                    (&self.catalog_text.function_arguments, text),
+                ] {
+                    table.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), value);
+                }
+            }
+        }
     }
 
     pub fn lake(&self) -> &Arc<Lake> {
@@ -170,6 +216,17 @@ impl Engine {
     /// A session for internal use (pipelines, table functions).
     pub fn internal_session(&self) -> SessionContext {
         self.session()
+    }
+}
+
+/// The oid of the few Postgres types table-function arguments use.
+fn type_oid(name: &str) -> i32 {
+    match name {
+        "integer" => 23,
+        "bigint" => 20,
+        "boolean" => 16,
+        "timestamp with time zone" => 1184,
+        _ => 25, // text
     }
 }
 

@@ -18,6 +18,7 @@ use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableProviderFilterPush
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::col;
 
+use super::catalog_tables::{PgProc, PgSettings, ProcEntries, empty_with_arrays};
 use crate::engine::DATABASE;
 
 /// `pg_type.oid` of `numeric`.
@@ -27,11 +28,12 @@ const NUMERIC_OID: i32 = 1700;
 pub struct PgCatalogOverlay {
     inner: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
+    procs: ProcEntries,
 }
 
 impl PgCatalogOverlay {
-    pub fn new(inner: Arc<dyn SchemaProvider>, catalogs: Arc<dyn CatalogProviderList>) -> Self {
-        PgCatalogOverlay { inner, catalogs }
+    pub fn new(inner: Arc<dyn SchemaProvider>, catalogs: Arc<dyn CatalogProviderList>, procs: ProcEntries) -> Self {
+        PgCatalogOverlay { inner, catalogs, procs }
     }
 }
 
@@ -57,6 +59,12 @@ impl SchemaProvider for PgCatalogOverlay {
                 base,
                 pg_catalog: self.inner.clone(),
                 catalogs: self.catalogs.clone(),
+            }),
+            "pg_settings" => Arc::new(PgSettings),
+            "pg_index" | "pg_constraint" => empty_with_arrays(name, &base)?,
+            "pg_proc" => Arc::new(PgProc {
+                base,
+                entries: self.procs.clone(),
             }),
             _ => base,
         }))

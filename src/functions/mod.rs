@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, FunctionDoc};
 use crate::meta::MetaStore;
 use crate::pipeline::Pipeline;
 use crate::storage::Lake;
@@ -74,8 +74,66 @@ impl<R: Rows> datafusion::datasource::TableProvider for RowsTable<R> {
     }
 }
 
+/// How the table functions appear in `pg_proc` (`\df`, JDBC `getFunctions`).
+const DOCS: &[FunctionDoc] = &[
+    FunctionDoc {
+        name: "run",
+        args: &[("dataset", "text")],
+        optional: 0,
+        description: "Run the pipeline of a dataset now; one row per step.",
+    },
+    FunctionDoc {
+        name: "preview",
+        args: &[("dataset", "text"), ("path", "text"), ("row_limit", "bigint")],
+        optional: 2,
+        description: "The tidy rows a run would write for one landing file, with failed expectations; writes nothing.",
+    },
+    FunctionDoc {
+        name: "preview_raw",
+        args: &[("path", "text"), ("row_limit", "bigint")],
+        optional: 1,
+        description: "The raw rows of a landing file as the reader sees them.",
+    },
+    FunctionDoc {
+        name: "validate",
+        args: &[("table_name", "text"), ("suite", "text")],
+        optional: 1,
+        description: "Check a table against its expectations (or a YAML suite); one row per expectation.",
+    },
+    FunctionDoc {
+        name: "lineage",
+        args: &[("table_name", "text"), ("direction", "text"), ("depth", "integer")],
+        optional: 2,
+        description: "Table and column lineage edges up and/or down from a table.",
+    },
+    FunctionDoc {
+        name: "profile",
+        args: &[("table_name", "text")],
+        optional: 0,
+        description: "Per-column statistics of a table.",
+    },
+    FunctionDoc {
+        name: "history",
+        args: &[("table_name", "text")],
+        optional: 0,
+        description: "The Delta commits of a table joined with the runs that made them.",
+    },
+    FunctionDoc {
+        name: "table_at",
+        args: &[("table_name", "text"), ("version_or_time", "text")],
+        optional: 0,
+        description: "A table as of a Delta version or a timestamp.",
+    },
+];
+
 /// Register every table function on `ctx`.
 pub fn register(ctx: &SessionContext, services: Services) {
+    let documented: Vec<FunctionDoc> = DOCS
+        .iter()
+        .filter(|d| services.pipeline.is_some() || !matches!(d.name, "run" | "preview"))
+        .cloned()
+        .collect();
+    services.engine.document_functions(&documented);
     if let Some(pipeline) = &services.pipeline {
         ctx.register_udtf("run", Arc::new(run::RunFunction::new(pipeline.clone())));
         ctx.register_udtf("preview", Arc::new(preview::Preview(services.clone())));

@@ -10,9 +10,12 @@ mod handlers;
 mod labels;
 mod readonly;
 mod rewrite;
+mod search_path;
 mod server;
 mod session;
+mod settings;
 mod startup;
+mod statements;
 
 pub use backends::{BackendInfo, Backends};
 pub use server::{PgServer, ServerOptions};

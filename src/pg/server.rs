@@ -16,6 +16,8 @@ use tracing::Instrument;
 use super::backends::Backends;
 use super::handlers::{CancelByKey, ConnectionHandlers};
 use super::session::Session;
+use super::settings::Settings;
+use crate::engine::SessionSettingsRows;
 use super::startup::{Refusal, Startup, UserStore};
 use super::functions;
 use crate::engine::Engine;
@@ -140,10 +142,22 @@ impl Connection {
             Startup::new(backend.clone(), &self.users)
         };
         let ctx = self.engine.session();
-        functions::register(&ctx, &backend, &self.backends);
+        let defaults = self
+            .options
+            .statement_timeout
+            .map(|t| ("statement_timeout".to_string(), format!("{}ms", t.as_millis())));
+        let settings = Settings::new(defaults);
+        let rows = settings.clone();
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(SessionSettingsRows(Box::new(move || {
+                rows.all().into_iter().map(|(n, v, d)| (n, v, d.to_string())).collect()
+            }))));
+        functions::register(&ctx, &backend, &self.backends, &settings);
         let handlers = Arc::new(ConnectionHandlers {
             startup: Arc::new(startup),
-            session: Arc::new(Session::new(ctx, backend.clone(), self.options.statement_timeout)),
+            session: Arc::new(Session::new(ctx, backend.clone(), settings)),
             cancel: Arc::new(CancelByKey(self.backends.clone())),
         });
         let closed = backend.closed();

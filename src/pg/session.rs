@@ -17,7 +17,6 @@ use datafusion::sql::parser::Statement as DfStatementKind;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
-use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
 use futures::{FutureExt, Sink, Stream, StreamExt};
@@ -36,14 +35,13 @@ use tracing::Instrument;
 
 use super::backends::{Backend, QueryGuard};
 use super::readonly::ReadOnlyHook;
-use super::{copy, errors, labels, rewrite};
+use super::settings::Settings;
+use super::statements::{SessionStatementHook, apply_to_engine};
+use super::{copy, errors, labels, rewrite, search_path};
 
 /// The statement type stored in prepared statements and portals; it must be
 /// datafusion-postgres' own so its cursor hook can read our portals.
 pub type PreparedStatement = (String, Option<(Statement, LogicalPlan)>);
-
-/// Key under which datafusion-postgres' `SET statement_timeout` stores the value.
-const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
 
 pub struct Session {
     ctx: Arc<SessionContext>,
@@ -51,22 +49,23 @@ pub struct Session {
     hooks: Vec<Arc<dyn QueryHook>>,
     parser: Arc<StatementParser>,
     backend: Arc<Backend>,
-    default_timeout: Option<Duration>,
+    settings: Arc<Settings>,
 }
 
 impl Session {
-    pub fn new(ctx: SessionContext, backend: Arc<Backend>, default_timeout: Option<Duration>) -> Self {
+    pub fn new(ctx: SessionContext, backend: Arc<Backend>, settings: Arc<Settings>) -> Self {
         let ctx = Arc::new(ctx);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(ReadOnlyHook),
+            Arc::new(SessionStatementHook::new(settings.clone())),
             Arc::new(CursorStatementHook),
-            Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
         let inner = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks.clone()));
         let parser = Arc::new(StatementParser {
             compat: PostgresCompatibilityParser::new(),
             ctx: ctx.clone(),
+            settings: settings.clone(),
             hooks: hooks.clone(),
             inner: inner.query_parser(),
         });
@@ -76,18 +75,14 @@ impl Session {
             hooks,
             parser,
             backend,
-            default_timeout,
+            settings,
         }
     }
 
-    fn deadline<C: ClientInfo + ?Sized>(&self, client: &C) -> Option<Instant> {
-        let timeout = match client.metadata().get(STATEMENT_TIMEOUT_KEY) {
-            Some(ms) => ms.parse::<u64>().ok().map(Duration::from_millis),
-            None => self.default_timeout,
-        };
-        timeout
-            .filter(|t| !t.is_zero())
-            .map(|t| Instant::now() + t)
+    /// When the statement starting now must end (`statement_timeout`).
+    fn deadline<C: ClientInfo + ?Sized>(&self, _client: &C) -> Option<Instant> {
+        let ms = self.settings.statement_timeout_ms();
+        (ms > 0).then(|| Instant::now() + Duration::from_millis(ms))
     }
 
     /// Plan and start every statement of a simple-protocol query string.
@@ -311,6 +306,7 @@ impl ExtendedQueryHandler for Session {
 pub struct StatementParser {
     compat: PostgresCompatibilityParser,
     ctx: Arc<SessionContext>,
+    settings: Arc<Settings>,
     hooks: Vec<Arc<dyn QueryHook>>,
     /// datafusion-postgres' parser, for parameter and result types of a plan.
     inner: Arc<Parser>,
@@ -355,9 +351,13 @@ impl StatementParser {
     }
 
     async fn plan_statement(&self, statement: &Statement) -> PgWireResult<LogicalPlan> {
+        // Follow the session's settings (search_path, TimeZone) as they are now.
+        apply_to_engine(&self.settings, &self.ctx);
+        let mut statement = statement.clone();
+        search_path::qualify(&mut statement, &self.settings, &self.ctx);
         self.ctx
             .state()
-            .statement_to_plan(DfStatementKind::Statement(Box::new(statement.clone())))
+            .statement_to_plan(DfStatementKind::Statement(Box::new(statement)))
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))
     }

@@ -18,7 +18,8 @@ import tempfile
 from checks import check, expect, finish
 
 port = int(sys.argv[1])
-home = os.environ.get("SUPERSET_HOME") or os.path.expanduser("~/.cache/workbench/superset-home")
+# Kept inside the virtualenv, so a new Superset version gets a new template.
+home = os.environ.get("SUPERSET_HOME") or os.path.join(sys.prefix, "superset-home")
 os.makedirs(home, exist_ok=True)
 template = os.path.join(home, "superset-template.db")
 work = tempfile.mkdtemp(prefix="superset-")

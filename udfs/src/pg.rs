@@ -217,3 +217,133 @@ impl Lookup {
         self.table.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// The per-row body of a [`RowFunction`]: argument values in, one value out.
+pub type RowBody = Arc<dyn Fn(&[ScalarValue]) -> Result<ScalarValue> + Send + Sync>;
+
+/// A function computed row by row from scalar values, for catalog and
+/// session functions whose cost is in the lookup, not the arithmetic
+/// (`current_setting`, `pg_get_serial_sequence`, regclass names, ...).
+/// Scalar arguments give a scalar result; any array argument gives an array.
+pub fn row_function(
+    name: &str,
+    arities: &[usize],
+    return_type: DataType,
+    volatility: Volatility,
+    body: RowBody,
+) -> ScalarUDF {
+    let signature = Signature::one_of(
+        arities
+            .iter()
+            .map(|n| datafusion::logical_expr::TypeSignature::Any(*n))
+            .collect(),
+        volatility,
+    );
+    let signature = if arities == [0] {
+        Signature::exact(vec![], volatility)
+    } else {
+        signature
+    };
+    ScalarUDF::new_from_impl(RowFunction {
+        name: name.to_string(),
+        signature,
+        return_type,
+        body: BodyRef(body),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RowFunction {
+    name: String,
+    signature: Signature,
+    return_type: DataType,
+    body: BodyRef,
+}
+
+/// Compared by identity, like [`TableRef`].
+#[derive(Clone)]
+struct BodyRef(RowBody);
+
+impl std::fmt::Debug for BodyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowBody")
+    }
+}
+impl PartialEq for BodyRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for BodyRef {}
+impl std::hash::Hash for BodyRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as *const () as usize).hash(state)
+    }
+}
+
+impl ScalarUDFImpl for RowFunction {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.return_type.clone())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        if all_scalar {
+            let values: Vec<ScalarValue> = args
+                .args
+                .iter()
+                .map(|a| match a {
+                    ColumnarValue::Scalar(s) => s.clone(),
+                    ColumnarValue::Array(_) => unreachable!("all arguments are scalar"),
+                })
+                .collect();
+            let out = (self.body.0)(&values)?;
+            return Ok(ColumnarValue::Scalar(out.cast_to(&self.return_type)?));
+        }
+        let rows = args.number_rows;
+        let arrays: Vec<ArrayRef> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let values: Vec<ScalarValue> = arrays
+                .iter()
+                .map(|a| ScalarValue::try_from_array(a, row))
+                .collect::<Result<_>>()?;
+            out.push((self.body.0)(&values)?.cast_to(&self.return_type)?);
+        }
+        if out.is_empty() {
+            return Ok(ColumnarValue::Array(datafusion::arrow::array::new_empty_array(&self.return_type)));
+        }
+        Ok(ColumnarValue::Array(ScalarValue::iter_to_array(out)?))
+    }
+}
+
+/// The text of a scalar (strings as they are, other values displayed); None for NULL.
+pub fn scalar_text(value: &ScalarValue) -> Option<String> {
+    if value.is_null() {
+        return None;
+    }
+    Some(match value {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// An integer scalar as i64 (None for NULL or non-integers).
+pub fn scalar_i64(value: &ScalarValue) -> Option<i64> {
+    if value.is_null() {
+        return None;
+    }
+    value.cast_to(&DataType::Int64).ok().and_then(|v| match v {
+        ScalarValue::Int64(v) => v,
+        _ => None,
+    })
+}

@@ -1,0 +1,250 @@
+//! Catalog tables served differently from datafusion-pg-catalog's:
+//!
+//! - `pg_settings` from the connection's own settings (what `SHOW` prints);
+//! - `pg_index` / `pg_constraint` with `int2vector`/`oid[]` columns as real
+//!   arrays, so `unnest(indkey)` and `attnum = ANY(conkey)` plan (SQLAlchemy,
+//!   pgjdbc); Workbench tables have no indexes or constraints, so they are empty;
+//! - `pg_proc` with Workbench's table functions added (`\df`, pgjdbc
+//!   `getFunctions`, DBeaver's function browser).
+
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float32Array, Int16Array, Int32Array, RecordBatch, StringArray, new_null_array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::error::Result;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+/// The rows of `pg_settings` for one session: (name, setting, description).
+/// Stored as a session-config extension by the connection that owns it.
+pub struct SessionSettingsRows(pub Box<dyn Fn() -> Vec<(String, String, String)> + Send + Sync>);
+
+fn pg_settings_schema() -> SchemaRef {
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        text("name"),
+        text("setting"),
+        text("unit"),
+        text("category"),
+        text("short_desc"),
+        text("extra_desc"),
+        text("context"),
+        text("vartype"),
+        text("source"),
+        text("min_val"),
+        text("max_val"),
+        text("enumvals"),
+        text("boot_val"),
+        text("reset_val"),
+        text("sourcefile"),
+        Field::new("sourceline", DataType::Int32, true),
+        Field::new("pending_restart", DataType::Boolean, true),
+    ]))
+}
+
+/// `pg_settings`, read from the session that scans it.
+#[derive(Debug)]
+pub struct PgSettings;
+
+#[async_trait]
+impl TableProvider for PgSettings {
+    fn schema(&self) -> SchemaRef {
+        pg_settings_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        pg_settings(session)?.scan(session, projection, filters, limit).await
+    }
+}
+
+fn pg_settings(session: &dyn Session) -> Result<Arc<dyn TableProvider>> {
+    let schema = pg_settings_schema();
+    let rows = session
+        .config()
+        .get_extension::<SessionSettingsRows>()
+        .map(|rows| (rows.0)())
+        .unwrap_or_default();
+    let n = rows.len();
+    let column = |values: Vec<Option<String>>| Arc::new(StringArray::from(values)) as ArrayRef;
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        columns.push(match field.name().as_str() {
+            "name" => column(rows.iter().map(|r| Some(r.0.clone())).collect()),
+            "setting" | "boot_val" | "reset_val" => column(rows.iter().map(|r| Some(r.1.clone())).collect()),
+            "short_desc" => column(rows.iter().map(|r| Some(r.2.clone())).collect()),
+            "context" => column(vec![Some("user".to_string()); n]),
+            "vartype" => column(vec![Some("string".to_string()); n]),
+            "source" => column(vec![Some("session".to_string()); n]),
+            "category" => column(vec![Some("Client Connection Defaults".to_string()); n]),
+            "pending_restart" => Arc::new(BooleanArray::from(vec![false; n])),
+            _ => new_null_array(field.data_type(), n),
+        });
+    }
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+/// Postgres' array columns of `pg_index` and `pg_constraint`.
+fn array_column(table: &str, column: &str) -> Option<DataType> {
+    let int2 = || DataType::List(Arc::new(Field::new_list_field(DataType::Int16, true)));
+    let oid = || DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true)));
+    Some(match (table, column) {
+        ("pg_index", "indkey" | "indoption") => int2(),
+        ("pg_index", "indcollation" | "indclass") => oid(),
+        ("pg_constraint", "conkey" | "confkey" | "confdelsetcols") => int2(),
+        ("pg_constraint", "conpfeqop" | "conppeqop" | "conffeqop" | "conexclop") => oid(),
+        _ => return None,
+    })
+}
+
+/// An empty `table` with its array columns typed as arrays.
+pub fn empty_with_arrays(table: &str, base: &Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
+    let fields: Vec<Field> = base
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match array_column(table, f.name()) {
+            Some(data_type) => Field::new(f.name(), data_type, true),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
+}
+
+/// One function (one overload) shown in `pg_proc`.
+#[derive(Debug, Clone)]
+pub struct ProcEntry {
+    pub oid: i32,
+    pub name: String,
+    /// (argument name, type oid)
+    pub args: Vec<(String, i32)>,
+}
+
+/// Functions added to `pg_proc` (Workbench's table functions).
+pub type ProcEntries = Arc<RwLock<Vec<ProcEntry>>>;
+
+/// First oid of Workbench's own functions (above Postgres' built-ins).
+pub const FIRST_PROC_OID: i32 = 90_000;
+/// `pg_namespace.oid` of `public`.
+const PUBLIC_OID: i32 = 2200;
+/// `pg_type.oid` of `record`.
+const RECORD_OID: i32 = 2249;
+
+/// `pg_proc` = the upstream rows + one row per entry.
+#[derive(Debug)]
+pub struct PgProc {
+    pub base: Arc<dyn TableProvider>,
+    pub entries: ProcEntries,
+}
+
+#[async_trait]
+impl TableProvider for PgProc {
+    fn schema(&self) -> SchemaRef {
+        nullable(&self.base.schema())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        pg_proc(self.base.clone(), &self.entries, session)
+            .await?
+            .scan(session, projection, filters, limit)
+            .await
+    }
+}
+
+fn nullable(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+async fn pg_proc(
+    base: Arc<dyn TableProvider>,
+    entries: &ProcEntries,
+    session: &dyn Session,
+) -> Result<Arc<dyn TableProvider>> {
+    let plan = base.scan(session, None, &[], None).await?;
+    let mut batches = datafusion::physical_plan::collect(plan, session.task_ctx()).await?;
+    let schema = nullable(&base.schema());
+    batches = batches
+        .into_iter()
+        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+        .collect::<std::result::Result<_, _>>()?;
+    let entries = entries.read().unwrap_or_else(|p| p.into_inner()).clone();
+    if !entries.is_empty() {
+        batches.push(proc_batch(&schema, &entries)?);
+    }
+    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+}
+
+fn proc_batch(schema: &SchemaRef, rows: &[ProcEntry]) -> Result<RecordBatch> {
+    let n = rows.len();
+    let text = |f: &dyn Fn(&ProcEntry) -> Option<String>| {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+    };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column: ArrayRef = match field.name().as_str() {
+            "oid" => Arc::new(Int32Array::from_iter_values(rows.iter().map(|e| e.oid))),
+            "proname" => text(&|e| Some(e.name.clone())),
+            "pronamespace" => Arc::new(Int32Array::from(vec![PUBLIC_OID; n])),
+            "proowner" => Arc::new(Int32Array::from(vec![10; n])),
+            "prolang" => Arc::new(Int32Array::from(vec![12; n])), // internal
+            "procost" => Arc::new(Float32Array::from(vec![1.0; n])),
+            "prorows" => Arc::new(Float32Array::from(vec![1000.0; n])),
+            "provariadic" => Arc::new(Int32Array::from(vec![0; n])),
+            "prosupport" => text(&|_| Some("-".into())),
+            "prokind" => text(&|_| Some("f".into())),
+            "prosecdef" | "proleakproof" | "proisstrict" => Arc::new(BooleanArray::from(vec![false; n])),
+            "proretset" => Arc::new(BooleanArray::from(vec![true; n])),
+            "provolatile" => text(&|_| Some("v".into())),
+            "proparallel" => text(&|_| Some("u".into())),
+            "pronargs" => Arc::new(Int16Array::from_iter_values(rows.iter().map(|e| e.args.len() as i16))),
+            "pronargdefaults" => Arc::new(Int16Array::from(vec![0; n])),
+            "prorettype" => Arc::new(Int32Array::from(vec![RECORD_OID; n])),
+            "proargtypes" => text(&|e| Some(e.args.iter().map(|(_, t)| t.to_string()).collect::<Vec<_>>().join(" "))),
+            "proargnames" => text(&|e| {
+                (!e.args.is_empty())
+                    .then(|| format!("{{{}}}", e.args.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")))
+            }),
+            "prosrc" => text(&|e| Some(e.name.clone())),
+            _ => new_null_array(field.data_type(), n),
+        };
+        let column = if column.data_type() != field.data_type() {
+            datafusion::arrow::compute::cast(&column, field.data_type())?
+        } else {
+            column
+        };
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
