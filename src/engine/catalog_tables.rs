@@ -141,7 +141,7 @@ pub type ProcEntries = Arc<RwLock<Vec<ProcEntry>>>;
 
 /// First oid of Workbench's own functions (above Postgres' built-ins).
 pub const FIRST_PROC_OID: i32 = 90_000;
-/// `pg_namespace.oid` of `public`.
+/// `pg_namespace.oid` of `public` in Postgres (used if the catalog has no `public`).
 const PUBLIC_OID: i32 = 2200;
 /// `pg_type.oid` of `record`.
 const RECORD_OID: i32 = 2249;
@@ -151,6 +151,8 @@ const RECORD_OID: i32 = 2249;
 pub struct PgProc {
     pub base: Arc<dyn TableProvider>,
     pub entries: ProcEntries,
+    /// To find the oid of `public`, where the table functions live.
+    pub namespaces: Option<Arc<dyn TableProvider>>,
 }
 
 #[async_trait]
@@ -170,7 +172,11 @@ impl TableProvider for PgProc {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        pg_proc(self.base.clone(), &self.entries, session)
+        let public = match &self.namespaces {
+            Some(namespaces) => namespace_oid(namespaces, "public", session).await?,
+            None => None,
+        };
+        pg_proc(self.base.clone(), &self.entries, public.unwrap_or(PUBLIC_OID), session)
             .await?
             .scan(session, projection, filters, limit)
             .await
@@ -187,9 +193,30 @@ fn nullable(schema: &SchemaRef) -> SchemaRef {
     ))
 }
 
+async fn namespace_oid(namespaces: &Arc<dyn TableProvider>, name: &str, session: &dyn Session) -> Result<Option<i32>> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Int32Type;
+    let plan = namespaces.scan(session, None, &[], None).await?;
+    for batch in datafusion::physical_plan::collect(plan, session.task_ctx()).await? {
+        let (Some(oids), Some(names)) = (batch.column_by_name("oid"), batch.column_by_name("nspname")) else {
+            continue;
+        };
+        let oids = datafusion::arrow::compute::cast(oids, &DataType::Int32)?;
+        let names = datafusion::arrow::compute::cast(names, &DataType::Utf8)?;
+        let (oids, names) = (oids.as_primitive::<Int32Type>(), names.as_string::<i32>());
+        for i in 0..batch.num_rows() {
+            if !names.is_null(i) && names.value(i) == name {
+                return Ok(Some(oids.value(i)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 async fn pg_proc(
     base: Arc<dyn TableProvider>,
     entries: &ProcEntries,
+    namespace: i32,
     session: &dyn Session,
 ) -> Result<Arc<dyn TableProvider>> {
     let plan = base.scan(session, None, &[], None).await?;
@@ -201,12 +228,12 @@ async fn pg_proc(
         .collect::<std::result::Result<_, _>>()?;
     let entries = entries.read().unwrap_or_else(|p| p.into_inner()).clone();
     if !entries.is_empty() {
-        batches.push(proc_batch(&schema, &entries)?);
+        batches.push(proc_batch(&schema, &entries, namespace)?);
     }
     Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
 }
 
-fn proc_batch(schema: &SchemaRef, rows: &[ProcEntry]) -> Result<RecordBatch> {
+fn proc_batch(schema: &SchemaRef, rows: &[ProcEntry], namespace: i32) -> Result<RecordBatch> {
     let n = rows.len();
     let text = |f: &dyn Fn(&ProcEntry) -> Option<String>| {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
@@ -216,7 +243,7 @@ fn proc_batch(schema: &SchemaRef, rows: &[ProcEntry]) -> Result<RecordBatch> {
         let column: ArrayRef = match field.name().as_str() {
             "oid" => Arc::new(Int32Array::from_iter_values(rows.iter().map(|e| e.oid))),
             "proname" => text(&|e| Some(e.name.clone())),
-            "pronamespace" => Arc::new(Int32Array::from(vec![PUBLIC_OID; n])),
+            "pronamespace" => Arc::new(Int32Array::from(vec![namespace; n])),
             "proowner" => Arc::new(Int32Array::from(vec![10; n])),
             "prolang" => Arc::new(Int32Array::from(vec![12; n])), // internal
             "procost" => Arc::new(Float32Array::from(vec![1.0; n])),
@@ -247,4 +274,105 @@ fn proc_batch(schema: &SchemaRef, rows: &[ProcEntry]) -> Result<RecordBatch> {
         columns.push(column);
     }
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// `pg_type` with its `regproc` columns (`typinput`, `typoutput`, ...) as
+/// function oids, as in Postgres, so `typinput = 'array_in'::regproc`
+/// (pgjdbc's type cache) compares oids with oids. Upstream stores names.
+#[derive(Debug)]
+pub struct PgType {
+    pub base: Arc<dyn TableProvider>,
+    pub procs: Arc<dyn TableProvider>,
+}
+
+const REGPROC_COLUMNS: &[&str] = &[
+    "typinput", "typoutput", "typreceive", "typsend", "typmodin", "typmodout", "typanalyze", "typsubscript",
+];
+
+impl PgType {
+    fn retyped(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.base
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    if REGPROC_COLUMNS.contains(&f.name().as_str()) {
+                        Field::new(f.name(), DataType::Int32, f.is_nullable())
+                    } else {
+                        f.as_ref().clone()
+                    }
+                })
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
+
+#[async_trait]
+impl TableProvider for PgType {
+    fn schema(&self) -> SchemaRef {
+        self.retyped()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::Int32Type;
+        use std::collections::HashMap;
+        // proname → lowest oid (the base function of overloads).
+        let mut oids: HashMap<String, i32> = HashMap::new();
+        let plan = self.procs.scan(session, None, &[], None).await?;
+        for batch in datafusion::physical_plan::collect(plan, session.task_ctx()).await? {
+            let (Some(oid), Some(name)) = (batch.column_by_name("oid"), batch.column_by_name("proname")) else {
+                continue;
+            };
+            let oid = datafusion::arrow::compute::cast(oid, &DataType::Int32)?;
+            let name = datafusion::arrow::compute::cast(name, &DataType::Utf8)?;
+            let (oid, name) = (oid.as_primitive::<Int32Type>(), name.as_string::<i32>());
+            for i in 0..batch.num_rows() {
+                if !name.is_null(i) {
+                    let entry = oids.entry(name.value(i).to_string()).or_insert(oid.value(i));
+                    *entry = (*entry).min(oid.value(i));
+                }
+            }
+        }
+        let schema = self.retyped();
+        let plan = self.base.scan(session, None, &[], None).await?;
+        let mut batches = Vec::new();
+        for batch in datafusion::physical_plan::collect(plan, session.task_ctx()).await? {
+            let columns: Vec<ArrayRef> = batch
+                .columns()
+                .iter()
+                .zip(batch.schema().fields())
+                .map(|(column, field)| -> Result<ArrayRef> {
+                    if !REGPROC_COLUMNS.contains(&field.name().as_str()) {
+                        return Ok(column.clone());
+                    }
+                    let names = datafusion::arrow::compute::cast(column, &DataType::Utf8)?;
+                    let names = names.as_string::<i32>();
+                    Ok(Arc::new(Int32Array::from_iter((0..names.len()).map(|i| {
+                        if names.is_null(i) {
+                            return Some(0);
+                        }
+                        let name = names.value(i);
+                        let name = name.strip_prefix("pg_catalog.").unwrap_or(name);
+                        Some(oids.get(name).copied().unwrap_or(0))
+                    }))))
+                })
+                .collect::<Result<_>>()?;
+            batches.push(RecordBatch::try_new(schema.clone(), columns)?);
+        }
+        MemTable::try_new(schema, vec![batches])?
+            .scan(session, projection, filters, limit)
+            .await
+    }
 }

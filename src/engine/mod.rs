@@ -5,6 +5,7 @@
 //! with its own memory pool, so one query cannot starve the others.
 
 mod catalog_tables;
+mod information_schema;
 mod layer;
 mod metadata;
 mod pg_catalog;
@@ -91,7 +92,8 @@ impl Engine {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
             .with_create_default_catalog_and_schema(false)
-            .with_information_schema(true);
+            // Served by our own `information_schema` schema (Postgres type names).
+            .with_information_schema(false);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -108,6 +110,12 @@ impl Engine {
                 .register_schema(layer.as_str(), Arc::new(LayerSchema::new(lake.clone(), layer)))
                 .map_err(setup)?;
         }
+        catalog
+            .register_schema(
+                "information_schema",
+                Arc::new(information_schema::InformationSchema::new(ctx.state().catalog_list().clone())),
+            )
+            .map_err(setup)?;
         if let Some(meta) = &options.meta {
             catalog
                 .register_schema("workbench", Arc::new(metadata::MetadataSchema::new(meta.clone())))

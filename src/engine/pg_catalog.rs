@@ -18,7 +18,7 @@ use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableProviderFilterPush
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::col;
 
-use super::catalog_tables::{PgProc, PgSettings, ProcEntries, empty_with_arrays};
+use super::catalog_tables::{PgProc, PgSettings, PgType, ProcEntries, empty_with_arrays};
 use crate::engine::DATABASE;
 
 /// `pg_type.oid` of `numeric`.
@@ -61,10 +61,15 @@ impl SchemaProvider for PgCatalogOverlay {
                 catalogs: self.catalogs.clone(),
             }),
             "pg_settings" => Arc::new(PgSettings),
+            "pg_type" => match self.inner.table("pg_proc").await? {
+                Some(procs) => Arc::new(PgType { base, procs }),
+                None => base,
+            },
             "pg_index" | "pg_constraint" => empty_with_arrays(name, &base)?,
             "pg_proc" => Arc::new(PgProc {
                 base,
                 entries: self.procs.clone(),
+                namespaces: self.inner.table("pg_namespace").await?,
             }),
             _ => base,
         }))

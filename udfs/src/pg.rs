@@ -26,6 +26,8 @@ pub fn all() -> Vec<ScalarUDF> {
     ]
     .into_iter()
     .map(|name| ScalarUDF::new_from_impl(IsVisible::new(name)))
+    .chain(fixed_catalog_functions())
+    .chain(text_functions())
     .collect()
 }
 
@@ -346,4 +348,201 @@ pub fn scalar_i64(value: &ScalarValue) -> Option<i64> {
         ScalarValue::Int64(v) => v,
         _ => None,
     })
+}
+
+/// `pg_expandarray_list(arr)`: the list of `(x, n)` structs of
+/// `information_schema._pg_expandarray(arr)`, for use under `unnest`.
+pub fn expandarray() -> ScalarUDF {
+    ScalarUDF::new_from_impl(ExpandArray {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExpandArray {
+    signature: Signature,
+}
+
+fn expand_fields(element: &DataType) -> datafusion::arrow::datatypes::Fields {
+    use datafusion::arrow::datatypes::Field;
+    vec![
+        Field::new("x", element.clone(), true),
+        Field::new("n", DataType::Int32, false),
+    ]
+    .into()
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        "pg_expandarray_list"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        use datafusion::arrow::datatypes::Field;
+        let element = match arg_types.first() {
+            Some(DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)) => f.data_type().clone(),
+            Some(DataType::Null) | None => DataType::Null,
+            Some(other) => return exec_err!("_pg_expandarray expects an array, got {other}"),
+        };
+        Ok(DataType::List(Arc::new(Field::new_list_field(
+            DataType::Struct(expand_fields(&element)),
+            true,
+        ))))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Int32Array, ListArray, StructArray};
+        use datafusion::arrow::buffer::OffsetBuffer;
+        use datafusion::arrow::compute::cast;
+        use datafusion::arrow::datatypes::Field;
+        let rows = args.number_rows;
+        let input = args.args[0].to_array(rows)?;
+        let list = cast(&input, &DataType::List(Arc::new(Field::new_list_field(
+            match input.data_type() {
+                DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => f.data_type().clone(),
+                _ => DataType::Null,
+            },
+            true,
+        ))))?;
+        let list = list
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .expect("cast to List gives ListArray");
+        let element = list.values().data_type().clone();
+        let mut positions = Vec::with_capacity(list.values().len());
+        for row in 0..list.len() {
+            let (start, end) = (list.value_offsets()[row], list.value_offsets()[row + 1]);
+            positions.extend((1..=(end - start)).map(|n| n as i32));
+        }
+        let structs = StructArray::try_new(
+            expand_fields(&element),
+            vec![list.values().clone(), Arc::new(Int32Array::from(positions))],
+            None,
+        )?;
+        let out = ListArray::try_new(
+            Arc::new(Field::new_list_field(DataType::Struct(expand_fields(&element)), true)),
+            OffsetBuffer::new(list.offsets().inner().clone()),
+            Arc::new(structs),
+            list.nulls().cloned(),
+        )?;
+        let out: ArrayRef = Arc::new(out);
+        if matches!(args.args[0], ColumnarValue::Scalar(_)) {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(out))
+        }
+    }
+}
+
+/// Catalog functions whose answer is fixed for Workbench tables, which have
+/// no sequences, indexes or other encodings.
+pub fn fixed_catalog_functions() -> Vec<ScalarUDF> {
+    let null_text: RowBody = Arc::new(|_| Ok(ScalarValue::Utf8(None)));
+    vec![
+        // No column is backed by a sequence.
+        row_function("pg_get_serial_sequence", &[2], DataType::Utf8, Volatility::Stable, null_text.clone()),
+        // No indexes exist.
+        row_function("pg_get_indexdef", &[1, 3], DataType::Utf8, Volatility::Stable, null_text),
+        row_function(
+            "pg_encoding_to_char",
+            &[1],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(|args| {
+                Ok(ScalarValue::Utf8(scalar_i64(&args[0]).map(|code| {
+                    match code {
+                        0 => "SQL_ASCII",
+                        6 => "UTF8",
+                        8 => "LATIN1",
+                        _ => "",
+                    }
+                    .to_string()
+                })))
+            }),
+        ),
+        expandarray(),
+    ]
+}
+
+/// Postgres' quoting and formatting of text: `quote_literal`,
+/// `quote_nullable` and `format` with `%s`, `%I`, `%L` and `%%`.
+pub fn text_functions() -> Vec<ScalarUDF> {
+    vec![
+        row_function(
+            "quote_literal",
+            &[1],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(|args| Ok(ScalarValue::Utf8(scalar_text(&args[0]).map(|t| quote_literal(&t))))),
+        ),
+        row_function(
+            "quote_nullable",
+            &[1],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(|args| {
+                Ok(ScalarValue::Utf8(Some(
+                    scalar_text(&args[0]).map(|t| quote_literal(&t)).unwrap_or_else(|| "NULL".into()),
+                )))
+            }),
+        ),
+        ScalarUDF::new_from_impl(RowFunction {
+            name: "format".into(),
+            signature: Signature::variadic_any(Volatility::Stable),
+            return_type: DataType::Utf8,
+            body: BodyRef(Arc::new(|args: &[ScalarValue]| {
+                let Some(template) = args.first().and_then(scalar_text) else {
+                    return Ok(ScalarValue::Utf8(None));
+                };
+                format_text(&template, &args[1..]).map(|s| ScalarValue::Utf8(Some(s)))
+            })),
+        }),
+    ]
+}
+
+fn quote_literal(text: &str) -> String {
+    let body = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+}
+
+fn format_text(template: &str, args: &[ScalarValue]) -> Result<String> {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut next = args.iter();
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let spec = chars.next();
+        if spec == Some('%') {
+            out.push('%');
+            continue;
+        }
+        let Some(value) = next.next() else {
+            return exec_err!("format(): too few arguments for the format string");
+        };
+        let text = scalar_text(value);
+        match (spec, text) {
+            (Some('s'), text) => out.push_str(&text.unwrap_or_default()),
+            (Some('I'), Some(text)) => out.push_str(&quote_ident(&text)),
+            (Some('I'), None) => return exec_err!("format(): NULL cannot be formatted as an identifier"),
+            (Some('L'), Some(text)) => out.push_str(&quote_literal(&text)),
+            (Some('L'), None) => out.push_str("NULL"),
+            (other, _) => return exec_err!("format(): unrecognized conversion type specifier {other:?}"),
+        }
+    }
+    Ok(out)
 }

@@ -7,6 +7,18 @@
 //! - `ARRAY(SELECT f(x) FROM unnest(arr) x)` → `array_transform(arr, x -> f(x))`
 //!   and `ARRAY(SELECT e FROM ... [ORDER BY o])` →
 //!   `(SELECT array_agg(e ORDER BY o) FROM ...)` (psql `\d+`, `\du`).
+//! - reverse oid casts to text (`atttypid::regtype::text`, `attrelid::regclass::text`)
+//!   → the type, relation or function name ([`casts`]);
+//! - set-returning catalog functions in the select list
+//!   (`information_schema._pg_expandarray`, `generate_subscripts`) → `unnest` ([`srf`]);
+//! - correlated scalar subqueries of one row → aggregated ([`subquery`]);
+//! - Postgres datetime format patterns in `to_timestamp`/`to_date`/`to_char`
+//!   and the `'epoch'` literal ([`datetime`]).
+
+mod casts;
+mod datetime;
+mod srf;
+mod subquery;
 
 use std::ops::ControlFlow;
 
@@ -31,6 +43,12 @@ impl VisitorMut for Rules {
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         like_escape(expr);
         array_constructor(expr);
+        casts::reverse_oid_cast(expr);
+        srf::set_returning(expr);
+        srf::field_access(expr);
+        subquery::aggregate_scalar(expr);
+        datetime::patterns(expr);
+        datetime::special_literals(expr);
         ControlFlow::Continue(())
     }
 }
@@ -52,7 +70,7 @@ fn like_escape(expr: &mut Expr) {
 
 /// The text of a string literal, or of a `||` chain of string literals
 /// (SQLAlchemy sends `'pg/_' || '%'`).
-fn literal_text(expr: &Expr) -> Option<String> {
+pub(super) fn literal_text(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Value(ValueWithSpan {
             value: Value::SingleQuotedString(text),
@@ -197,7 +215,7 @@ fn aggregate_into_array(query: &Query) -> Option<Expr> {
     Some(Expr::Subquery(Box::new(aggregated)))
 }
 
-fn parse_expr(sql: &str) -> Option<Expr> {
+pub(super) fn parse_expr(sql: &str) -> Option<Expr> {
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(sql)
         .ok()?
@@ -205,7 +223,7 @@ fn parse_expr(sql: &str) -> Option<Expr> {
         .ok()
 }
 
-fn replace_args(call: &mut Expr, values: Vec<Expr>) {
+pub(super) fn replace_args(call: &mut Expr, values: Vec<Expr>) {
     if let Expr::Function(f) = call
         && let FunctionArguments::List(list) = &mut f.args
     {
