@@ -5,6 +5,7 @@
 //! with its own memory pool, so one query cannot starve the others.
 
 mod catalog_tables;
+mod coercion;
 mod information_schema;
 mod layer;
 mod metadata;
@@ -97,6 +98,7 @@ impl Engine {
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
+            .with_analyzer_rules(coercion::analyzer_rules())
             .build();
         let ctx = SessionContext::new_with_state(state);
 

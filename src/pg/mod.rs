@@ -4,6 +4,7 @@
 
 mod backends;
 mod copy;
+mod cursor;
 mod errors;
 mod functions;
 mod handlers;

@@ -37,7 +37,7 @@ use super::backends::{Backend, QueryGuard};
 use super::readonly::ReadOnlyHook;
 use super::settings::Settings;
 use super::statements::{SessionStatementHook, apply_to_engine};
-use super::{copy, errors, labels, rewrite, search_path};
+use super::{copy, cursor, errors, labels, rewrite, search_path};
 
 /// The statement type stored in prepared statements and portals; it must be
 /// datafusion-postgres' own so its cursor hook can read our portals.
@@ -93,6 +93,10 @@ impl Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(parsed) = cursor::parse_move(query) {
+            let (name, direction) = parsed?;
+            return Ok(vec![cursor::move_cursor(client, &name, &direction).await?]);
+        }
         let statements = self.parser.parse(query)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
@@ -106,6 +110,10 @@ impl Session {
                 let names = response.row_schema.iter().map(|f| f.name().to_string()).collect();
                 let rows = guarded(response.data_rows, guard.clone(), deadline);
                 responses.push(Response::CopyOut(copy::response(&copy, names, rows)));
+                continue;
+            }
+            if let Statement::Declare { stmts } = &statement {
+                responses.push(self.declare(client, stmts).await?);
                 continue;
             }
             for hook in &self.hooks {
@@ -151,6 +159,39 @@ impl Session {
             arrow_pg::datatypes::df::encode_dataframe(frame, &format, Some(format_options)).await?;
         response.row_schema = labels::describe_arc(response.row_schema, &schema, Some(statement));
         Ok((response, schema))
+    }
+}
+
+impl Session {
+    /// `DECLARE name CURSOR FOR query`: plan the query as any other (rewrites,
+    /// search_path), start it, and keep it as a portal that FETCH, MOVE and
+    /// CLOSE use and Describe can describe.
+    async fn declare<C>(&self, client: &mut C, stmts: &[datafusion::sql::sqlparser::ast::Declare]) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use datafusion_postgres::hooks::HookClient;
+        use pgwire::api::stmt::StoredStatement;
+        for declare in stmts {
+            let (Some(name), Some(query)) = (declare.names.first(), &declare.for_query) else {
+                return Err(errors::user(errors::error("42601", "DECLARE takes a name and a query: DECLARE c CURSOR FOR SELECT ...")));
+            };
+            let statement = Statement::Query(query.clone());
+            let plan = self.parser.plan_statement(&statement).await?;
+            let (response, _) = self.execute_plan(client, plan.clone(), &statement, Format::UnifiedText).await?;
+            let stored = Arc::new(StoredStatement::new(
+                name.value.clone(),
+                (statement.to_string(), Some((statement, plan))),
+                vec![],
+            ));
+            let portal = Portal::new_cursor(name.value.clone(), stored);
+            portal.start(response).await;
+            HookClient::portal_store(client).put_portal(Arc::new(portal));
+        }
+        Ok(Response::Execution(pgwire::api::results::Tag::new("DECLARE CURSOR")))
     }
 }
 
@@ -279,6 +320,9 @@ impl ExtendedQueryHandler for Session {
             let names = response.row_schema.iter().map(|f| f.name().to_string()).collect();
             let rows = guarded(response.data_rows, guard, deadline);
             return Ok(Response::CopyOut(copy::response(&copy, names, rows)));
+        }
+        if let Some((Statement::Declare { stmts }, _)) = parsed {
+            return self.declare(client, stmts).await;
         }
         let span = tracing::info_span!("query", pid = self.backend.pid, protocol = "extended");
         tracing::debug!(parent: &span, sql = %sql, "query");

@@ -179,10 +179,11 @@ async fn psql_meta_commands() {
         ("\\l", &["workbench"]),
         ("\\dn", &["bronze", "silver", "gold", "workbench"]),
         ("\\dt silver.*", &["events", "orders"]),
-        ("\\dv", &["Did not find any relations"]),
+        // The metadata views are visible: `"$user"` (workbench) is on the path.
+        ("\\dv", &["workbench | runs", "| view |"]),
         ("\\d silver.events", &["happened_at", "timestamp without time zone", "timestamp with time zone", "numeric(10,2)", "smallint"]),
         ("\\d+ silver.orders", &["numeric(12,2)", "Storage"]),
-        ("\\df preview", &["preview"]),
+        ("\\df validate", &["validate", "SETOF record", "table_name text"]),
         ("\\du", &["workbench"]),
         ("\\dT", &["List of data types"]),
         ("\\conninfo", &["You are connected to database \"workbench\" as user \"workbench\""]),
@@ -214,6 +215,13 @@ SELECT * FROM silver.missing;
 SELECT 'still alive' AS status;
 \copy (SELECT id, region FROM silver.orders WHERE id < 3 ORDER BY id) to stdout with csv header
 DEALLOCATE by_kind;
+BEGIN;
+DECLARE ev CURSOR FOR SELECT id * 10 AS tenfold FROM silver.events ORDER BY id;
+FETCH 3 FROM ev;
+MOVE 2 FROM ev;
+FETCH 1 FROM ev;
+CLOSE ev;
+COMMIT;
 "#,
     )
     .unwrap();
@@ -235,9 +243,13 @@ DEALLOCATE by_kind;
         "    40",
         "still alive",
         "id,region\n0,north\n1,south\n2,east\n",
+        " tenfold \n---------\n       0\n      10\n      20\n(3 rows)",
+        "MOVE 2",
+        " tenfold \n---------\n      50\n(1 row)",
     ] {
         assert!(stdout.contains(wanted), "missing {wanted:?} in\n{stdout}\n{stderr}");
     }
     assert!(stderr.contains("silver.missing") && stderr.contains("does not exist"), "{stderr}");
     assert_eq!(stderr.matches("ERROR").count(), 1, "exactly one error expected:\n{stderr}");
 }
+

@@ -28,6 +28,7 @@ pub fn all() -> Vec<ScalarUDF> {
     .map(|name| ScalarUDF::new_from_impl(IsVisible::new(name)))
     .chain(fixed_catalog_functions())
     .chain(text_functions())
+    .chain([json_build_object()])
     .collect()
 }
 
@@ -545,4 +546,61 @@ fn format_text(template: &str, args: &[ScalarValue]) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// `json_build_object(k1, v1, ...)` as JSON text.
+pub fn json_build_object() -> ScalarUDF {
+    ScalarUDF::new_from_impl(RowFunction {
+        name: "json_build_object".into(),
+        signature: Signature::variadic_any(Volatility::Immutable),
+        return_type: DataType::Utf8,
+        body: BodyRef(Arc::new(|args: &[ScalarValue]| {
+            if args.len() % 2 != 0 {
+                return exec_err!("json_build_object(): argument list must have even number of elements");
+            }
+            let mut out = String::from("{");
+            for (i, pair) in args.chunks(2).enumerate() {
+                let Some(key) = scalar_text(&pair[0]) else {
+                    return exec_err!("json_build_object(): argument {} must not be null", i * 2 + 1);
+                };
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&json_string(&key));
+                out.push_str(" : ");
+                out.push_str(&json_value(&pair[1]));
+            }
+            out.push('}');
+            Ok(ScalarValue::Utf8(Some(out)))
+        })),
+    })
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_value(value: &ScalarValue) -> String {
+    if value.is_null() {
+        return "null".into();
+    }
+    match value {
+        ScalarValue::Boolean(Some(b)) => b.to_string(),
+        v if v.data_type().is_numeric() => v.to_string(),
+        v => json_string(&scalar_text(v).unwrap_or_default()),
+    }
 }

@@ -1,3 +1,9 @@
+//! Catalog lookups by oid that need the catalog tables and the session's
+//! search path, planned as (correlated) subqueries over `pg_catalog`.
+//!
+//! `pg_table_is_visible(oid)`: true when the relation's schema is on the
+//! search path (or is `pg_catalog`), as in Postgres.
+//!
 //! Reverse oid casts printed as text. Postgres prints a `regtype`,
 //! `regclass` or `regproc` value as the object's name; DataFusion keeps oids
 //! as integers, so `atttypid::regtype::text` would give `20`, not `bigint`.
@@ -93,4 +99,86 @@ fn last(name: &ObjectName) -> Option<String> {
         .last()
         .and_then(|part| part.as_ident())
         .map(|ident| ident.value.to_ascii_lowercase())
+}
+
+/// `pg_table_is_visible(e)` → whether relation `e`'s schema is on the path.
+pub fn table_visibility(expr: &mut Expr) {
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let Expr::Function(function) = expr else { return };
+    let name = function.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase());
+    if name.as_deref() != Some("pg_table_is_visible") {
+        return;
+    }
+    let FunctionArguments::List(list) = &function.args else { return };
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(oid))] = list.args.as_slice() else {
+        return;
+    };
+    let template = "(SELECT bool_or(array_has(current_schemas(true), __wb_n.nspname)) \
+         FROM pg_catalog.pg_class __wb_c JOIN pg_catalog.pg_namespace __wb_n ON __wb_n.oid = __wb_c.relnamespace \
+         WHERE __wb_c.oid = __oid)";
+    let Some(mut replacement) = parse_expr(template) else { return };
+    let oid = oid.clone();
+    substitute(&mut replacement, &oid);
+    *expr = replacement;
+}
+
+/// In `ORDER BY`, where DataFusion cannot run subqueries, order
+/// `e::regclass::text` (and the other lookups) by the oid `e` itself.
+pub fn order_by_oid(query: &mut datafusion::sql::sqlparser::ast::Query) {
+    use datafusion::sql::sqlparser::ast::{OrderByKind, VisitMut, VisitorMut};
+    struct Strip;
+    impl VisitorMut for Strip {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> std::ops::ControlFlow<()> {
+            if let Expr::Cast { expr: inner, data_type, .. } = expr
+                && is_text(data_type)
+                && let Expr::Cast { expr: oid, data_type: alias, .. } = inner.as_ref()
+                && oid_alias(alias).is_some_and(|a| a.starts_with("reg"))
+            {
+                // `oid + 0`: the same order, under a name of its own (a bare
+                // `c.oid` would clash with a selected `c.oid::regclass`).
+                *expr = Expr::BinaryOp {
+                    left: Box::new(Expr::Nested(oid.clone())),
+                    op: datafusion::sql::sqlparser::ast::BinaryOperator::Plus,
+                    right: Box::new(Expr::Value(datafusion::sql::sqlparser::ast::Value::Number("0".into(), false).into())),
+                };
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    if let Some(order_by) = &mut query.order_by
+        && let OrderByKind::Expressions(exprs) = &mut order_by.kind
+    {
+        for e in exprs {
+            let _ = e.expr.visit(&mut Strip);
+        }
+    }
+}
+
+/// `SELECT c.oid::regclass ... ORDER BY c.oid`: DataFusion names the cast
+/// after its column (`c.oid`), which then clashes with the sort key. Postgres
+/// labels it `oid`: alias it under the prefix whose remainder
+/// [`super::super::labels`] presents as the label.
+pub fn label_oid_casts(query: &mut datafusion::sql::sqlparser::ast::Query) {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let SetExpr::Select(select) = query.body.as_mut() else { return };
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(expr) = item else { continue };
+        let Expr::Cast { expr: inner, data_type, .. } = &*expr else { continue };
+        if !oid_alias(data_type).is_some_and(|a| a.starts_with("reg")) {
+            continue;
+        }
+        let label = match inner.as_ref() {
+            Expr::Identifier(i) => i.clone(),
+            Expr::CompoundIdentifier(parts) => match parts.last() {
+                Some(last) => last.clone(),
+                None => continue,
+            },
+            _ => continue,
+        };
+        *item = SelectItem::ExprWithAlias {
+            expr: expr.clone(),
+            alias: datafusion::sql::sqlparser::ast::Ident::new(format!("__alias_{}", label.value)),
+        };
+    }
 }

@@ -5,7 +5,9 @@
 //!   (Superset's time filters, Metabase, hand-written SQL); DataFusion's
 //!   functions take chrono patterns, so literal Postgres patterns are
 //!   translated. Patterns already in chrono syntax (with `%`) are left alone.
-//! - `timestamp 'epoch'` (Superset's epoch conversions) is 1970-01-01.
+//! - `timestamp 'epoch'` (Superset's epoch conversions) is 1970-01-01, and
+//!   `n * interval '1 second'` (a number times a fixed-length interval
+//!   literal, which DataFusion cannot multiply) is a duration of n seconds.
 
 use datafusion::sql::sqlparser::ast::{
     DataType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Value, ValueWithSpan,
@@ -120,4 +122,66 @@ pub fn special_literals(expr: &mut Expr) {
     {
         *text = if matches!(data_type, DataType::Date) { "1970-01-01" } else { "1970-01-01 00:00:00" }.into();
     }
+}
+
+/// `n * interval 'k unit'` or `interval 'k unit' * n`, for fixed-length
+/// units (microseconds to weeks) → a duration in microseconds.
+pub fn interval_product(expr: &mut Expr) {
+    use datafusion::sql::sqlparser::ast::BinaryOperator;
+    let Expr::BinaryOp {
+        left,
+        op: BinaryOperator::Multiply,
+        right,
+    } = expr
+    else {
+        return;
+    };
+    let (number, micros) = match (interval_micros(left), interval_micros(right)) {
+        (None, Some(m)) => (left.as_ref().clone(), m),
+        (Some(m), None) => (right.as_ref().clone(), m),
+        _ => return,
+    };
+    let template = format!("arrow_cast(CAST(round(CAST(__n AS DOUBLE) * {micros}) AS BIGINT), 'Duration(Microsecond)')");
+    let Some(mut call) = super::parse_expr(&template) else { return };
+    // Put the number in place of `__n` (the only identifier of the template).
+    struct Fill(Option<Expr>);
+    impl datafusion::sql::sqlparser::ast::VisitorMut for Fill {
+        type Break = ();
+        fn post_visit_expr(&mut self, e: &mut Expr) -> std::ops::ControlFlow<()> {
+            if matches!(e, Expr::Identifier(i) if i.value == "__n")
+                && let Some(n) = self.0.take()
+            {
+                *e = Expr::Nested(Box::new(n));
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let _ = datafusion::sql::sqlparser::ast::VisitMut::visit(&mut call, &mut Fill(Some(number)));
+    *expr = call;
+}
+
+/// Microseconds in an interval literal of one fixed-length unit (`'1 second'`, `'15 minutes'`).
+fn interval_micros(expr: &Expr) -> Option<i64> {
+    let Expr::Interval(interval) = expr else { return None };
+    if interval.leading_field.is_some() || interval.last_field.is_some() {
+        return None;
+    }
+    let text = super::literal_text(&interval.value)?;
+    let mut words = text.split_whitespace();
+    let amount: f64 = words.next()?.parse().ok()?;
+    let unit = words.next().unwrap_or("second").to_ascii_lowercase();
+    if words.next().is_some() {
+        return None;
+    }
+    let per_unit: f64 = match unit.trim_end_matches('s') {
+        "microsecond" | "u" => 1.0,
+        "millisecond" | "m" => 1_000.0,
+        "second" | "sec" => 1_000_000.0,
+        "minute" | "min" => 60_000_000.0,
+        "hour" | "h" => 3_600_000_000.0,
+        "day" | "d" => 86_400_000_000.0,
+        "week" | "w" => 604_800_000_000.0,
+        _ => return None,
+    };
+    Some((amount * per_unit).round() as i64)
 }

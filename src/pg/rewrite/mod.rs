@@ -40,12 +40,21 @@ struct Rules;
 impl VisitorMut for Rules {
     type Break = ();
 
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        casts::order_by_oid(query);
+        casts::label_oid_casts(query);
+        ControlFlow::Continue(())
+    }
+
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         like_escape(expr);
         array_constructor(expr);
         casts::reverse_oid_cast(expr);
+        casts::table_visibility(expr);
+        datetime::interval_product(expr);
         srf::set_returning(expr);
         srf::field_access(expr);
+        subquery::empty_catalog_lookup(expr);
         subquery::aggregate_scalar(expr);
         datetime::patterns(expr);
         datetime::special_literals(expr);

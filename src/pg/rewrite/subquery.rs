@@ -49,3 +49,55 @@ pub fn aggregate_scalar(expr: &mut Expr) {
     // `LIMIT 1` added upstream is redundant with the aggregate and blocks decorrelation.
     query.limit_clause = None;
 }
+
+/// Catalog tables that hold no rows for Workbench: lake tables have no
+/// defaults, sequences, indexes, constraints, triggers, inheritance,
+/// partitions, policies or extended statistics.
+const EMPTY_CATALOG_TABLES: &[&str] = &[
+    "pg_attrdef",
+    "pg_sequence",
+    "pg_index",
+    "pg_constraint",
+    "pg_trigger",
+    "pg_inherits",
+    "pg_partitioned_table",
+    "pg_policy",
+    "pg_statistic_ext",
+    "pg_foreign_table",
+];
+
+/// A scalar subquery that reads one of [`EMPTY_CATALOG_TABLES`] in its
+/// inner-joined FROM returns no row, i.e. NULL (SQLAlchemy's column
+/// defaults and identity options). Folding it keeps DataFusion from having
+/// to decorrelate subqueries it cannot, with the same answer.
+pub fn empty_catalog_lookup(expr: &mut Expr) {
+    use datafusion::sql::sqlparser::ast::{JoinOperator, TableFactor, Value};
+    let Expr::Subquery(query) = expr else { return };
+    let SetExpr::Select(select) = query.body.as_ref() else { return };
+    if !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty()) || select.projection.len() != 1 {
+        return;
+    }
+    if let SelectItem::UnnamedExpr(Expr::Function(f)) | SelectItem::ExprWithAlias { expr: Expr::Function(f), .. } =
+        &select.projection[0]
+        && f.name.to_string().eq_ignore_ascii_case("count")
+    {
+        return; // count over no rows is 0, not NULL
+    }
+    let is_empty = |factor: &TableFactor| match factor {
+        TableFactor::Table { name, args: None, .. } => name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| EMPTY_CATALOG_TABLES.contains(&i.value.to_ascii_lowercase().as_str())),
+        _ => false,
+    };
+    let reads_empty = select.from.iter().any(|table| {
+        is_empty(&table.relation)
+            || table.joins.iter().any(|join| {
+                matches!(join.join_operator, JoinOperator::Inner(_) | JoinOperator::Join(_)) && is_empty(&join.relation)
+            })
+    });
+    if reads_empty {
+        *expr = Expr::Value(Value::Null.into());
+    }
+}
