@@ -13,7 +13,7 @@ mod pg_catalog;
 
 use std::sync::Arc;
 
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::catalog::{CatalogProvider, MemorySchemaProvider};
 use datafusion::common::ScalarValue;
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -102,7 +102,7 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
 
-        let catalog = Arc::new(MemoryCatalogProvider::new());
+        let catalog = Arc::new(SortedCatalog::default());
         let setup = |e: datafusion::error::DataFusionError| EngineError::Setup(e.to_string());
         catalog
             .register_schema("public", Arc::new(MemorySchemaProvider::new()))
@@ -153,6 +153,15 @@ impl Engine {
         if options.debug_functions {
             ctx.register_udf(debug_panic_udf());
         }
+        // Hand out the oids of every schema and table now, in name order:
+        // the same lake gets the same oids on every start (clients such as
+        // DBeaver and pgAdmin keep them while browsing).
+        ctx.sql("SELECT count(*) FROM pg_catalog.pg_class")
+            .await
+            .map_err(setup)?
+            .collect()
+            .await
+            .map_err(setup)?;
 
         Ok(Engine {
             template: ctx,
@@ -284,4 +293,34 @@ fn debug_panic_udf() -> ScalarUDF {
             panic!("workbench_debug_panic() called: deliberate panic for isolation tests")
         }),
     )
+}
+
+/// The `workbench` catalog: schemas kept in name order, so that catalog
+/// scans (and the oids datafusion-pg-catalog hands out in scan order) are
+/// the same on every start over the same lake.
+#[derive(Debug, Default)]
+struct SortedCatalog {
+    schemas: std::sync::RwLock<std::collections::BTreeMap<String, Arc<dyn datafusion::catalog::SchemaProvider>>>,
+}
+
+impl CatalogProvider for SortedCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.schemas.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn datafusion::catalog::SchemaProvider>> {
+        self.schemas.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn datafusion::catalog::SchemaProvider>,
+    ) -> datafusion::error::Result<Option<Arc<dyn datafusion::catalog::SchemaProvider>>> {
+        Ok(self
+            .schemas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), schema))
+    }
 }

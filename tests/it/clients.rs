@@ -173,6 +173,33 @@ async fn browsing_queries_of_dbeaver_metabase_pgadmin_grafana_pgcli() {
 }
 
 #[tokio::test]
+async fn oids_are_stable_across_restarts() {
+    let lake = tempfile::TempDir::new().unwrap();
+    write_table(lake.path(), "silver", "orders", orders_batch(0..10), SaveMode::Overwrite).await;
+    write_table(lake.path(), "silver", "events", events_batch(), SaveMode::Overwrite).await;
+    write_table(lake.path(), "gold", "daily_orders", daily_orders_batch(), SaveMode::Overwrite).await;
+    let sql = "SELECT n.nspname || '.' || c.relname || '=' || c.oid || '/' || n.oid FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname IN ('silver', 'gold') ORDER BY 1";
+    // No specs: nothing is built at start-up, the set of tables stays the same.
+    let specs = tempfile::TempDir::new().unwrap();
+    let options = crate::harness::ServerOptions {
+        args: vec!["--specs".into(), specs.path().display().to_string()],
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    for first_query in ["\\dn", "SELECT 1"] {
+        // A different first catalog query each time: oids must not depend on it.
+        let mut server = Server::start_at(lake.path(), options.clone());
+        server.psql_ok(&[first_query]);
+        seen.push(crate::harness::rows(&server, sql).await);
+        server.terminate(std::time::Duration::from_secs(10));
+    }
+    assert_eq!(seen[0].len(), 3, "{seen:?}");
+    assert_eq!(seen[0], seen[1], "oids changed across a restart");
+}
+
+#[tokio::test]
 async fn psql_meta_commands() {
     let server = bi_server().await;
     let checks: &[(&str, &[&str])] = &[
