@@ -36,6 +36,8 @@ pub enum AppError {
     Meta(#[from] crate::meta::MetaError),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    #[error("query failed: {0}")]
+    Query(String),
 }
 
 /// The lake, engine and pipeline, without a server.
@@ -131,6 +133,61 @@ pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> 
     let pipeline = Pipeline::new(core.lake, core.engine, core.meta, core.coordinator, core.lock_ttl, project);
     pipeline.sync_datasets().await?;
     Ok(pipeline.run(datasets, options).await?)
+}
+
+/// How `workbench query` runs its statements.
+pub struct QueryOptions {
+    /// Schema for unqualified names.
+    pub schema: String,
+    pub repeat: usize,
+    /// Print each result as a table.
+    pub print: bool,
+}
+
+/// Rows and wall time of one statement of `workbench query`.
+#[derive(Debug, serde::Serialize)]
+pub struct QueryTiming {
+    pub name: String,
+    pub rows: usize,
+    pub seconds: Vec<f64>,
+}
+
+/// `workbench query`: run `statements` (name, SQL) in-process, with the
+/// server's engine and settings, and time them.
+pub async fn query(config: &Config, statements: &[(String, String)], options: &QueryOptions) -> Result<Vec<QueryTiming>, AppError> {
+    use futures::StreamExt;
+    let core = Core::build(config, vec![]).await?;
+    let ctx = core.engine.session();
+    ctx.state_ref().write().config_mut().options_mut().catalog.default_schema = options.schema.clone();
+    let mut timings = Vec::with_capacity(statements.len());
+    for (name, sql) in statements {
+        let mut timing = QueryTiming {
+            name: name.clone(),
+            rows: 0,
+            seconds: Vec::with_capacity(options.repeat),
+        };
+        for run in 0..options.repeat {
+            let started = std::time::Instant::now();
+            let frame = ctx.sql(sql).await.map_err(|e| AppError::Query(format!("{name}: {e}")))?;
+            let mut rows = 0;
+            if options.print && run == 0 {
+                let batches = frame.collect().await.map_err(|e| AppError::Query(format!("{name}: {e}")))?;
+                rows = batches.iter().map(|b| b.num_rows()).sum();
+                let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .map_err(|e| AppError::Query(format!("{name}: {e}")))?;
+                println!("{table}\n({rows} rows)");
+            } else {
+                let mut stream = frame.execute_stream().await.map_err(|e| AppError::Query(format!("{name}: {e}")))?;
+                while let Some(batch) = stream.next().await {
+                    rows += batch.map_err(|e| AppError::Query(format!("{name}: {e}")))?.num_rows();
+                }
+            }
+            timing.seconds.push(started.elapsed().as_secs_f64());
+            timing.rows = rows;
+        }
+        timings.push(timing);
+    }
+    Ok(timings)
 }
 
 /// A run report as a table for the terminal.

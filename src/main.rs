@@ -26,9 +26,33 @@ enum Command {
     Check(CheckArgs),
     /// Run datasets: landing → bronze → silver → gold.
     Run(RunArgs),
+    /// Run SQL in-process against the lake (no server): prints the results,
+    /// or with --json the row count and time of each statement.
+    Query(QueryArgs),
     /// Print a password hash for the `users:` section of the config file
     /// (reads the password from standard input).
     HashPassword,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// SQL to run (repeatable)
+    #[arg(short = 'c', long = "command")]
+    commands: Vec<String>,
+    /// Files of SQL to run, one statement each (repeatable)
+    #[arg(short = 'f', long = "file")]
+    files: Vec<PathBuf>,
+    /// Schema for unqualified table names
+    #[arg(long, default_value = "public")]
+    schema: String,
+    /// Run each statement this many times (timings of every run are reported)
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Print {name, rows, seconds} per statement as JSON instead of the rows
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -195,6 +219,30 @@ async fn main() -> anyhow::Result<()> {
                 }
                 eprintln!("{} error(s) in {}", errors.len(), config.specs.display());
                 std::process::exit(1);
+            }
+        }
+        Command::Query(args) => {
+            let config = args.common.config()?;
+            init_telemetry();
+            let mut statements: Vec<(String, String)> = args
+                .commands
+                .iter()
+                .enumerate()
+                .map(|(i, sql)| (format!("command {}", i + 1), sql.clone()))
+                .collect();
+            for file in &args.files {
+                let sql = std::fs::read_to_string(file)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+                statements.push((file.display().to_string(), sql));
+            }
+            let options = workbench::app::QueryOptions {
+                schema: args.schema,
+                repeat: args.repeat.max(1),
+                print: !args.json,
+            };
+            let timings = workbench::app::query(&config, &statements, &options).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&timings)?);
             }
         }
         Command::Run(args) => {

@@ -1,0 +1,559 @@
+#!/usr/bin/env python3
+"""Workbench benchmarks, each case side by side with its anchor in the same
+run, reported as ratios in benches/RESULTS.md and benches/results.json.
+
+Usage: benches/run.sh [--sf 1] [--cases tpch,stream,ingest,preview,validate,concurrency]
+
+Everything it needs is prepared here: TPC-H data (tpchgen-cli), the
+Workbench binary (bench profile), the lake built by Workbench's own
+pipeline, the anchors (DuckDB, the local PostgreSQL, Great Expectations).
+Data lives under ~/.cache/workbench/bench (reused between runs).
+"""
+import argparse
+import datetime as dt
+import decimal
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = ROOT / "benches"
+CACHE = Path(os.environ.get("WORKBENCH_BENCH_DIR", Path.home() / ".cache/workbench/bench"))
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/workbench/target"))
+QUERIES = Path(os.environ.get("TPCH_QUERIES", ROOT.parent / "shared/bench/tpch/queries"))
+PORT = int(os.environ.get("WORKBENCH_BENCH_PORT", "5498"))
+PG = dict(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+
+TPCH_TABLES = ["region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem"]
+LINEITEM_COLUMNS = [
+    ("l_orderkey", "bigint"), ("l_partkey", "bigint"), ("l_suppkey", "bigint"), ("l_linenumber", "int"),
+    ("l_quantity", "decimal(15,2)"), ("l_extendedprice", "decimal(15,2)"), ("l_discount", "decimal(15,2)"),
+    ("l_tax", "decimal(15,2)"), ("l_returnflag", "text"), ("l_linestatus", "text"), ("l_shipdate", "date"),
+    ("l_commitdate", "date"), ("l_receiptdate", "date"), ("l_shipinstruct", "text"), ("l_shipmode", "text"),
+    ("l_comment", "text"),
+]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(cmd, **kw):
+    log("$ " + (cmd if isinstance(cmd, str) else " ".join(map(str, cmd))))
+    return subprocess.run(cmd, check=True, shell=isinstance(cmd, str), **kw)
+
+
+# --- preparation ---------------------------------------------------------------------------
+
+def build_workbench():
+    sh(["cargo", "build", "--profile", "bench", "--bin", "workbench"], cwd=ROOT,
+       env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET)))
+    for sub in ("bench", "release"):
+        binary = TARGET / sub / "workbench"
+        if binary.exists():
+            return binary
+    raise SystemExit("bench build produced no binary")
+
+
+def generate_tpch(sf):
+    data = CACHE / f"sf{sf}"
+    landing = data / "lake" / "landing" / "tpch"
+    done = data / ".generated"
+    if not done.exists():
+        shutil.rmtree(data, ignore_errors=True)
+        landing.mkdir(parents=True)
+        sh(["tpchgen-cli", "parquet", "-s", str(sf), "--output-dir", str(landing)])
+        sh(["tpchgen-cli", "csv", "-s", str(sf), "--tables", "lineitem", "--output-dir", str(data / "csv")])
+        done.write_text("ok")
+    return data
+
+
+def write_specs(data):
+    specs = data / "specs"
+    specs.mkdir(exist_ok=True)
+    for table in TPCH_TABLES:
+        (specs / f"{table}.yaml").write_text(
+            f"name: {table}\n"
+            f"description: TPC-H {table}\n"
+            "source:\n"
+            "  format: parquet\n"
+            f"  path: landing/tpch/{table}.parquet\n"
+        )
+    # Ingestion case: the CSV, typed in silver.
+    casts = "\n".join(f"        {name}: {typ}" for name, typ in LINEITEM_COLUMNS if typ != "text")
+    names = ", ".join(name for name, _ in LINEITEM_COLUMNS)
+    (data / "ingest-specs").mkdir(exist_ok=True)
+    (data / "ingest-specs" / "lineitem_csv.yaml").write_text(
+        "name: lineitem_csv\n"
+        "description: TPC-H lineitem from CSV, typed in silver\n"
+        "source:\n"
+        "  format: csv\n"
+        "  path: landing/csv/lineitem.csv\n"
+        "silver:\n"
+        "  rules:\n"
+        f"    - select: [{names}]\n"
+        "    - type_cast:\n"
+        f"{casts}\n"
+    )
+    return specs
+
+
+class Server:
+    """A `workbench serve` process; peak RSS is read from /proc."""
+
+    def __init__(self, binary, lake, specs):
+        self.proc = subprocess.Popen(
+            [str(binary), "serve", "--listen", f"127.0.0.1:{PORT}", "--lake", str(lake), "--specs", str(specs)],
+            stdout=subprocess.PIPE, stderr=open(lake / "bench-server.log", "a"), text=True,
+            env=dict(os.environ, RUST_LOG="warn"))
+        line = self.proc.stdout.readline()
+        if "listening" not in line:
+            raise SystemExit(f"server did not start: {line}")
+
+    def reset_peak(self):
+        with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+
+    def peak_rss_mb(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def wb_connect(**kw):
+    import psycopg
+    return psycopg.connect(host="127.0.0.1", port=PORT, user="workbench", dbname="workbench", autocommit=True, **kw)
+
+
+# --- comparison ----------------------------------------------------------------------------
+
+def normalize(value):
+    if value is None:
+        return None
+    if isinstance(value, (float, decimal.Decimal)):
+        return float(value)
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()[:10] if isinstance(value, dt.date) and not isinstance(value, dt.datetime) else value.isoformat()
+    if isinstance(value, str):
+        return value.rstrip()
+    return value
+
+
+def same_rows(a, b):
+    if len(a) != len(b):
+        return False, f"{len(a)} rows vs {len(b)}"
+    for i, (ra, rb) in enumerate(zip(a, b)):
+        if len(ra) != len(rb):
+            return False, f"row {i}: {len(ra)} columns vs {len(rb)}"
+        for x, y in zip(map(normalize, ra), map(normalize, rb)):
+            if isinstance(x, float) and isinstance(y, (float, int)):
+                if abs(x - y) > max(1e-6 * max(abs(x), abs(y)), 1e-2):
+                    return False, f"row {i}: {x} vs {y}"
+            elif x != y:
+                return False, f"row {i}: {x!r} vs {y!r}"
+    return True, ""
+
+
+# --- cases ---------------------------------------------------------------------------------
+
+def case_tpch(ctx):
+    import duckdb
+
+    data, binary = ctx["data"], ctx["binary"]
+    parquet = data / "lake" / "landing" / "tpch"
+    duck = duckdb.connect()
+    for table in TPCH_TABLES:
+        duck.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{parquet / (table + '.parquet')}')")
+    files = sorted(QUERIES.glob("q*.sql"), key=lambda p: int(p.stem[1:]))
+    rows = []
+    # DataFusion in-process on the same Delta tables (no wire): `workbench query`.
+    inproc = json.loads(subprocess.run(
+        [str(binary), "query", "--json", "--schema", "silver", "--repeat", "2", "--lake", str(data / "lake"),
+         "--specs", str(ctx["specs"])] + sum((["-f", str(f)] for f in files), []),
+        check=True, capture_output=True, text=True, env=dict(os.environ, RUST_LOG="error")).stdout)
+    inproc = {Path(t["name"]).stem: min(t["seconds"]) for t in inproc}
+    ctx["server"].reset_peak()
+    with wb_connect() as conn:
+        conn.execute("SET search_path TO silver")
+        for f in files:
+            sql = f.read_text()
+            wb_times, duck_times = [], []
+            for _ in range(2):
+                start = time.perf_counter()
+                wb_rows = conn.execute(sql).fetchall()
+                wb_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                duck_rows = duck.execute(sql).fetchall()
+                duck_times.append(time.perf_counter() - start)
+            ok, why = same_rows(wb_rows, duck_rows)
+            rows.append(dict(query=f.stem, workbench=min(wb_times), duckdb=min(duck_times),
+                             datafusion=inproc.get(f.stem), match=ok, why=why))
+            log(f"{f.stem}: workbench {min(wb_times):.3f}s duckdb {min(duck_times):.3f}s "
+                f"in-process {inproc.get(f.stem, 0):.3f}s {'OK' if ok else 'MISMATCH ' + why}")
+    total_wb = sum(r["workbench"] for r in rows)
+    total_duck = sum(r["duckdb"] for r in rows)
+    total_df = sum(r["datafusion"] or 0 for r in rows)
+    matched = sum(r["match"] for r in rows)
+    return [
+        dict(case="TPC-H SF%s total, 22 queries over the wire (s)" % ctx["sf"], workbench=total_wb,
+             anchor=total_duck, anchor_name="DuckDB in-process on the parquet", ratio=total_wb / total_duck,
+             lower_is_better=True, rss_mb=ctx["server"].peak_rss_mb(),
+             note=f"{matched}/22 results match DuckDB"),
+        dict(case="TPC-H SF%s total, Workbench over the wire vs its engine in-process (s)" % ctx["sf"],
+             workbench=total_wb, anchor=total_df, anchor_name="DataFusion in-process on the same Delta tables",
+             ratio=total_wb / total_df if total_df else None, lower_is_better=True,
+             rss_mb=None, note="isolates the wire"),
+    ], rows
+
+
+def lineitem_select():
+    return "SELECT " + ", ".join(n for n, _ in LINEITEM_COLUMNS) + " FROM {}lineitem"
+
+
+def ensure_pg_lineitem(ctx):
+    """The anchor's copy of lineitem in the local PostgreSQL (loaded with COPY, timed)."""
+    import psycopg
+
+    csv = ctx["data"] / "csv" / "lineitem.csv"
+    with psycopg.connect(**PG, autocommit=True) as pg:
+        exists = pg.execute("SELECT to_regclass('bench.lineitem') IS NOT NULL").fetchone()[0]
+        if exists and ctx.get("pg_copy_seconds") is None and not ctx["reload_pg"]:
+            return None
+        pg.execute("CREATE SCHEMA IF NOT EXISTS bench")
+        pg.execute("DROP TABLE IF EXISTS bench.lineitem")
+        cols = ", ".join(f"{n} {t.replace('decimal', 'numeric')}" for n, t in LINEITEM_COLUMNS)
+        pg.execute(f"CREATE TABLE bench.lineitem ({cols})")
+        start = time.perf_counter()
+        with pg.cursor().copy("COPY bench.lineitem FROM STDIN (FORMAT csv, HEADER)") as copy, open(csv, "rb") as f:
+            while chunk := f.read(1 << 20):
+                copy.write(chunk)
+        seconds = time.perf_counter() - start
+        pg.execute("ANALYZE bench.lineitem")
+        return seconds
+
+
+def stream_with_psql(host_args, sql):
+    start = time.perf_counter()
+    subprocess.run(["psql", "-X", "-q", "-At", *host_args, "-c", sql, "-o", "/dev/null"], check=True)
+    return time.perf_counter() - start
+
+
+def case_stream(ctx):
+    n_rows = 6_001_215 if ctx["sf"] == 1 else None
+    ctx["pg_copy_seconds"] = ensure_pg_lineitem(ctx)
+    wb_args = ["-h", "127.0.0.1", "-p", str(PORT), "-U", "workbench", "-d", "workbench"]
+    pg_args = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-d", "postgres"]
+    ctx["server"].reset_peak()
+    results = []
+    text_wb = stream_with_psql(wb_args, lineitem_select().format("silver."))
+    text_pg = stream_with_psql(pg_args, lineitem_select().format("bench."))
+    results.append(dict(case="SELECT all of lineitem to psql, text (rows/s)", workbench=n_rows / text_wb if n_rows else 1 / text_wb,
+                        anchor=n_rows / text_pg if n_rows else 1 / text_pg, anchor_name="PostgreSQL 15, same client",
+                        ratio=text_pg / text_wb, lower_is_better=False, rss_mb=ctx["server"].peak_rss_mb(),
+                        note=f"{text_wb:.1f}s vs {text_pg:.1f}s"))
+    ctx["server"].reset_peak()
+    copy = "\\copy ({}) to '/dev/null' with (format binary)"
+    bin_wb = stream_with_psql(wb_args, copy.format(lineitem_select().format("silver.")))
+    bin_pg = stream_with_psql(pg_args, copy.format(lineitem_select().format("bench.")))
+    results.append(dict(case="lineitem to psql, binary COPY (rows/s)", workbench=n_rows / bin_wb if n_rows else 1 / bin_wb,
+                        anchor=n_rows / bin_pg if n_rows else 1 / bin_pg, anchor_name="PostgreSQL 15, same client",
+                        ratio=bin_pg / bin_wb, lower_is_better=False, rss_mb=ctx["server"].peak_rss_mb(),
+                        note=f"{bin_wb:.1f}s vs {bin_pg:.1f}s"))
+    return results, []
+
+
+def case_ingest(ctx):
+    import duckdb
+
+    data, binary = ctx["data"], ctx["binary"]
+    lake = data / "ingest-lake"
+    shutil.rmtree(lake, ignore_errors=True)
+    (lake / "landing" / "csv").mkdir(parents=True)
+    os.link(data / "csv" / "lineitem.csv", lake / "landing" / "csv" / "lineitem.csv")
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(binary), "run", "lineitem_csv", "--lake", str(lake), "--specs", str(data / "ingest-specs")],
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, RUST_LOG="warn"))
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            for line in open(f"/proc/{proc.pid}/status"):
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)
+    wb = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"workbench run failed:\n{proc.stdout.read()}")
+    out = data / "duck-lineitem.parquet"
+    start = time.perf_counter()
+    duckdb.connect().execute(
+        f"COPY (SELECT * FROM read_csv('{data / 'csv' / 'lineitem.csv'}')) TO '{out}' (FORMAT parquet)")
+    duck = time.perf_counter() - start
+    ctx["reload_pg"] = True
+    pg = ensure_pg_lineitem(ctx)
+    ctx["reload_pg"] = False
+    size_mb = (data / "csv" / "lineitem.csv").stat().st_size / 1e6
+    return [
+        dict(case=f"Ingest lineitem CSV ({size_mb:.0f} MB) → bronze → typed silver (s)", workbench=wb, anchor=duck,
+             anchor_name="DuckDB CSV → Parquet", ratio=wb / duck, lower_is_better=True, rss_mb=peak,
+             note="Workbench writes two Delta tables (bronze + silver)"),
+        dict(case=f"Ingest lineitem CSV ({size_mb:.0f} MB) (s)", workbench=wb, anchor=pg,
+             anchor_name="PostgreSQL COPY into a typed table", ratio=wb / pg, lower_is_better=True, rss_mb=peak, note=""),
+    ], []
+
+
+def percentile(values, p):
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def case_preview(ctx):
+    import duckdb
+
+    lake, specs = ctx["data"] / "lake", ctx["specs"]
+    landing = lake / "landing" / "preview"
+    landing.mkdir(parents=True, exist_ok=True)
+    csv = landing / "sales.csv"
+    xlsx = landing / "sales.xlsx"
+    if not csv.exists():
+        sh([sys.executable, str(BENCHES / "make_preview_files.py"), str(csv), str(xlsx)])
+    for name, fmt, path in (("preview_csv", "csv", csv), ("preview_xlsx", "xlsx", xlsx)):
+        (specs / f"{name}.yaml").write_text(
+            f"name: {name}\nsource:\n  format: {fmt}\n  path: landing/preview/{path.name}\n"
+            "silver:\n  rules:\n    - type_cast:\n        amount: { type: \"decimal(12,2)\" }\n        sold_on: date\n")
+    results = []
+    ctx["server"].reset_peak()
+    with wb_connect() as conn:
+        for name, path in (("preview_csv", csv), ("preview_xlsx", xlsx)):
+            rel = f"landing/preview/{path.name}"
+            cold, cached = [], []
+            for i in range(20):
+                # A new row limit is a new cache key: a cold preview of the file.
+                start = time.perf_counter()
+                conn.execute("SELECT count(*) FROM preview(%s, %s, %s)", (name, rel, 1000 + i)).fetchall()
+                cold.append(time.perf_counter() - start)
+            for _ in range(20):
+                start = time.perf_counter()
+                conn.execute("SELECT count(*) FROM preview(%s, %s, %s)", (name, rel, 1000)).fetchall()
+                cached.append(time.perf_counter() - start)
+            anchor = []
+            for _ in range(5):
+                start = time.perf_counter()
+                if path.suffix == ".csv":
+                    duckdb.connect().execute(f"SELECT * FROM read_csv('{path}') LIMIT 1000").fetchall()
+                else:
+                    import pandas as pd
+                    pd.read_excel(path, nrows=1000)
+                anchor.append(time.perf_counter() - start)
+            size = path.stat().st_size / 1e6
+            anchor_name = "DuckDB read_csv LIMIT 1000" if path.suffix == ".csv" else "pandas.read_excel(nrows=1000)"
+            for label, values in (("cold", cold), ("cached", cached)):
+                results.append(dict(
+                    case=f"preview() of a {size:.1f} MB {path.suffix[1:].upper()}, {label}, p50 (ms)",
+                    workbench=percentile(values, 50) * 1000, anchor=statistics.median(anchor) * 1000,
+                    anchor_name=anchor_name, ratio=percentile(values, 50) / statistics.median(anchor),
+                    lower_is_better=True, rss_mb=ctx["server"].peak_rss_mb(),
+                    note=f"p95 {percentile(values, 95) * 1000:.1f} ms"))
+    return results, []
+
+
+VALIDATE_SUITE = """
+- not_null: [l_orderkey, l_partkey, l_suppkey, l_shipdate]
+- unique: [l_orderkey, l_linenumber]
+- between: { column: l_quantity, min: 1, max: 50 }
+- between: { column: l_discount, min: 0, max: 0.1 }
+- accepted_values: { column: l_returnflag, values: [A, N, R] }
+- accepted_values: { column: l_shipmode, values: [AIR, FOB, MAIL, RAIL, REG AIR, SHIP, TRUCK] }
+- regex: { column: l_shipinstruct, pattern: '^[A-Z ]+$' }
+- length_between: { column: l_comment, min: 1, max: 44 }
+- expression: "l_receiptdate >= l_shipdate"
+- row_count_between: { min: 1, max: 100000000 }
+"""
+
+
+def case_validate(ctx):
+    ctx["server"].reset_peak()
+    with wb_connect() as conn:
+        start = time.perf_counter()
+        results = conn.execute("SELECT expectation, success FROM validate(%s, %s)",
+                               ("silver.lineitem", VALIDATE_SUITE)).fetchall()
+        wb = time.perf_counter() - start
+    log(f"validate: {len(results)} expectations in {wb:.2f}s: {results}")
+    rss = ctx["server"].peak_rss_mb()
+    ge = subprocess.run([sys.executable, str(BENCHES / "ge_validate.py"),
+                         str(ctx["data"] / "lake" / "landing" / "tpch" / "lineitem.parquet")],
+                        capture_output=True, text=True)
+    if ge.returncode != 0:
+        return [dict(case="validate(): 10 expectations on lineitem (s)", workbench=wb, anchor=None,
+                     anchor_name="Great Expectations (pandas)", ratio=None, lower_is_better=True, rss_mb=rss,
+                     note="anchor failed: " + ge.stderr.strip().splitlines()[-1][:120])], []
+    ge_seconds = json.loads(ge.stdout.strip().splitlines()[-1])["seconds"]
+    return [dict(case="validate(): 10 expectations on lineitem (s)", workbench=wb, anchor=ge_seconds,
+                 anchor_name="Great Expectations (pandas), same 10 expectations", ratio=wb / ge_seconds,
+                 lower_is_better=True, rss_mb=rss, note="GE time excludes loading the data into pandas")], []
+
+
+def hammer(connect, queries, seconds, clients):
+    """`clients` threads each running its prepared queries round-robin."""
+    latencies = [[] for _ in range(clients)]
+    errors = []
+    stop = time.perf_counter() + seconds
+
+    def worker(i):
+        try:
+            with connect() as conn:
+                k = i
+                while time.perf_counter() < stop:
+                    sql, params = queries[k % len(queries)](k)
+                    start = time.perf_counter()
+                    conn.execute(sql, params, prepare=True).fetchall()
+                    latencies[i].append((k % len(queries), time.perf_counter() - start))
+                    k += 1
+        except Exception as err:  # noqa: BLE001
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = [x for per in latencies for x in per]
+    return flat, errors
+
+
+def case_concurrency(ctx):
+    import psycopg
+
+    point = lambda k: ("SELECT * FROM silver.orders WHERE o_orderkey = %s", ((k * 7919) % 1_500_000 * 4 + 1,))
+    catalog = lambda k: ("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                         "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'v') ORDER BY 1",
+                         ("silver",))
+    pg_point = lambda k: ("SELECT * FROM bench.orders WHERE o_orderkey = %s", ((k * 7919) % 1_500_000 * 4 + 1,))
+    pg_catalog = lambda k: (catalog(k)[0], ("bench",))
+    with psycopg.connect(**PG, autocommit=True) as pg:
+        if not pg.execute("SELECT to_regclass('bench.orders') IS NOT NULL").fetchone()[0]:
+            import duckdb
+            parquet = ctx["data"] / "lake" / "landing" / "tpch" / "orders.parquet"
+            csv = ctx["data"] / "orders.csv"
+            duckdb.connect().execute(f"COPY (SELECT * FROM read_parquet('{parquet}')) TO '{csv}' (HEADER)")
+            pg.execute("CREATE SCHEMA IF NOT EXISTS bench")
+            pg.execute("CREATE TABLE bench.orders (o_orderkey bigint, o_custkey bigint, o_orderstatus text, "
+                       "o_totalprice numeric(15,2), o_orderdate date, o_orderpriority text, o_clerk text, "
+                       "o_shippriority int, o_comment text)")
+            with pg.cursor().copy("COPY bench.orders FROM STDIN (FORMAT csv, HEADER)") as copy, open(csv, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    copy.write(chunk)
+            pg.execute("ANALYZE bench.orders")
+    results = []
+    pg_connect = lambda: psycopg.connect(**PG, autocommit=True)
+    ctx["server"].reset_peak()
+    wb_lat, wb_err = hammer(wb_connect, [point, catalog], ctx["seconds"], 16)
+    rss = ctx["server"].peak_rss_mb()
+    pg_lat, pg_err = hammer(pg_connect, [pg_point, pg_catalog], ctx["seconds"], 16)
+    for kind, label in ((0, "point query (indexless on both)"), (1, "catalog query")):
+        wb = [s for k, s in wb_lat if k == kind]
+        pgv = [s for k, s in pg_lat if k == kind]
+        results.append(dict(case=f"16 clients, prepared {label}: queries/s", workbench=len(wb) / ctx["seconds"],
+                            anchor=len(pgv) / ctx["seconds"], anchor_name="PostgreSQL 15",
+                            ratio=(len(wb) / len(pgv)) if pgv else None, lower_is_better=False, rss_mb=rss,
+                            note=f"p99 {percentile(wb, 99) * 1000:.1f} ms vs {percentile(pgv, 99) * 1000:.1f} ms"
+                                 + (f"; errors: {wb_err[:1]}" if wb_err else "")))
+    return results, []
+
+
+CASES = {
+    "tpch": case_tpch,
+    "stream": case_stream,
+    "ingest": case_ingest,
+    "preview": case_preview,
+    "validate": case_validate,
+    "concurrency": case_concurrency,
+}
+
+
+def machine():
+    cpus = os.cpu_count()
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    return f"{platform.machine()}, {cpus} cores, {mem} GiB, {platform.system()} {platform.release()}"
+
+
+def write_results(results, details, sf, started):
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    mach = machine()
+    lines = [
+        "# Workbench benchmarks",
+        "",
+        f"Machine: {mach}. Date: {when}. TPC-H scale factor {sf}. "
+        f"Reproduce with `benches/run.sh` (this run took {(time.time() - started) / 60:.1f} min).",
+        "Ratios are Workbench ÷ anchor for times (lower is better) and anchor ÷ Workbench "
+        "turned into Workbench ÷ anchor for rates (higher is better) — see the last column.",
+        "",
+        "| Case | Workbench | Anchor | Anchor is | Ratio | Better is | Server peak RSS (MB) | Note |",
+        "|---|---:|---:|---|---:|---|---:|---|",
+    ]
+    for r in results:
+        fmt = lambda v: "–" if v is None else (f"{v:,.3f}" if v < 100 else f"{v:,.0f}")
+        lines.append(
+            f"| {r['case']} | {fmt(r['workbench'])} | {fmt(r['anchor'])} | {r['anchor_name']} | "
+            f"{'–' if r['ratio'] is None else format(r['ratio'], '.2f') + '×'} | "
+            f"{'lower' if r['lower_is_better'] else 'higher'} | {fmt(r['rss_mb'])} | {r['note']} |")
+    tpch = [d for d in details if "query" in d]
+    if tpch:
+        lines += ["", "## TPC-H per query (seconds)", "",
+                  "| Query | Workbench (wire) | DataFusion in-process | DuckDB | Ratio vs DuckDB | Result |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for d in tpch:
+            lines.append(f"| {d['query']} | {d['workbench']:.3f} | {(d['datafusion'] or 0):.3f} | {d['duckdb']:.3f} | "
+                         f"{d['workbench'] / d['duckdb']:.2f}× | {'matches DuckDB' if d['match'] else 'MISMATCH: ' + d['why']} |")
+    (BENCHES / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    (BENCHES / "results.json").write_text(json.dumps(
+        dict(machine=mach, date=when, sf=sf, results=results, tpch=tpch), indent=2, default=str) + "\n")
+    log(f"wrote {BENCHES / 'RESULTS.md'}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sf", default="1")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--seconds", type=int, default=30, help="duration of the concurrency case")
+    args = parser.parse_args()
+    started = time.time()
+    binary = build_workbench()
+    data = generate_tpch(args.sf)
+    specs = write_specs(data)
+    lake = data / "lake"
+    if not (lake / "silver" / "lineitem").exists():
+        start = time.perf_counter()
+        sh([str(binary), "run", "--all", "--lake", str(lake), "--specs", str(specs)], env=dict(os.environ, RUST_LOG="warn"))
+        log(f"TPC-H lake built by the pipeline in {time.perf_counter() - start:.1f}s")
+    ctx = dict(sf=args.sf, data=data, specs=specs, binary=binary, reload_pg=False, seconds=args.seconds)
+    results, details = [], []
+    for name in args.cases.split(","):
+        ctx["server"] = Server(binary, lake, specs)
+        try:
+            log(f"case {name}")
+            r, d = CASES[name](ctx)
+            results += r
+            details += d
+        finally:
+            ctx["server"].stop()
+        write_results(results, details, args.sf, started)
+
+
+if __name__ == "__main__":
+    main()
