@@ -33,6 +33,6 @@ with open(csv_path, "w", newline="") as f:
 wb = Workbook(write_only=True)
 ws = wb.create_sheet("sales")
 ws.append(["id", "region", "product", "amount", "sold_on"])
-for i in range(230_000):
+for i in range(155_000):
     ws.append(row(i))
 wb.save(xlsx_path)
