@@ -9,6 +9,7 @@ mod errors;
 mod functions;
 mod handlers;
 mod labels;
+mod late_bind;
 mod readonly;
 mod rewrite;
 mod search_path;

@@ -19,7 +19,7 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
-use futures::{FutureExt, Sink, Stream, StreamExt};
+use futures::{FutureExt, Sink, Stream};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, SendableRowStream};
@@ -37,7 +37,7 @@ use super::backends::{Backend, QueryGuard};
 use super::readonly::ReadOnlyHook;
 use super::settings::Settings;
 use super::statements::{SessionStatementHook, apply_to_engine};
-use super::{copy, cursor, errors, labels, rewrite, search_path};
+use super::{copy, cursor, errors, labels, late_bind, rewrite, search_path};
 
 /// The statement type stored in prepared statements and portals; it must be
 /// datafusion-postgres' own so its cursor hook can read our portals.
@@ -234,41 +234,65 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// The rows of a running query, stopped by cancel, deadline or a panic in
 /// the engine. The query counts as running until this stream is dropped.
+///
+/// Hand-written rather than a `select!` per row: the cancellation and the
+/// deadline are registered once and polled alongside the rows, so a large
+/// result pays no per-row allocation for them.
 fn guarded(rows: SendableRowStream, guard: Arc<QueryGuard>, deadline: Option<Instant>) -> SendableRowStream {
-    struct State {
-        rows: SendableRowStream,
-        guard: Arc<QueryGuard>,
-        deadline: Option<Instant>,
-        done: bool,
-    }
-    let state = State {
+    Box::pin(Guarded {
+        cancelled: Box::pin(guard.token.clone().cancelled_owned()),
+        sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         rows,
         guard,
-        deadline,
         done: false,
-    };
-    let stream = futures::stream::unfold(state, |mut state| async move {
-        if state.done {
-            return None;
+    })
+}
+
+struct Guarded {
+    rows: SendableRowStream,
+    guard: Arc<QueryGuard>,
+    cancelled: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
+
+impl Stream for Guarded {
+    type Item = PgWireResult<DataRow>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
         }
-        let next = bounded(
-            async { Ok(state.rows.next().await) },
-            &state.guard,
-            state.deadline,
-            "executing the query",
-        )
-        .await;
-        let item: PgWireResult<DataRow> = match next {
-            Ok(Some(Ok(row))) => Ok(row),
-            Ok(None) => return None,
-            Ok(Some(Err(err))) | Err(err) => {
-                state.done = true;
-                Err(err)
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(errors::canceled(this.guard.stop_reason()))));
+        }
+        if let Some(sleep) = &mut this.sleep
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            this.done = true;
+            return Poll::Ready(Some(Err(errors::statement_timeout())));
+        }
+        let rows = &mut this.rows;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| rows.as_mut().poll_next(cx))) {
+            Ok(Poll::Ready(Some(Err(err)))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(err)))
             }
-        };
-        Some((item, state))
-    });
-    Box::pin(stream) as std::pin::Pin<Box<dyn Stream<Item = PgWireResult<DataRow>> + Send>>
+            Ok(other) => other,
+            Err(panic) => {
+                this.done = true;
+                tracing::error!(panic = %panic_message(&panic), "query panicked while executing the query");
+                Poll::Ready(Some(Err(errors::panicked("executing the query"))))
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -300,6 +324,32 @@ impl ExtendedQueryHandler for Session {
         self.parser.clone()
     }
 
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        target: &Portal<Self::Statement>,
+    ) -> PgWireResult<pgwire::api::results::DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (sql, parsed) = &target.statement.statement;
+        let fields = match (parsed, self.parser.late_bound(sql)) {
+            (None, Some(mut statement)) => {
+                late_bind::bind(&mut statement, target)?;
+                let plan = self.parser.plan_statement(&statement).await?;
+                let planned = (sql.clone(), Some((statement, plan)));
+                self.parser.get_result_schema(&planned, Some(&target.result_column_format))?
+            }
+            _ => self
+                .parser
+                .get_result_schema(&target.statement.statement, Some(&target.result_column_format))?,
+        };
+        Ok(pgwire::api::results::DescribePortalResponse::new(fields))
+    }
+
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -323,6 +373,15 @@ impl ExtendedQueryHandler for Session {
         }
         if let Some((Statement::Declare { stmts }, _)) = parsed {
             return self.declare(client, stmts).await;
+        }
+        if parsed.is_none()
+            && let Some(mut statement) = self.parser.late_bound(sql)
+        {
+            late_bind::bind(&mut statement, portal)?;
+            let work = self.execute(client, &statement, portal.result_column_format.clone());
+            let (mut response, _) = bounded(work, &guard, deadline, "planning the query").await?;
+            response.data_rows = guarded(response.data_rows, guard, deadline);
+            return Ok(Response::Query(response));
         }
         let span = tracing::info_span!("query", pid = self.backend.pid, protocol = "extended");
         tracing::debug!(parent: &span, sql = %sql, "query");
@@ -357,6 +416,12 @@ pub struct StatementParser {
 }
 
 impl StatementParser {
+    /// The statement of `sql` if it is planned only once its parameters are bound.
+    fn late_bound(&self, sql: &str) -> Option<Statement> {
+        let statement = self.parse(sql).ok()?.into_iter().next()?;
+        late_bind::needs_values(&statement).then_some(statement)
+    }
+
     /// Split `sql` into rewritten statements.
     pub fn parse(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
         let mut statements = self
@@ -390,6 +455,9 @@ impl StatementParser {
                 return Ok(Some((text, Some((statement, plan?)))));
             }
         }
+        if late_bind::needs_values(&statement) {
+            return Ok(Some((text, None))); // planned with its parameter values
+        }
         let plan = self.plan_statement(&statement).await?;
         Ok(Some((text, Some((statement, plan)))))
     }
@@ -422,6 +490,11 @@ impl QueryParser for StatementParser {
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        if stmt.1.is_none()
+            && let Some(statement) = self.late_bound(&stmt.0)
+        {
+            return Ok(vec![Type::UNKNOWN; late_bind::parameter_count(&statement)]);
+        }
         self.inner.get_parameter_types(stmt)
     }
 

@@ -75,5 +75,17 @@ def _():
             tx.execute("select 2")
 
 
+@check("table functions with server-side bound parameters")
+def _():
+    # psycopg 3 binds on the server ($1): table-function arguments are planned
+    # once the values are known.
+    with conn.cursor() as cur:
+        cur.execute("SELECT column_name FROM profile(%s) ORDER BY column_name", ("silver.orders",))
+        expect([r[0] for r in cur.fetchall()] == ["amount", "id", "ordered_on", "region"], "profile columns")
+        expect(cur.description[0].name == "column_name", cur.description)
+        cur.execute("SELECT count(*) FROM history(%s)", ("silver.events",))
+        expect(cur.fetchone()[0] >= 1, "history rows")
+
+
 conn.close()
 finish()

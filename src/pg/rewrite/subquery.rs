@@ -15,6 +15,32 @@ const AGGREGATES: &[&str] = &[
     "jsonb_agg",
 ];
 
+/// Whether `expr` calls an aggregate anywhere (not inside a nested subquery).
+fn contains_aggregate(expr: &Expr) -> bool {
+    use datafusion::sql::sqlparser::ast::{Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Find;
+    impl Visitor for Find {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Function(f)
+                    if AGGREGATES.contains(
+                        &f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase()).unwrap_or_default().as_str(),
+                    ) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+        fn pre_visit_query(&mut self, _query: &datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
+            ControlFlow::Continue(())
+        }
+    }
+    expr.visit(&mut Find).is_break()
+}
+
 pub fn aggregate_scalar(expr: &mut Expr) {
     let Expr::Subquery(query) = expr else { return };
     if query.with.is_some() || query.fetch.is_some() || query.order_by.is_some() {
@@ -35,10 +61,8 @@ pub fn aggregate_scalar(expr: &mut Expr) {
         SelectItem::ExprWithAlias { expr, alias } => (expr.clone(), Some(alias.clone())),
         _ => return,
     };
-    if let Expr::Function(f) = &inner
-        && AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str())
-    {
-        return;
+    if contains_aggregate(&inner) {
+        return; // already one row (`0.2 * avg(x)`, TPC-H Q17)
     }
     let Some(mut max) = parse_expr("max(__value)") else { return };
     replace_args(&mut max, vec![inner]);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayBuilder, ArrayRef, Int64Builder, RecordBatch, StringBuilder};
 
 use super::{SourceError, file_error, header_names, text_schema};
 use crate::spec::CsvOptions;
@@ -22,38 +22,45 @@ pub fn read(options: &CsvOptions, name: &str, bytes: &[u8]) -> Result<Vec<Record
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
-    let mut records = reader.records();
+    let mut record = ::csv::StringRecord::new();
+    let mut next = |record: &mut ::csv::StringRecord| reader.read_record(record);
     let mut line = 0i64;
     // Rows above the header are titles and notes.
     for _ in 1..options.header_row {
         line += 1;
-        if records.next().is_none() {
-            return Err(file_error(name, format!("the file ends before header_row {}", options.header_row)));
+        match next(&mut record) {
+            Ok(true) => {}
+            Ok(false) => return Err(file_error(name, format!("the file ends before header_row {}", options.header_row))),
+            Err(err) => return Err(file_error(name, format!("row {line}: {err}"))),
         }
     }
-    let header = match records.next() {
-        Some(Ok(h)) => h,
-        Some(Err(err)) => return Err(file_error(name, format!("header: {err}"))),
-        None => return Err(file_error(name, "the file is empty: no header row")),
-    };
+    match next(&mut record) {
+        Ok(true) => {}
+        Ok(false) => return Err(file_error(name, "the file is empty: no header row")),
+        Err(err) => return Err(file_error(name, format!("header: {err}"))),
+    }
     line += 1;
-    let names = header_names(header.iter().map(|h| Some(h.trim_start_matches('\u{feff}').to_string())));
+    let names = header_names(record.iter().map(|h| Some(h.trim_start_matches('\u{feff}').to_string())));
     let schema = text_schema(&names);
     let width = names.len();
+    const BATCH: usize = 8192;
     let mut batches = Vec::new();
-    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::new(); width];
-    let mut numbers = Vec::new();
-    let flush = |columns: &mut Vec<Vec<Option<String>>>, numbers: &mut Vec<i64>| -> Result<RecordBatch, SourceError> {
-        let mut arrays: Vec<ArrayRef> = columns
-            .iter_mut()
-            .map(|c| Arc::new(StringArray::from(std::mem::take(c))) as ArrayRef)
-            .collect();
-        arrays.push(Arc::new(Int64Array::from(std::mem::take(numbers))));
+    // Values go straight into Arrow builders: no String per cell.
+    let new_columns = || (0..width).map(|_| StringBuilder::with_capacity(BATCH, BATCH * 16)).collect::<Vec<_>>();
+    let mut columns = new_columns();
+    let mut numbers = Int64Builder::with_capacity(BATCH);
+    let flush = |columns: &mut Vec<StringBuilder>, numbers: &mut Int64Builder| -> Result<RecordBatch, SourceError> {
+        let mut arrays: Vec<ArrayRef> = columns.iter_mut().map(|c| std::sync::Arc::new(c.finish()) as ArrayRef).collect();
+        arrays.push(Arc::new(numbers.finish()));
         RecordBatch::try_new(schema.clone(), arrays).map_err(|e| file_error(name, e.to_string()))
     };
-    for record in records {
+    loop {
+        match next(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(err) => return Err(file_error(name, format!("row {}: {err}", line + 1))),
+        }
         line += 1;
-        let record = record.map_err(|err| file_error(name, format!("row {line}: {err}")))?;
         if record.iter().all(|v| v.trim().is_empty()) {
             continue;
         }
@@ -64,14 +71,13 @@ pub fn read(options: &CsvOptions, name: &str, bytes: &[u8]) -> Result<Vec<Record
             ));
         }
         for (i, column) in columns.iter_mut().enumerate() {
-            let value = record.get(i);
-            column.push(match value {
-                Some(v) if !options.null_values.iter().any(|n| n == v.trim()) => Some(v.to_string()),
-                _ => None,
-            });
+            match record.get(i) {
+                Some(v) if !options.null_values.iter().any(|n| n == v.trim()) => column.append_value(v),
+                _ => column.append_null(),
+            }
         }
-        numbers.push(line);
-        if numbers.len() == 8192 {
+        numbers.append_value(line);
+        if numbers.len() == BATCH {
             batches.push(flush(&mut columns, &mut numbers)?);
         }
     }
