@@ -506,14 +506,30 @@ def machine():
     return f"{platform.machine()}, {cpus} cores, {mem} GiB, {platform.system()} {platform.release()}"
 
 
+def merged_with_previous(results, details, sf):
+    """A run of some cases keeps the other cases of the previous run (same SF)."""
+    path = BENCHES / "results.json"
+    if not path.exists():
+        return results, details
+    previous = json.loads(path.read_text())
+    if str(previous.get("sf")) != str(sf):
+        return results, details
+    fresh = {r["case"]: r for r in results}
+    merged = [fresh.pop(r["case"], r) for r in previous["results"]] + list(fresh.values())
+    tpch = details if any("query" in d for d in details) else previous.get("tpch", [])
+    return merged, tpch
+
+
 def write_results(results, details, sf, started):
+    results, details = merged_with_previous(results, details, sf)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     mach = machine()
     lines = [
         "# Workbench benchmarks",
         "",
         f"Machine: {mach}. Date: {when}. TPC-H scale factor {sf}. "
-        f"Reproduce with `benches/run.sh` (this run took {(time.time() - started) / 60:.1f} min).",
+        f"Reproduce with `benches/run.sh` (the last run took {(time.time() - started) / 60:.1f} min; "
+        "a run of some cases keeps the others' rows from the previous run).",
         "Ratios are Workbench ÷ anchor for times (lower is better) and anchor ÷ Workbench "
         "turned into Workbench ÷ anchor for rates (higher is better) — see the last column.",
         "",

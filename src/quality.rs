@@ -341,6 +341,20 @@ pub async fn evaluate(ctx: &SessionContext, view: &str, check: &Check) -> Result
         .await?;
     let batch = &batches[0];
     let (elements, unexpected, missing) = (int(batch, 0), int(batch, 1), int(batch, 2));
+    row_result(ctx, check, &source, failing, elements, unexpected, missing).await
+}
+
+/// The result of a row-level check from its counts, with up to 20 distinct
+/// failing values as samples.
+async fn row_result(
+    ctx: &SessionContext,
+    check: &Check,
+    source: &str,
+    failing: &str,
+    elements: i64,
+    unexpected: i64,
+    missing: i64,
+) -> Result<CheckResult> {
     let sample_column = match (&check.subject, &check.duplicates_over) {
         (Some(c), _) => format!("CAST({} AS TEXT)", q(c)),
         (None, Some(columns)) => format!(
@@ -376,6 +390,55 @@ pub async fn evaluate(ctx: &SessionContext, view: &str, check: &Check) -> Result
         partial_unexpected_list: samples,
         observed_value: None,
     })
+}
+
+/// Evaluate `checks` over `view`, the plain row-level ones together in one
+/// scan (one `count(*) FILTER (WHERE ...)` per check); checks that need a
+/// window (`unique`), a lookup (`relationships`) or a table-level aggregate
+/// run on their own. Results come back in the order of `checks`.
+pub async fn evaluate_all(ctx: &SessionContext, view: &str, checks: &[Check]) -> Result<Vec<CheckResult>> {
+    let simple: Vec<usize> = (0..checks.len())
+        .filter(|&i| {
+            let c = &checks[i];
+            c.failing.is_some() && c.table_level.is_none() && c.duplicates_over.is_none() && c.lookup.is_none()
+        })
+        .collect();
+    let mut counts: std::collections::HashMap<usize, (i64, i64, i64)> = std::collections::HashMap::new();
+    if simple.len() > 1 {
+        let mut columns = vec!["count(*) AS __elements".to_string()];
+        for (n, &i) in simple.iter().enumerate() {
+            let check = &checks[i];
+            columns.push(format!(
+                "count(*) FILTER (WHERE {}) AS __unexpected_{n}",
+                check.failing.as_deref().unwrap_or("false")
+            ));
+            columns.push(match &check.subject {
+                Some(c) => format!("count(*) FILTER (WHERE {} IS NULL) AS __missing_{n}", q(c)),
+                None => format!("0 AS __missing_{n}"),
+            });
+        }
+        // If the combined query cannot be planned, each check runs on its own
+        // below and reports its own error.
+        if let Ok(frame) = ctx.sql(&format!("SELECT {} FROM {view} AS t", columns.join(", "))).await {
+            let batches = frame.collect().await?;
+            let batch = &batches[0];
+            let elements = int(batch, 0);
+            for (n, &i) in simple.iter().enumerate() {
+                counts.insert(i, (elements, int(batch, 1 + 2 * n), int(batch, 2 + 2 * n)));
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(checks.len());
+    for (i, check) in checks.iter().enumerate() {
+        results.push(match counts.get(&i) {
+            Some(&(elements, unexpected, missing)) => {
+                let failing = check.failing.as_deref().unwrap_or("false");
+                row_result(ctx, check, view, failing, elements, unexpected, missing).await?
+            }
+            None => evaluate(ctx, view, check).await?,
+        });
+    }
+    Ok(results)
 }
 
 /// Register `df` under a private name for checks; returns the name.

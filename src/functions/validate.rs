@@ -112,10 +112,7 @@ impl Rows for ValidateTable {
         let table = format!("{}.{}", self.layer, self.name);
         let df = ctx.table(table.as_str()).await?;
         let view = quality::register_view(&ctx, df)?;
-        let mut results = Vec::with_capacity(self.checks.len());
-        for check in &self.checks {
-            results.push(quality::evaluate(&ctx, &view, check).await?);
-        }
+        let results = quality::evaluate_all(&ctx, &view, &self.checks).await?;
         for r in &results {
             let record = r.record(&table, None);
             if let Err(err) = self.services.meta.record_validation(&record).await {
