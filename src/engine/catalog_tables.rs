@@ -20,6 +20,47 @@ use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
+/// Every row of `provider`.
+pub async fn scan_all(provider: &Arc<dyn TableProvider>, session: &dyn Session) -> Result<Vec<RecordBatch>> {
+    let plan = provider.scan(session, None, &[], None).await?;
+    datafusion::physical_plan::collect(plan, session.task_ctx()).await
+}
+
+/// `(name, oid)` of every row of a catalog table, from its `name_column` and `oid`.
+async fn names_and_oids(
+    provider: &Arc<dyn TableProvider>,
+    name_column: &str,
+    session: &dyn Session,
+) -> Result<Vec<(String, i32)>> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Int32Type;
+    let mut out = Vec::new();
+    for batch in scan_all(provider, session).await? {
+        let (Some(oids), Some(names)) = (batch.column_by_name("oid"), batch.column_by_name(name_column)) else {
+            continue;
+        };
+        let oids = datafusion::arrow::compute::cast(oids, &DataType::Int32)?;
+        let names = datafusion::arrow::compute::cast(names, &DataType::Utf8)?;
+        let (oids, names) = (oids.as_primitive::<Int32Type>(), names.as_string::<i32>());
+        out.extend((0..batch.num_rows()).filter(|&i| !names.is_null(i)).map(|i| (names.value(i).to_string(), oids.value(i))));
+    }
+    Ok(out)
+}
+
+/// Scan rows computed in memory, with the caller's projection, filters and limit.
+pub async fn scan_batches(
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    session: &dyn Session,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    MemTable::try_new(schema, vec![batches])?
+        .scan(session, projection, filters, limit)
+        .await
+}
+
 /// The rows of `pg_settings` for one session: (name, setting, description).
 /// Stored as a session-config extension by the connection that owns it.
 pub struct SessionSettingsRows(pub Box<dyn Fn() -> Vec<(String, String, String)> + Send + Sync>);
@@ -68,11 +109,11 @@ impl TableProvider for PgSettings {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        pg_settings(session)?.scan(session, projection, filters, limit).await
+        scan_batches(pg_settings_schema(), vec![pg_settings(session)?], session, projection, filters, limit).await
     }
 }
 
-fn pg_settings(session: &dyn Session) -> Result<Arc<dyn TableProvider>> {
+fn pg_settings(session: &dyn Session) -> Result<RecordBatch> {
     let schema = pg_settings_schema();
     let rows = session
         .config()
@@ -95,8 +136,7 @@ fn pg_settings(session: &dyn Session) -> Result<Arc<dyn TableProvider>> {
             _ => new_null_array(field.data_type(), n),
         });
     }
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// Postgres' array columns of `pg_index` and `pg_constraint`.
@@ -176,10 +216,8 @@ impl TableProvider for PgProc {
             Some(namespaces) => namespace_oid(namespaces, "public", session).await?,
             None => None,
         };
-        pg_proc(self.base.clone(), &self.entries, public.unwrap_or(PUBLIC_OID), session)
-            .await?
-            .scan(session, projection, filters, limit)
-            .await
+        let batches = pg_proc(&self.base, &self.entries, public.unwrap_or(PUBLIC_OID), session).await?;
+        scan_batches(self.schema(), batches, session, projection, filters, limit).await
     }
 }
 
@@ -194,33 +232,17 @@ fn nullable(schema: &SchemaRef) -> SchemaRef {
 }
 
 async fn namespace_oid(namespaces: &Arc<dyn TableProvider>, name: &str, session: &dyn Session) -> Result<Option<i32>> {
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::Int32Type;
-    let plan = namespaces.scan(session, None, &[], None).await?;
-    for batch in datafusion::physical_plan::collect(plan, session.task_ctx()).await? {
-        let (Some(oids), Some(names)) = (batch.column_by_name("oid"), batch.column_by_name("nspname")) else {
-            continue;
-        };
-        let oids = datafusion::arrow::compute::cast(oids, &DataType::Int32)?;
-        let names = datafusion::arrow::compute::cast(names, &DataType::Utf8)?;
-        let (oids, names) = (oids.as_primitive::<Int32Type>(), names.as_string::<i32>());
-        for i in 0..batch.num_rows() {
-            if !names.is_null(i) && names.value(i) == name {
-                return Ok(Some(oids.value(i)));
-            }
-        }
-    }
-    Ok(None)
+    let found = names_and_oids(namespaces, "nspname", session).await?;
+    Ok(found.into_iter().find(|(n, _)| n == name).map(|(_, oid)| oid))
 }
 
 async fn pg_proc(
-    base: Arc<dyn TableProvider>,
+    base: &Arc<dyn TableProvider>,
     entries: &ProcEntries,
     namespace: i32,
     session: &dyn Session,
-) -> Result<Arc<dyn TableProvider>> {
-    let plan = base.scan(session, None, &[], None).await?;
-    let mut batches = datafusion::physical_plan::collect(plan, session.task_ctx()).await?;
+) -> Result<Vec<RecordBatch>> {
+    let mut batches = scan_all(base, session).await?;
     let schema = nullable(&base.schema());
     batches = batches
         .into_iter()
@@ -230,7 +252,7 @@ async fn pg_proc(
     if !entries.is_empty() {
         batches.push(proc_batch(&schema, &entries, namespace)?);
     }
-    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+    Ok(batches)
 }
 
 fn proc_batch(schema: &SchemaRef, rows: &[ProcEntry], namespace: i32) -> Result<RecordBatch> {
@@ -326,29 +348,16 @@ impl TableProvider for PgType {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         use datafusion::arrow::array::{Array, AsArray};
-        use datafusion::arrow::datatypes::Int32Type;
         use std::collections::HashMap;
         // proname → lowest oid (the base function of overloads).
         let mut oids: HashMap<String, i32> = HashMap::new();
-        let plan = self.procs.scan(session, None, &[], None).await?;
-        for batch in datafusion::physical_plan::collect(plan, session.task_ctx()).await? {
-            let (Some(oid), Some(name)) = (batch.column_by_name("oid"), batch.column_by_name("proname")) else {
-                continue;
-            };
-            let oid = datafusion::arrow::compute::cast(oid, &DataType::Int32)?;
-            let name = datafusion::arrow::compute::cast(name, &DataType::Utf8)?;
-            let (oid, name) = (oid.as_primitive::<Int32Type>(), name.as_string::<i32>());
-            for i in 0..batch.num_rows() {
-                if !name.is_null(i) {
-                    let entry = oids.entry(name.value(i).to_string()).or_insert(oid.value(i));
-                    *entry = (*entry).min(oid.value(i));
-                }
-            }
+        for (name, oid) in names_and_oids(&self.procs, "proname", session).await? {
+            let entry = oids.entry(name).or_insert(oid);
+            *entry = (*entry).min(oid);
         }
         let schema = self.retyped();
-        let plan = self.base.scan(session, None, &[], None).await?;
         let mut batches = Vec::new();
-        for batch in datafusion::physical_plan::collect(plan, session.task_ctx()).await? {
+        for batch in scan_all(&self.base, session).await? {
             let columns: Vec<ArrayRef> = batch
                 .columns()
                 .iter()
@@ -371,8 +380,6 @@ impl TableProvider for PgType {
                 .collect::<Result<_>>()?;
             batches.push(RecordBatch::try_new(schema.clone(), columns)?);
         }
-        MemTable::try_new(schema, vec![batches])?
-            .scan(session, projection, filters, limit)
-            .await
+        scan_batches(schema, batches, session, projection, filters, limit).await
     }
 }

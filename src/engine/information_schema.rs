@@ -11,7 +11,7 @@ use datafusion::arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray, n
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::information_schema::InformationSchemaProvider;
 use datafusion::catalog::{CatalogProviderList, SchemaProvider, Session, TableProvider};
-use datafusion::datasource::{MemTable, TableType};
+use datafusion::datasource::TableType;
 use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
@@ -216,8 +216,6 @@ impl TableProvider for Columns {
             })
             .collect();
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
-        MemTable::try_new(schema, vec![vec![batch]])?
-            .scan(session, projection, filters, limit)
-            .await
+        super::catalog_tables::scan_batches(schema, vec![batch], session, projection, filters, limit).await
     }
 }

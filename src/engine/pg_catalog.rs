@@ -12,13 +12,13 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int16Type, Int32Type, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, SchemaProvider, Session};
-use datafusion::datasource::{MemTable, TableProvider, TableType, ViewTable, provider_as_source};
+use datafusion::datasource::{TableProvider, TableType, ViewTable, provider_as_source};
 use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableProviderFilterPushDown, cast, lit};
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::col;
 
-use super::catalog_tables::{PgProc, PgSettings, PgType, ProcEntries, empty_with_arrays};
+use super::catalog_tables::{PgProc, PgSettings, PgType, ProcEntries, empty_with_arrays, scan_all, scan_batches};
 use crate::engine::DATABASE;
 
 /// `pg_type.oid` of `numeric`.
@@ -97,11 +97,6 @@ struct AttributeTypmods {
     base: Arc<dyn TableProvider>,
     pg_catalog: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
-}
-
-async fn scan_all(provider: &Arc<dyn TableProvider>, session: &dyn Session) -> Result<Vec<RecordBatch>> {
-    let plan: Arc<dyn ExecutionPlan> = provider.scan(session, None, &[], None).await?;
-    collect(plan, session.task_ctx()).await
 }
 
 impl AttributeTypmods {
@@ -231,8 +226,7 @@ impl TableProvider for AttributeTypmods {
         } else {
             fixed = batches;
         }
-        let table = MemTable::try_new(self.schema(), vec![fixed])?;
-        table.scan(session, projection, filters, limit).await
+        scan_batches(self.schema(), fixed, session, projection, filters, limit).await
     }
 }
 

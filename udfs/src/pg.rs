@@ -134,7 +134,7 @@ pub fn lookup(name: &str, keys: usize, table: LookupTable) -> ScalarUDF {
     ScalarUDF::new_from_impl(Lookup {
         name: name.to_string(),
         keys,
-        table: TableRef(table),
+        table: Shared(table),
         signature: Signature::variadic_any(Volatility::Stable),
     })
 }
@@ -147,22 +147,30 @@ struct Lookup {
     signature: Signature,
 }
 
-/// Compared by identity: two lookups are the same function only if they
-/// share one table.
-#[derive(Debug, Clone)]
-struct TableRef(LookupTable);
+/// State shared by a function, compared by identity: two lookups (or two
+/// row functions) are the same function only if they share one table (body).
+#[derive(Clone)]
+struct Shared<T: ?Sized>(Arc<T>);
 
-impl PartialEq for TableRef {
+impl<T: ?Sized> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shared({:p})", Arc::as_ptr(&self.0) as *const ())
+    }
+}
+impl<T: ?Sized> PartialEq for Shared<T> {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
-impl Eq for TableRef {}
-impl std::hash::Hash for TableRef {
+impl<T: ?Sized> Eq for Shared<T> {}
+impl<T: ?Sized> std::hash::Hash for Shared<T> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as usize).hash(state)
+        (Arc::as_ptr(&self.0) as *const () as usize).hash(state)
     }
 }
+
+type TableRef = Shared<std::sync::RwLock<std::collections::HashMap<Vec<i64>, String>>>;
+type BodyRef = Shared<dyn Fn(&[ScalarValue]) -> Result<ScalarValue> + Send + Sync>;
 
 impl ScalarUDFImpl for Lookup {
     fn name(&self) -> &str {
@@ -251,7 +259,7 @@ pub fn row_function(
         name: name.to_string(),
         signature,
         return_type,
-        body: BodyRef(body),
+        body: Shared(body),
     })
 }
 
@@ -261,27 +269,6 @@ struct RowFunction {
     signature: Signature,
     return_type: DataType,
     body: BodyRef,
-}
-
-/// Compared by identity, like [`TableRef`].
-#[derive(Clone)]
-struct BodyRef(RowBody);
-
-impl std::fmt::Debug for BodyRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RowBody")
-    }
-}
-impl PartialEq for BodyRef {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-impl Eq for BodyRef {}
-impl std::hash::Hash for BodyRef {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as *const () as usize).hash(state)
-    }
 }
 
 impl ScalarUDFImpl for RowFunction {
@@ -492,7 +479,7 @@ pub fn text_functions() -> Vec<ScalarUDF> {
             name: "format".into(),
             signature: Signature::variadic_any(Volatility::Stable),
             return_type: DataType::Utf8,
-            body: BodyRef(Arc::new(|args: &[ScalarValue]| {
+            body: Shared(Arc::new(|args: &[ScalarValue]| {
                 let Some(template) = args.first().and_then(scalar_text) else {
                     return Ok(ScalarValue::Utf8(None));
                 };
@@ -554,7 +541,7 @@ pub fn json_build_object() -> ScalarUDF {
         name: "json_build_object".into(),
         signature: Signature::variadic_any(Volatility::Immutable),
         return_type: DataType::Utf8,
-        body: BodyRef(Arc::new(|args: &[ScalarValue]| {
+        body: Shared(Arc::new(|args: &[ScalarValue]| {
             if args.len() % 2 != 0 {
                 return exec_err!("json_build_object(): argument list must have even number of elements");
             }
