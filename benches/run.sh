@@ -4,6 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
-python3 -m pip install -q -r benches/requirements.txt
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/workbench/target}"
 exec python3 benches/run.py "$@"
