@@ -170,23 +170,19 @@ pub fn response(copy: &CopyOut, column_names: Vec<String>, rows: SendableRowStre
     let format = copy.format;
     let framed = rows.map(move |row| {
         let row = row?;
+        if copy.format == CopyFormat::Binary {
+            // A binary COPY tuple is the field count, then each field exactly
+            // as a DataRow holds it (length, bytes).
+            let mut data = BytesMut::with_capacity(2 + row.data.len());
+            data.put_i16(row.field_count);
+            data.put_slice(&row.data);
+            return Ok(data.freeze());
+        }
         let fields = split_fields(&row)?;
-        let mut data = BytesMut::new();
+        let mut data = BytesMut::with_capacity(row.data.len() + 8);
         match copy.format {
-            CopyFormat::Binary => {
-                data.put_i16(fields.len() as i16);
-                for field in &fields {
-                    match field {
-                        None => data.put_i32(-1),
-                        Some(bytes) => {
-                            data.put_i32(bytes.len() as i32);
-                            data.put_slice(bytes);
-                        }
-                    }
-                }
-            }
-            CopyFormat::Text => text_line(&copy, &fields, &mut data),
             CopyFormat::Csv => csv_line(&copy, &fields, &mut data),
+            _ => text_line(&copy, &fields, &mut data),
         }
         Ok(data.freeze())
     });

@@ -5,6 +5,7 @@
 mod backends;
 mod copy;
 mod cursor;
+mod encode;
 mod errors;
 mod functions;
 mod handlers;

@@ -37,7 +37,7 @@ use super::backends::{Backend, QueryGuard};
 use super::readonly::ReadOnlyHook;
 use super::settings::Settings;
 use super::statements::{SessionStatementHook, apply_to_engine};
-use super::{copy, cursor, errors, labels, late_bind, rewrite, search_path};
+use super::{copy, cursor, encode, errors, labels, late_bind, rewrite, search_path};
 
 /// The statement type stored in prepared statements and portals; it must be
 /// datafusion-postgres' own so its cursor hook can read our portals.
@@ -155,9 +155,12 @@ impl Session {
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let format_options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        let mut response =
-            arrow_pg::datatypes::df::encode_dataframe(frame, &format, Some(format_options)).await?;
-        response.row_schema = labels::describe_arc(response.row_schema, &schema, Some(statement));
+        let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(&schema, &format, Some(format_options))?);
+        let batches = crate::engine::execute(frame)
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        let rows = encode::rows(batches, fields.clone());
+        let response = QueryResponse::new(labels::describe_arc(fields, &schema, Some(statement)), rows);
         Ok((response, schema))
     }
 }
@@ -385,6 +388,22 @@ impl ExtendedQueryHandler for Session {
         }
         let span = tracing::info_span!("query", pid = self.backend.pid, protocol = "extended");
         tracing::debug!(parent: &span, sql = %sql, "query");
+        if let Some((statement @ Statement::Query(_), plan)) = parsed
+            && portal.parameter_len() == 0
+        {
+            // A query without parameters runs as in the simple protocol (our
+            // encoder); the hooks still see it first, as they would upstream.
+            let no_values = datafusion::common::ParamValues::List(vec![]);
+            for hook in &self.hooks {
+                if let Some(result) = hook.handle_extended_query(statement, plan, &no_values, &self.ctx, client).await {
+                    return result;
+                }
+            }
+            let work = self.execute_plan(client, plan.clone(), statement, portal.result_column_format.clone());
+            let (mut response, _) = bounded(work, &guard, deadline, "planning the query").instrument(span).await?;
+            response.data_rows = guarded(response.data_rows, guard, deadline);
+            return Ok(Response::Query(response));
+        }
         let work = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows);
         let response = bounded(work, &guard, deadline, "planning the query")
             .instrument(span)

@@ -4,6 +4,7 @@
 mod harness;
 mod clients;
 mod coordination;
+mod encoding;
 mod functions;
 mod metadata;
 mod pipeline;
