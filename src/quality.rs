@@ -274,11 +274,15 @@ pub fn augmented_source(view: &str, checks: &[&Check]) -> (String, Vec<String>) 
     for (i, check) in checks.iter().enumerate() {
         let mut predicate = check.failing.clone().unwrap_or_else(|| "false".into());
         if let Some(over) = &check.duplicates_over {
+            // The duplicated keys by a hash aggregate, joined back (rows with
+            // a NULL key match nothing, so they are never duplicates).
             let alias = format!("__wb_dup_{i}");
-            windows.push(format!(
-                "count(*) OVER (PARTITION BY {}) AS {alias}",
-                over.iter().map(|c| format!("v.{}", q(c))).collect::<Vec<_>>().join(", ")
+            let keys = over.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+            let on = over.iter().map(|c| format!("v.{c} = d{i}.{c}", c = q(c))).collect::<Vec<_>>().join(" AND ");
+            joins.push(format!(
+                "LEFT JOIN (SELECT {keys}, count(*) AS {alias} FROM {view} GROUP BY {keys} HAVING count(*) > 1) d{i} ON {on}"
             ));
+            windows.push(format!("d{i}.{alias}"));
             predicate = predicate.replace("__wb_dup", &alias);
         }
         if let Some((column, table, field)) = &check.lookup {
@@ -327,6 +331,9 @@ pub async fn evaluate(ctx: &SessionContext, view: &str, check: &Check) -> Result
             observed_value: (!observed.is_null(0)).then(|| observed.value(0).to_string()),
         });
     }
+    if let (Some(over), None) = (&check.duplicates_over, &check.lookup) {
+        return unique_result(ctx, view, check, over).await;
+    }
     let (source, predicates) = augmented_source(view, &[check]);
     let failing = predicates[0].as_str();
     let missing = match &check.subject {
@@ -342,6 +349,33 @@ pub async fn evaluate(ctx: &SessionContext, view: &str, check: &Check) -> Result
     let batch = &batches[0];
     let (elements, unexpected, missing) = (int(batch, 0), int(batch, 1), int(batch, 2));
     row_result(ctx, check, &source, failing, elements, unexpected, missing).await
+}
+
+/// `unique`: one hash aggregate per key finds the duplicated keys; the rows
+/// they cover are the unexpected ones, the keys themselves the samples.
+async fn unique_result(ctx: &SessionContext, view: &str, check: &Check, over: &[String]) -> Result<CheckResult> {
+    let label = check.label();
+    let keys = over.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+    let present = over.iter().map(|c| format!("{} IS NOT NULL", q(c))).collect::<Vec<_>>().join(" AND ");
+    let missing = match &check.subject {
+        Some(c) => format!("(SELECT count(*) FILTER (WHERE {} IS NULL) FROM {view})", q(c)),
+        None => "0".into(),
+    };
+    let groups = format!("SELECT {keys}, count(*) AS __rows FROM {view} WHERE {present} GROUP BY {keys}");
+    let batches = ctx
+        .sql(&format!(
+            "SELECT (SELECT count(*) FROM {view}) AS __elements, \
+                    (SELECT coalesce(sum(__rows), 0) FROM ({groups}) WHERE __rows > 1) AS __unexpected, \
+                    {missing} AS __missing"
+        ))
+        .await
+        .map_err(|e| DataFusionError::Plan(format!("{label}: {}", e.strip_backtrace())))?
+        .collect()
+        .await?;
+    let batch = &batches[0];
+    let (elements, unexpected, missing) = (int(batch, 0), int(batch, 1), int(batch, 2));
+    let duplicated = format!("(SELECT {keys} FROM ({groups}) WHERE __rows > 1)");
+    row_result(ctx, check, &duplicated, "true", elements, unexpected, missing).await
 }
 
 /// The result of a row-level check from its counts, with up to 20 distinct
