@@ -34,7 +34,7 @@ impl TableFunctionImpl for PreviewRaw {
                     .read_bytes(&path)
                     .await
                     .map_err(|e| DataFusionError::Plan(format!("preview_raw(): cannot read {path}: {e}")))?;
-                sources::read_file(&format, &path, &bytes).map_err(|e| DataFusionError::Plan(e.to_string()))
+                sources::read_file_head(&format, &path, &bytes, Some(limit)).map_err(|e| DataFusionError::Plan(e.to_string()))
             })
         })?;
         let mut left = limit;

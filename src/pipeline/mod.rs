@@ -247,9 +247,9 @@ impl Pipeline {
         let files = self.landing_files(pattern).await.map_err(|e| step_error(&step, e))?;
         let Some(first) = files.first() else { return Ok(false) };
         let bytes = self.lake.read_bytes(first).await.map_err(|e| step_error(&step, e))?;
-        let batches: Vec<RecordBatch> = sources::read_file(&spec.source.format, first, &bytes)?
+        let batches: Vec<RecordBatch> = sources::read_file_head(&spec.source.format, first, &bytes, Some(1000))?
             .into_iter()
-            .map(|b| with_metadata(b.slice(0, b.num_rows().min(1000)), "check", first, "check", 0))
+            .map(|b| with_metadata(b, "check", first, "check", 0))
             .collect::<Result<_, _>>()
             .map_err(|e| step_error(&step, e))?;
         let ctx = self.engine.internal_session();

@@ -62,17 +62,51 @@ impl Pipeline {
             return Ok(batches);
         }
         PREVIEW_CACHE_MISSES.fetch_add(1, Ordering::Relaxed);
-        let raw: Vec<RecordBatch> = sources::read_file(&spec.source.format, &path, &bytes)?
+        // Row-by-row rules and checks need only the file's first rows: read
+        // `limit` of them, more if filters removed some, the whole file when a
+        // rule or check looks across rows (dedupe, unique, window functions).
+        let mut head = row_local(spec).then_some(limit.max(1));
+        let batches = loop {
+            let (batches, rows_read) = self.preview_rows(spec, &step, &path, &bytes, &file_hash, limit, head).await?;
+            let shown: usize = batches.iter().map(|b| b.num_rows()).sum();
+            match head {
+                Some(max) if shown < limit && rows_read >= max => head = max.checked_mul(8),
+                _ => break batches,
+            }
+        };
+        if let Ok(bytes) = encode(&batches)
+            && let Err(err) = self.coordinator.cache_set(&key, &bytes, PREVIEW_TTL).await
+        {
+            tracing::warn!(%err, "caching a preview failed");
+        }
+        Ok(batches)
+    }
+
+    /// The preview's rows computed from the first `head` data rows of the
+    /// file (all with `None`), and how many rows were read.
+    #[allow(clippy::too_many_arguments)]
+    async fn preview_rows(
+        &self,
+        spec: &crate::spec::Spec,
+        step: &str,
+        path: &str,
+        bytes: &[u8],
+        file_hash: &str,
+        limit: usize,
+        head: Option<usize>,
+    ) -> Result<(Vec<RecordBatch>, usize), PipelineError> {
+        let raw: Vec<RecordBatch> = sources::read_file_head(&spec.source.format, path, bytes, head)?
             .into_iter()
-            .map(|b| with_metadata(b, "preview", &path, &file_hash, chrono::Utc::now().timestamp_micros()))
+            .map(|b| with_metadata(b, "preview", path, file_hash, chrono::Utc::now().timestamp_micros()))
             .collect::<Result<_, _>>()
-            .map_err(|e| step_error(&step, e))?;
+            .map_err(|e| step_error(step, e))?;
+        let rows_read = raw.iter().map(|b| b.num_rows()).sum();
         let Some(schema) = raw.first().map(|b| b.schema()) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), rows_read));
         };
         let ctx = self.engine.internal_session();
-        let table = MemTable::try_new(schema, vec![raw]).map_err(|e| step_error(&step, e))?;
-        let mut df = ctx.read_table(Arc::new(table)).map_err(|e| step_error(&step, e))?;
+        let table = MemTable::try_new(schema, vec![raw]).map_err(|e| step_error(step, e))?;
+        let mut df = ctx.read_table(Arc::new(table)).map_err(|e| step_error(step, e))?;
         if let Some(silver) = &spec.silver {
             df = super::rules::apply(&ctx, df, &silver.rules).await?;
         }
@@ -82,12 +116,12 @@ impl Pipeline {
             .chain(["_run_id"])
             .filter(|c| df.schema().field_with_unqualified_name(c).is_ok())
             .collect();
-        let df = df.drop_columns(&drop).map_err(|e| step_error(&step, e))?;
+        let df = df.drop_columns(&drop).map_err(|e| step_error(step, e))?;
         let columns: Vec<String> = df.schema().fields().iter().map(|f| format!("\"{}\"", f.name())).collect();
-        let view = quality::register_view(&ctx, df).map_err(|e| step_error(&step, e))?;
+        let view = quality::register_view(&ctx, df).map_err(|e| step_error(step, e))?;
         let mut checks = Vec::new();
         for expectation in spec.silver.iter().flat_map(|s| s.expectations.iter()) {
-            checks.extend(quality::compile(&expectation.value).map_err(|e| step_error(&step, e))?.into_iter().filter(|c| c.failing.is_some()));
+            checks.extend(quality::compile(&expectation.value).map_err(|e| step_error(step, e))?.into_iter().filter(|c| c.failing.is_some()));
         }
         let refs: Vec<&quality::Check> = checks.iter().collect();
         let (source, predicates) = quality::augmented_source(&view, &refs);
@@ -111,17 +145,29 @@ impl Pipeline {
         let batches = ctx
             .sql(&sql)
             .await
-            .map_err(|e| step_error(&step, e.strip_backtrace()))?
+            .map_err(|e| step_error(step, e.strip_backtrace()))?
             .collect()
             .await
-            .map_err(|e| step_error(&step, e.strip_backtrace()))?;
-        if let Ok(bytes) = encode(&batches)
-            && let Err(err) = self.coordinator.cache_set(&key, &bytes, PREVIEW_TTL).await
-        {
-            tracing::warn!(%err, "caching a preview failed");
-        }
-        Ok(batches)
+            .map_err(|e| step_error(step, e.strip_backtrace()))?;
+        Ok((batches, rows_read))
     }
+}
+
+/// Whether every rule and check of `spec` works row by row (a row's result
+/// does not depend on other rows), so a preview may read only the first rows.
+fn row_local(spec: &crate::spec::Spec) -> bool {
+    use crate::spec::Rule;
+    let Some(silver) = &spec.silver else { return true };
+    let rules = silver.rules.iter().all(|rule| match &rule.value {
+        Rule::Dedupe { .. } => false,
+        Rule::Derive(columns) => !columns.iter().any(|(_, sql)| sql.to_ascii_lowercase().contains(" over")),
+        Rule::Filter(sql) => !sql.to_ascii_lowercase().contains(" over"),
+        _ => true,
+    });
+    let checks = silver.expectations.iter().all(|e| {
+        quality::compile(&e.value).is_ok_and(|checks| checks.iter().all(|c| c.duplicates_over.is_none()))
+    });
+    rules && checks
 }
 
 fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {

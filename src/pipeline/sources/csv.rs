@@ -8,7 +8,7 @@ use datafusion::arrow::array::{ArrayBuilder, ArrayRef, Int64Builder, RecordBatch
 use super::{SourceError, file_error, header_names, text_schema};
 use crate::spec::CsvOptions;
 
-pub fn read(options: &CsvOptions, name: &str, bytes: &[u8]) -> Result<Vec<RecordBatch>, SourceError> {
+pub fn read(options: &CsvOptions, name: &str, bytes: &[u8], max_rows: Option<usize>) -> Result<Vec<RecordBatch>, SourceError> {
     let (text, _, had_errors) = options.encoding.decode(bytes);
     if had_errors && options.encoding == encoding_rs::UTF_8 {
         return Err(file_error(
@@ -54,7 +54,11 @@ pub fn read(options: &CsvOptions, name: &str, bytes: &[u8]) -> Result<Vec<Record
         arrays.push(Arc::new(numbers.finish()));
         RecordBatch::try_new(schema.clone(), arrays).map_err(|e| file_error(name, e.to_string()))
     };
+    let mut read = 0usize;
     loop {
+        if max_rows.is_some_and(|max| read >= max) {
+            break;
+        }
         match next(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
@@ -77,6 +81,7 @@ pub fn read(options: &CsvOptions, name: &str, bytes: &[u8]) -> Result<Vec<Record
             }
         }
         numbers.append_value(line);
+        read += 1;
         if numbers.len() == BATCH {
             batches.push(flush(&mut columns, &mut numbers)?);
         }

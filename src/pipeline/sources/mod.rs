@@ -35,14 +35,35 @@ pub fn file_error(file: &str, message: impl Into<String>) -> SourceError {
 
 /// Read one landing file. `name` is used in messages.
 pub fn read_file(format: &SourceFormat, name: &str, bytes: &[u8]) -> Result<Vec<RecordBatch>, SourceError> {
-    match format {
-        SourceFormat::Csv(options) => csv::read(options, name, bytes),
-        SourceFormat::Excel(options) => excel::read(options, name, bytes),
+    read_file_head(format, name, bytes, None)
+}
+
+/// Read the first `max_rows` data rows of a landing file (all with `None`).
+/// CSV and spreadsheets stop reading there; other formats are read whole
+/// and cut.
+pub fn read_file_head(
+    format: &SourceFormat,
+    name: &str,
+    bytes: &[u8],
+    max_rows: Option<usize>,
+) -> Result<Vec<RecordBatch>, SourceError> {
+    let batches = match format {
+        SourceFormat::Csv(options) => csv::read(options, name, bytes, max_rows),
+        SourceFormat::Excel(options) => excel::read(options, name, bytes, max_rows),
         SourceFormat::Parquet => parquet::read(name, bytes),
         SourceFormat::Json => json::read(name, bytes, false),
         SourceFormat::Ndjson => json::read(name, bytes, true),
         SourceFormat::Postgres(_) => Err(file_error(name, "a postgres source has no files")),
-    }
+    }?;
+    let Some(mut left) = max_rows else { return Ok(batches) };
+    Ok(batches
+        .into_iter()
+        .map(|batch| {
+            let take = batch.num_rows().min(left);
+            left -= take;
+            batch.slice(0, take)
+        })
+        .collect())
 }
 
 /// Column names as a spreadsheet or CSV header gives them: blanks become
