@@ -53,7 +53,8 @@ def sh(cmd, **kw):
 # --- preparation ---------------------------------------------------------------------------
 
 def build_workbench():
-    sh(["cargo", "build", "--profile", "bench", "--bin", "workbench"], cwd=ROOT,
+    # Without the `cloud` feature (S3/GCS/Azure back-ends): every lake here is local.
+    sh(["cargo", "build", "--profile", "bench", "--no-default-features", "--bin", "workbench"], cwd=ROOT,
        env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET)))
     for sub in ("bench", "release"):
         binary = TARGET / sub / "workbench"
@@ -75,9 +76,23 @@ def generate_tpch(sf):
     return data
 
 
+def preview_files(data):
+    landing = data / "lake" / "landing" / "preview"
+    return landing / "sales.csv", landing / "sales.xlsx"
+
+
 def write_specs(data):
     specs = data / "specs"
     specs.mkdir(exist_ok=True)
+    # The preview case's files and specs (the server loads specs when it starts).
+    csv, xlsx = preview_files(data)
+    if not xlsx.exists():
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        sh([sys.executable, str(BENCHES / "make_preview_files.py"), str(csv), str(xlsx)])
+    for name, fmt, path in (("preview_csv", "csv", csv), ("preview_xlsx", "xlsx", xlsx)):
+        (specs / f"{name}.yaml").write_text(
+            f"name: {name}\nsource:\n  format: {fmt}\n  path: landing/preview/{path.name}\n"
+            "silver:\n  rules:\n    - type_cast:\n        amount: { type: \"decimal(12,2)\" }\n        sold_on: date\n")
     import pyarrow.parquet as pq
 
     for table in TPCH_TABLES:
@@ -340,17 +355,7 @@ def percentile(values, p):
 def case_preview(ctx):
     import duckdb
 
-    lake, specs = ctx["data"] / "lake", ctx["specs"]
-    landing = lake / "landing" / "preview"
-    landing.mkdir(parents=True, exist_ok=True)
-    csv = landing / "sales.csv"
-    xlsx = landing / "sales.xlsx"
-    if not csv.exists():
-        sh([sys.executable, str(BENCHES / "make_preview_files.py"), str(csv), str(xlsx)])
-    for name, fmt, path in (("preview_csv", "csv", csv), ("preview_xlsx", "xlsx", xlsx)):
-        (specs / f"{name}.yaml").write_text(
-            f"name: {name}\nsource:\n  format: {fmt}\n  path: landing/preview/{path.name}\n"
-            "silver:\n  rules:\n    - type_cast:\n        amount: { type: \"decimal(12,2)\" }\n        sold_on: date\n")
+    csv, xlsx = preview_files(ctx["data"])
     results = []
     ctx["server"].reset_peak()
     with wb_connect() as conn:
@@ -585,7 +590,7 @@ def main():
     lake = data / "lake"
     if not (lake / "silver" / "lineitem").exists():
         start = time.perf_counter()
-        sh([str(binary), "run", "--all", "--lake", str(lake), "--specs", str(specs)], env=dict(os.environ, RUST_LOG="warn"))
+        sh([str(binary), "run", *TPCH_TABLES, "--lake", str(lake), "--specs", str(specs)], env=dict(os.environ, RUST_LOG="warn"))
         log(f"TPC-H lake built by the pipeline in {time.perf_counter() - start:.1f}s")
     ctx = dict(sf=args.sf, data=data, specs=specs, binary=binary, reload_pg=False, seconds=args.seconds)
     results, details = [], []

@@ -92,6 +92,13 @@ impl Lake {
             reason,
         };
         let mut root = deltalake::ensure_table_uri(location).map_err(|e| invalid(e.to_string()))?;
+        if !cfg!(feature = "cloud") && root.scheme() != "file" {
+            return Err(invalid(format!(
+                "this workbench was built without object storage support (the `cloud` feature, on by default); \
+                 rebuild with it to use {}:// lakes",
+                root.scheme()
+            )));
+        }
         if !root.path().ends_with('/') {
             root.set_path(&format!("{}/", root.path()));
         }
