@@ -388,18 +388,24 @@ impl ExtendedQueryHandler for Session {
         }
         let span = tracing::info_span!("query", pid = self.backend.pid, protocol = "extended");
         tracing::debug!(parent: &span, sql = %sql, "query");
-        if let Some((statement @ Statement::Query(_), plan)) = parsed
-            && portal.parameter_len() == 0
-        {
-            // A query without parameters runs as in the simple protocol (our
-            // encoder); the hooks still see it first, as they would upstream.
-            let no_values = datafusion::common::ParamValues::List(vec![]);
+        if let Some((statement @ Statement::Query(_), plan)) = parsed {
+            // Queries run as in the simple protocol (our encoder, lake scans on
+            // their runtime) with the bound values in place of `$n`; the hooks
+            // still see them first, as they would upstream.
+            let values = self.parser.bind(&portal.statement.statement, plan, portal)?;
             for hook in &self.hooks {
-                if let Some(result) = hook.handle_extended_query(statement, plan, &no_values, &self.ctx, client).await {
+                if let Some(result) = hook.handle_extended_query(statement, plan, &values, &self.ctx, client).await {
                     return result;
                 }
             }
-            let work = self.execute_plan(client, plan.clone(), statement, portal.result_column_format.clone());
+            let plan = if portal.parameter_len() == 0 {
+                plan.clone()
+            } else {
+                plan.clone()
+                    .replace_params_with_values(&values)
+                    .map_err(|e| PgWireError::ApiError(Box::new(e)))?
+            };
+            let work = self.execute_plan(client, plan, statement, portal.result_column_format.clone());
             let (mut response, _) = bounded(work, &guard, deadline, "planning the query").instrument(span).await?;
             response.data_rows = guarded(response.data_rows, guard, deadline);
             return Ok(Response::Query(response));
@@ -491,6 +497,31 @@ impl StatementParser {
             .statement_to_plan(DfStatementKind::Statement(Box::new(statement)))
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))
+    }
+}
+
+impl StatementParser {
+    /// The values bound to `portal`, decoded with the types the client was
+    /// told (or sent) and converted to the types the plan expects.
+    fn bind(
+        &self,
+        stmt: &PreparedStatement,
+        plan: &LogicalPlan,
+        portal: &Portal<PreparedStatement>,
+    ) -> PgWireResult<datafusion::common::ParamValues> {
+        if portal.parameter_len() == 0 {
+            return Ok(datafusion::common::ParamValues::List(vec![]));
+        }
+        let wire = self.get_parameter_types(stmt)?;
+        let mut expected: Vec<(String, Option<datafusion::arrow::datatypes::DataType>)> = plan
+            .get_parameter_types()
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?
+            .into_iter()
+            .collect();
+        expected.sort_by_key(|(id, _)| id.trim_start_matches('$').parse::<u32>().unwrap_or(u32::MAX));
+        let expected: Vec<_> = expected.iter().map(|(_, t)| t.as_ref()).collect();
+        let wire: Vec<_> = wire.iter().map(Some).collect();
+        arrow_pg::datatypes::df::deserialize_parameters_with_server_types(portal, &expected, &wire)
     }
 }
 
