@@ -272,6 +272,39 @@ silver:
 
 
 #[tokio::test]
+async fn a_large_csv_is_parsed_in_parallel_without_losing_or_splitting_a_row() {
+    // ~10 MB (parsed in pieces): every row has a quoted value spanning lines,
+    // with doubled quotes and the delimiter inside, so any cut that ignored
+    // quoting would split a row; a blank row follows every 1000th.
+    let mut csv = String::from("id,note,amount\n");
+    let rows = 200_000;
+    for i in 0..rows {
+        csv.push_str(&format!("{i},\"line one\n\"\"quoted\"\", x\nline {i}\",{}.{:02}\n", i * 3, i % 100));
+        if i % 1000 == 999 {
+            csv.push_str(" , , \n");
+        }
+    }
+    assert!(csv.len() > 9 << 20);
+    let ws = Workspace::new();
+    ws.landing("big/big.csv", csv.as_bytes())
+        .spec("big", "name: big\nsource: { format: csv, path: landing/big/*.csv }\nsilver: { rules: [] }\n");
+    ws.run(&["big"]);
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    let counts = ws
+        .rows(&server, "SELECT count(*), count(DISTINCT id), min(_row_number), max(_row_number) FROM bronze.big")
+        .await;
+    let last_line = 2 + (rows - 1) + (rows - 1) / 1000;
+    assert_eq!(counts, [format!("{rows}|{rows}|2|{last_line}")]);
+    // Each row keeps its own line number (header is 1; blank rows count).
+    let misnumbered = ws
+        .rows(&server, "SELECT count(*) FROM bronze.big WHERE _row_number <> CAST(id AS BIGINT) + 2 + CAST(id AS BIGINT) / 1000")
+        .await;
+    assert_eq!(misnumbered, ["0"]);
+    let one = ws.rows(&server, "SELECT note, amount FROM bronze.big WHERE id = '164321'").await;
+    assert_eq!(one, ["line one\n\"quoted\", x\nline 164321|492963.21"]);
+}
+
+#[tokio::test]
 async fn melt_by_pattern_and_unmapped_categories_fail_with_examples() {
     let ws = Workspace::new();
     ws.landing("wide/a.csv", b"id,m_1,m_2,m_3\nA,1,2,3\nB,4,5,x\n").spec(

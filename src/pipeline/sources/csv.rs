@@ -1,12 +1,22 @@
 //! CSV/TSV: any encoding encoding_rs knows, title rows above the header,
 //! quoting, null markers. Every column is read as text.
+//!
+//! A large file is parsed in parallel: the rows below the header are cut
+//! into one piece per core, each cut at a line end outside quotes (an even
+//! number of quote characters before it), and the pieces' row numbers are
+//! joined up afterwards.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayBuilder, ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use datafusion::arrow::array::{ArrayBuilder, ArrayRef, Int64Array, Int64Builder, RecordBatch, StringBuilder};
+use datafusion::arrow::datatypes::SchemaRef;
 
 use super::{SourceError, file_error, header_names, text_schema};
 use crate::spec::CsvOptions;
+
+const BATCH: usize = 8192;
+/// Below this many bytes of rows, one thread parses the whole file.
+const PARALLEL_MIN_BYTES: usize = 8 << 20;
 
 pub fn read(options: &CsvOptions, name: &str, bytes: &[u8], max_rows: Option<usize>) -> Result<Vec<RecordBatch>, SourceError> {
     let (text, _, had_errors) = options.encoding.decode(bytes);
@@ -16,25 +26,19 @@ pub fn read(options: &CsvOptions, name: &str, bytes: &[u8], max_rows: Option<usi
             "the file is not valid UTF-8; set `encoding: latin1` (or windows-1252) in the spec's source",
         ));
     }
-    let mut reader = ::csv::ReaderBuilder::new()
-        .delimiter(options.delimiter)
-        .quote(options.quote)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(text.as_bytes());
+    let mut reader = reader(options, text.as_bytes());
     let mut record = ::csv::StringRecord::new();
-    let mut next = |record: &mut ::csv::StringRecord| reader.read_record(record);
     let mut line = 0i64;
     // Rows above the header are titles and notes.
     for _ in 1..options.header_row {
         line += 1;
-        match next(&mut record) {
+        match reader.read_record(&mut record) {
             Ok(true) => {}
             Ok(false) => return Err(file_error(name, format!("the file ends before header_row {}", options.header_row))),
             Err(err) => return Err(file_error(name, format!("row {line}: {err}"))),
         }
     }
-    match next(&mut record) {
+    match reader.read_record(&mut record) {
         Ok(true) => {}
         Ok(false) => return Err(file_error(name, "the file is empty: no header row")),
         Err(err) => return Err(file_error(name, format!("header: {err}"))),
@@ -42,37 +46,116 @@ pub fn read(options: &CsvOptions, name: &str, bytes: &[u8], max_rows: Option<usi
     line += 1;
     let names = header_names(record.iter().map(|h| Some(h.trim_start_matches('\u{feff}').to_string())));
     let schema = text_schema(&names);
-    let width = names.len();
-    const BATCH: usize = 8192;
+    let body = &text.as_bytes()[reader.position().byte() as usize..];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pieces = if max_rows.is_none() && threads > 1 && body.len() >= PARALLEL_MIN_BYTES {
+        split(body, options.quote, threads)
+    } else {
+        vec![body]
+    };
+    let parse = |piece: &[u8]| parse_rows(options, &schema, piece, max_rows);
+    let parsed: Vec<Result<Parsed, (i64, String)>> = if pieces.len() == 1 {
+        vec![parse(pieces[0])]
+    } else {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = pieces.iter().map(|piece| scope.spawn(move || parse(piece))).collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err((0, ": the CSV parser panicked".into()))))
+                .collect()
+        })
+    };
+    // Row numbers of each piece continue from the previous pieces' records.
+    let mut batches = Vec::new();
+    for result in parsed {
+        let piece = result.map_err(|(at, message)| file_error(name, format!("row {}{message}", line + at)))?;
+        for batch in piece.batches {
+            batches.push(renumbered(batch, line).map_err(|e| file_error(name, e.to_string()))?);
+        }
+        line += piece.records;
+    }
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    Ok(batches)
+}
+
+fn reader<'a>(options: &CsvOptions, bytes: &'a [u8]) -> ::csv::Reader<&'a [u8]> {
+    ::csv::ReaderBuilder::new()
+        .delimiter(options.delimiter)
+        .quote(options.quote)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes)
+}
+
+/// `body` cut into up to `parts` pieces, each ending at a line end that is
+/// not inside a quoted value.
+fn split(body: &[u8], quote: u8, parts: usize) -> Vec<&[u8]> {
+    let mut pieces = Vec::with_capacity(parts);
+    let mut start = 0;
+    let mut quotes_before = 0usize; // quote characters in body[..start]
+    for part in 1..parts {
+        let target = body.len() * part / parts;
+        if target <= start {
+            continue;
+        }
+        let mut quoted = (quotes_before + memchr::memchr_iter(quote, &body[start..target]).count()) % 2 == 1;
+        let mut cut = None;
+        for (i, &b) in body[target..].iter().enumerate() {
+            if b == quote {
+                quoted = !quoted;
+            } else if b == b'\n' && !quoted {
+                cut = Some(target + i + 1);
+                break;
+            }
+        }
+        let Some(end) = cut else { break };
+        quotes_before += memchr::memchr_iter(quote, &body[start..end]).count();
+        pieces.push(&body[start..end]);
+        start = end;
+    }
+    pieces.push(&body[start..]);
+    pieces
+}
+
+/// One piece's rows; `_row_number` counts from 1 within the piece.
+struct Parsed {
+    batches: Vec<RecordBatch>,
+    /// Records read, blank ones included (they keep their row number).
+    records: i64,
+}
+
+fn parse_rows(options: &CsvOptions, schema: &SchemaRef, piece: &[u8], max_rows: Option<usize>) -> Result<Parsed, (i64, String)> {
+    let width = schema.fields().len() - 1;
+    let mut reader = reader(options, piece);
+    let mut record = ::csv::StringRecord::new();
     let mut batches = Vec::new();
     // Values go straight into Arrow builders: no String per cell.
-    let new_columns = || (0..width).map(|_| StringBuilder::with_capacity(BATCH, BATCH * 16)).collect::<Vec<_>>();
-    let mut columns = new_columns();
+    let mut columns: Vec<StringBuilder> = (0..width).map(|_| StringBuilder::with_capacity(BATCH, BATCH * 16)).collect();
     let mut numbers = Int64Builder::with_capacity(BATCH);
-    let flush = |columns: &mut Vec<StringBuilder>, numbers: &mut Int64Builder| -> Result<RecordBatch, SourceError> {
-        let mut arrays: Vec<ArrayRef> = columns.iter_mut().map(|c| std::sync::Arc::new(c.finish()) as ArrayRef).collect();
+    let flush = |columns: &mut Vec<StringBuilder>, numbers: &mut Int64Builder| -> Result<RecordBatch, String> {
+        let mut arrays: Vec<ArrayRef> = columns.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef).collect();
         arrays.push(Arc::new(numbers.finish()));
-        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| file_error(name, e.to_string()))
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())
     };
+    let mut line = 0i64;
     let mut read = 0usize;
     loop {
         if max_rows.is_some_and(|max| read >= max) {
             break;
         }
-        match next(&mut record) {
+        match reader.read_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(err) => return Err(file_error(name, format!("row {}: {err}", line + 1))),
+            Err(err) => return Err((line + 1, format!(": {err}"))),
         }
         line += 1;
         if record.iter().all(|v| v.trim().is_empty()) {
             continue;
         }
         if record.len() > width {
-            return Err(file_error(
-                name,
-                format!("row {line} has {} fields but the header has {width}", record.len()),
-            ));
+            return Err((line, format!(" has {} fields but the header has {width}", record.len())));
         }
         for (i, column) in columns.iter_mut().enumerate() {
             match record.get(i) {
@@ -83,11 +166,25 @@ pub fn read(options: &CsvOptions, name: &str, bytes: &[u8], max_rows: Option<usi
         numbers.append_value(line);
         read += 1;
         if numbers.len() == BATCH {
-            batches.push(flush(&mut columns, &mut numbers)?);
+            batches.push(flush(&mut columns, &mut numbers).map_err(|e| (line, format!(": {e}")))?);
         }
     }
-    if !numbers.is_empty() || batches.is_empty() {
-        batches.push(flush(&mut columns, &mut numbers)?);
+    if !numbers.is_empty() {
+        batches.push(flush(&mut columns, &mut numbers).map_err(|e| (line, format!(": {e}")))?);
     }
-    Ok(batches)
+    Ok(Parsed { batches, records: line })
+}
+
+/// `batch` with `offset` added to its `_row_number` (the last column).
+fn renumbered(batch: RecordBatch, offset: i64) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let last = batch.num_columns() - 1;
+    let numbers = batch
+        .column(last)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("_row_number is Int64");
+    let shifted: Int64Array = numbers.values().iter().map(|n| n + offset).collect::<Vec<_>>().into();
+    let mut columns = batch.columns().to_vec();
+    columns[last] = Arc::new(shifted);
+    RecordBatch::try_new(batch.schema(), columns)
 }
