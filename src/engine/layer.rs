@@ -2,11 +2,12 @@
 //! lookup reads the table's latest committed Delta version, so tables that
 //! another process creates or changes are visible to the next query.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::catalog::SchemaProvider;
-use datafusion::datasource::TableProvider;
+use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 
 use crate::storage::{Lake, Layer};
@@ -15,11 +16,18 @@ use crate::storage::{Lake, Layer};
 pub struct LayerSchema {
     lake: Arc<Lake>,
     layer: Layer,
+    /// The provider built for each table's latest version seen: catalog
+    /// queries look every table up, and most lookups find no new commit.
+    providers: Mutex<HashMap<String, (u64, Arc<dyn TableProvider>)>>,
 }
 
 impl LayerSchema {
     pub fn new(lake: Arc<Lake>, layer: Layer) -> Self {
-        LayerSchema { lake, layer }
+        LayerSchema {
+            lake,
+            layer,
+            providers: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -36,9 +44,29 @@ impl SchemaProvider for LayerSchema {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
         else {
+            self.providers.lock().expect("provider cache poisoned").remove(name);
             return Ok(None);
         };
-        Ok(Some(table.table_provider().await?))
+        let version = table.version();
+        if let Some(version) = version
+            && let Some((seen, provider)) = self.providers.lock().expect("provider cache poisoned").get(name)
+            && *seen == version
+        {
+            return Ok(Some(provider.clone()));
+        }
+        let provider = table.table_provider().await?;
+        if let Some(version) = version {
+            self.providers
+                .lock()
+                .expect("provider cache poisoned")
+                .insert(name.to_string(), (version, provider.clone()));
+        }
+        Ok(Some(provider))
+    }
+
+    /// Every table of a layer is a base table: no need to open it to say so.
+    async fn table_type(&self, name: &str) -> Result<Option<TableType>> {
+        Ok(self.table_exist(name).then_some(TableType::Base))
     }
 
     fn table_exist(&self, name: &str) -> bool {

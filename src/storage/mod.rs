@@ -76,8 +76,10 @@ pub struct Lake {
     root: Url,
     options: HashMap<String, String>,
     store: Arc<dyn ObjectStore>,
-    /// Open tables, refreshed incrementally on each access.
-    open: Mutex<HashMap<(Layer, String), DeltaTable>>,
+    /// Open tables, refreshed incrementally on each access; with, for a local
+    /// lake, the modification time of the `_delta_log` directory they were
+    /// read at (unchanged: no commit since, nothing to refresh).
+    open: Mutex<HashMap<(Layer, String), (DeltaTable, Option<std::time::SystemTime>)>>,
 }
 
 impl Lake {
@@ -211,17 +213,32 @@ impl Lake {
         if !is_identifier(table) {
             return Ok(None);
         }
-        if !self.has_delta_log(layer, table).await {
-            self.open.lock().expect("lake table cache poisoned").remove(&(layer, table.to_string()));
+        // A local table's log directory changes its modification time with
+        // every commit: while it has not, the open table is current. File
+        // times are coarse (a clock tick), so a log changed in the last
+        // second is always re-read.
+        let log_changed_at = self.local_root().map(|root| {
+            std::fs::metadata(root.join(layer.as_str()).join(table).join("_delta_log")).and_then(|m| m.modified())
+        });
+        let key = (layer, table.to_string());
+        if let Some(Ok(changed_at)) = &log_changed_at
+            && changed_at.elapsed().is_ok_and(|quiet| quiet > std::time::Duration::from_secs(1))
+            && let Some((cached, seen)) = self.open.lock().expect("lake table cache poisoned").get(&key)
+            && *seen == Some(*changed_at)
+        {
+            return Ok(Some(cached.clone()));
+        }
+        if matches!(log_changed_at, Some(Err(_))) || !self.has_delta_log(layer, table).await {
+            self.open.lock().expect("lake table cache poisoned").remove(&key);
             return Ok(None);
         }
-        let key = (layer, table.to_string());
+        let log_changed_at = log_changed_at.and_then(Result::ok);
         let cached = self
             .open
             .lock()
             .expect("lake table cache poisoned")
             .get(&key)
-            .cloned();
+            .map(|(t, _)| t.clone());
         let wrap = |source: DeltaTableError| StorageError::Table {
             layer,
             table: table.to_string(),
@@ -249,10 +266,10 @@ impl Lake {
             Some(t) => {
                 let newer = open
                     .get(&key)
-                    .and_then(|c| c.version())
+                    .and_then(|(c, _)| c.version())
                     .is_none_or(|v| t.version().is_some_and(|nv| nv >= v));
                 if newer {
-                    open.insert(key, t.clone());
+                    open.insert(key, (t.clone(), log_changed_at));
                 }
             }
             None => {
