@@ -408,11 +408,17 @@ VALIDATE_SUITE = """
 
 def case_validate(ctx):
     ctx["server"].reset_peak()
+    # Three calls, the median reported: Great Expectations' time is measured on
+    # data already in memory, so the first call's disk reads are left out too
+    # (shown in the note).
+    times = []
     with wb_connect() as conn:
-        start = time.perf_counter()
-        results = conn.execute(call("validate", "silver.lineitem", VALIDATE_SUITE, columns="expectation, success")).fetchall()
-        wb = time.perf_counter() - start
-    log(f"validate: {len(results)} expectations in {wb:.2f}s: {results}")
+        for _ in range(3):
+            start = time.perf_counter()
+            results = conn.execute(call("validate", "silver.lineitem", VALIDATE_SUITE, columns="expectation, success")).fetchall()
+            times.append(time.perf_counter() - start)
+    wb = statistics.median(times)
+    log(f"validate: {len(results)} expectations in {[round(t, 2) for t in times]}s: {results}")
     rss = ctx["server"].peak_rss_mb()
     ge = subprocess.run([sys.executable, str(BENCHES / "ge_validate.py"),
                          str(ctx["data"] / "lake" / "landing" / "tpch" / "lineitem.parquet")],
@@ -424,7 +430,8 @@ def case_validate(ctx):
     ge_seconds = json.loads(ge.stdout.strip().splitlines()[-1])["seconds"]
     return [dict(case="validate(): 10 expectations on lineitem (s)", workbench=wb, anchor=ge_seconds,
                  anchor_name="Great Expectations (pandas), same 10 expectations", ratio=wb / ge_seconds,
-                 lower_is_better=True, rss_mb=rss, note="GE time excludes loading the data into pandas")], []
+                 lower_is_better=True, rss_mb=rss,
+                 note=f"median of 3 (first call {times[0]:.2f}s); GE time excludes loading the data into pandas")], []
 
 
 def hammer(connect, queries, seconds, clients):
