@@ -305,7 +305,6 @@ pub fn augmented_source(view: &str, checks: &[&Check]) -> (String, Vec<String>) 
 
 /// Evaluate `check` over the table or view named `view`.
 pub async fn evaluate(ctx: &SessionContext, view: &str, check: &Check) -> Result<CheckResult> {
-    let label = check.label();
     if let Some((observed, passes)) = &check.table_level {
         let batches = ctx
             .sql(&format!(
@@ -340,21 +339,27 @@ pub async fn evaluate(ctx: &SessionContext, view: &str, check: &Check) -> Result
         Some(c) => format!("count(*) FILTER (WHERE {} IS NULL) AS __missing", q(c)),
         None => "0 AS __missing".into(),
     };
+    let counts = format!("SELECT count(*) AS __elements, count(*) FILTER (WHERE {failing}) AS __unexpected, {missing} FROM {source} AS t");
+    counted(ctx, check, &counts, &source, failing).await
+}
+
+/// Run `counts` (one row: elements, unexpected, missing) and make the
+/// row-level result, sampling the rows of `source` where `failing` holds.
+async fn counted(ctx: &SessionContext, check: &Check, counts: &str, source: &str, failing: &str) -> Result<CheckResult> {
     let batches = ctx
-        .sql(&format!("SELECT count(*) AS __elements, count(*) FILTER (WHERE {failing}) AS __unexpected, {missing} FROM {source} AS t"))
+        .sql(counts)
         .await
-        .map_err(|e| DataFusionError::Plan(format!("{label}: {}", e.strip_backtrace())))?
+        .map_err(|e| DataFusionError::Plan(format!("{}: {}", check.label(), e.strip_backtrace())))?
         .collect()
         .await?;
     let batch = &batches[0];
     let (elements, unexpected, missing) = (int(batch, 0), int(batch, 1), int(batch, 2));
-    row_result(ctx, check, &source, failing, elements, unexpected, missing).await
+    row_result(ctx, check, source, failing, elements, unexpected, missing).await
 }
 
 /// `unique`: one hash aggregate per key finds the duplicated keys; the rows
 /// they cover are the unexpected ones, the keys themselves the samples.
 async fn unique_result(ctx: &SessionContext, view: &str, check: &Check, over: &[String]) -> Result<CheckResult> {
-    let label = check.label();
     let keys = over.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
     let present = over.iter().map(|c| format!("{} IS NOT NULL", q(c))).collect::<Vec<_>>().join(" AND ");
     let missing = match &check.subject {
@@ -362,20 +367,13 @@ async fn unique_result(ctx: &SessionContext, view: &str, check: &Check, over: &[
         None => "0".into(),
     };
     let groups = format!("SELECT {keys}, count(*) AS __rows FROM {view} WHERE {present} GROUP BY {keys}");
-    let batches = ctx
-        .sql(&format!(
-            "SELECT (SELECT count(*) FROM {view}) AS __elements, \
-                    (SELECT coalesce(sum(__rows), 0) FROM ({groups}) WHERE __rows > 1) AS __unexpected, \
-                    {missing} AS __missing"
-        ))
-        .await
-        .map_err(|e| DataFusionError::Plan(format!("{label}: {}", e.strip_backtrace())))?
-        .collect()
-        .await?;
-    let batch = &batches[0];
-    let (elements, unexpected, missing) = (int(batch, 0), int(batch, 1), int(batch, 2));
+    let counts = format!(
+        "SELECT (SELECT count(*) FROM {view}) AS __elements, \
+                (SELECT coalesce(sum(__rows), 0) FROM ({groups}) WHERE __rows > 1) AS __unexpected, \
+                {missing} AS __missing"
+    );
     let duplicated = format!("(SELECT {keys} FROM ({groups}) WHERE __rows > 1)");
-    row_result(ctx, check, &duplicated, "true", elements, unexpected, missing).await
+    counted(ctx, check, &counts, &duplicated, "true").await
 }
 
 /// The result of a row-level check from its counts, with up to 20 distinct
