@@ -90,11 +90,7 @@ pub async fn execute(frame: DataFrame) -> Result<SendableRecordBatchStream> {
             }
         });
         if let Err(panic) = run.catch_unwind().await {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let message = panic_message(&panic);
             tracing::error!(panic = %message, "query panicked while scanning");
             // Started or not, the consumer hears about it (planning or rows).
             let _ = batches_tx.send(Err(DataFusionError::Execution(format!("internal error while executing the query ({message}); the query was aborted")))).await;
@@ -117,6 +113,15 @@ pub async fn execute(frame: DataFrame) -> Result<SendableRecordBatchStream> {
             }
         }
     }
+}
+
+/// What a caught panic said.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The batches of a query running on the scan runtime.

@@ -66,7 +66,7 @@ impl SchemaProvider for LayerSchema {
 
     /// Every table of a layer is a base table: no need to open it to say so.
     async fn table_type(&self, name: &str) -> Result<Option<TableType>> {
-        Ok(self.table_exist(name).then_some(TableType::Base))
+        Ok(self.lake.exists(self.layer, name).await.then_some(TableType::Base))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -25,7 +25,7 @@ use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role}
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 
 pub use catalog_tables::SessionSettingsRows;
-pub use executor::{execute, reads_lake};
+pub use executor::{execute, panic_message, reads_lake};
 pub use layer::LayerSchema;
 pub use pg_catalog::type_modifier;
 

@@ -37,16 +37,7 @@ impl TableFunctionImpl for PreviewRaw {
                 sources::read_file_head(&format, &path, &bytes, Some(limit)).map_err(|e| DataFusionError::Plan(e.to_string()))
             })
         })?;
-        let mut left = limit;
-        let batches: Vec<_> = batches
-            .into_iter()
-            .filter_map(|b| {
-                let take = b.num_rows().min(left);
-                left -= take;
-                (take > 0).then(|| b.slice(0, take))
-            })
-            .collect();
-        let Some(schema) = batches.first().map(|b| b.schema()) else {
+        let (Some(schema), false) = (batches.first().map(|b| b.schema()), batches.iter().all(|b| b.num_rows() == 0)) else {
             return plan_err!("preview_raw(): {path} has no rows");
         };
         Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))

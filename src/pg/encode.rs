@@ -366,15 +366,23 @@ fn float_text(buf: &mut BytesMut, value: f64, shortest: std::fmt::Arguments<'_>,
         buf.put_slice(if value > 0.0 { b"Infinity" } else { b"-Infinity" });
         return;
     }
-    let mut text = String::with_capacity(32);
+    // `{:e}` of an f64 is at most 24 bytes (17 digits, sign, point, e-324).
+    let mut text = Scratch::default();
     let _ = std::fmt::Write::write_fmt(&mut text, shortest);
-    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+    let text = text.as_str();
+    let (mantissa, exponent) = text.split_once('e').unwrap_or((text, "0"));
     let exponent: i32 = exponent.parse().unwrap_or(0);
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => (true, m),
         None => (false, mantissa),
     };
-    let figures: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    let mut raw = [0u8; 24];
+    let mut count = 0;
+    for b in mantissa.bytes().filter(u8::is_ascii_digit) {
+        raw[count] = b;
+        count += 1;
+    }
+    let figures = &raw[..count];
     if negative {
         buf.put_u8(b'-');
     }
@@ -388,11 +396,11 @@ fn float_text(buf: &mut BytesMut, value: f64, shortest: std::fmt::Arguments<'_>,
             for _ in 0..(-exponent - 1) {
                 buf.put_u8(b'0');
             }
-            buf.put_slice(&figures);
+            buf.put_slice(figures);
         } else {
             let whole = exponent as usize + 1;
             if figures.len() <= whole {
-                buf.put_slice(&figures);
+                buf.put_slice(figures);
                 for _ in figures.len()..whole {
                     buf.put_u8(b'0');
                 }
@@ -416,6 +424,28 @@ fn float_text(buf: &mut BytesMut, value: f64, shortest: std::fmt::Arguments<'_>,
         buf.put_u8(b'0');
     }
     integer(buf, magnitude);
+}
+
+/// A small stack buffer to format one number into.
+#[derive(Default)]
+struct Scratch {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Scratch {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for Scratch {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 fn two_digits(buf: &mut BytesMut, value: u32) {

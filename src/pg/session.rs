@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::backends::{Backend, QueryGuard};
+use crate::engine::panic_message;
 use super::readonly::ReadOnlyHook;
 use super::settings::Settings;
 use super::statements::{SessionStatementHook, apply_to_engine};
@@ -225,14 +226,6 @@ async fn until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The rows of a running query, stopped by cancel, deadline or a panic in

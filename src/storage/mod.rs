@@ -228,7 +228,11 @@ impl Lake {
         {
             return Ok(Some(cached.clone()));
         }
-        if matches!(log_changed_at, Some(Err(_))) || !self.has_delta_log(layer, table).await {
+        let exists = match &log_changed_at {
+            Some(stat) => stat.is_ok(),
+            None => self.has_delta_log(layer, table).await,
+        };
+        if !exists {
             self.open.lock().expect("lake table cache poisoned").remove(&key);
             return Ok(None);
         }
@@ -281,6 +285,11 @@ impl Lake {
 }
 
 impl Lake {
+    /// Whether `layer.table` is a table (a valid name with at least one commit).
+    pub async fn exists(&self, layer: Layer, table: &str) -> bool {
+        is_identifier(table) && self.has_delta_log(layer, table).await
+    }
+
     /// Whether `layer.table` has a Delta log, i.e. at least one commit.
     async fn has_delta_log(&self, layer: Layer, table: &str) -> bool {
         if let Some(root) = self.local_root() {
