@@ -5,6 +5,7 @@
 //! committed version.
 
 mod column_lineage;
+mod ingest;
 mod preview;
 mod rule_lineage;
 pub mod rules;
@@ -15,19 +16,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, SessionContext, lit};
-use sha2::{Digest, Sha256};
 
 use crate::cache::{Coordinator, Event, LockGuard};
 use crate::engine::Engine;
-use crate::meta::{DatasetRecord, FileRecord, LineageEdge, MetaStore, RunRecord, StepRecord};
-use crate::spec::{Project, SourceFormat, Spec, WriteMode};
+use crate::meta::{DatasetRecord, LineageEdge, MetaStore, RunRecord, StepRecord};
+use crate::spec::{Project, Spec, WriteMode};
 use crate::storage::{CommitMetadata, Lake, Layer, StorageError, WriteKind};
 use rules::ident;
 pub use sources::DateWindow;
+use ingest::with_metadata;
 
 /// Ingest metadata columns bronze adds to every row.
 pub const BRONZE_METADATA: [&str; 5] = ["_run_id", "_source_file", "_source_hash", "_ingested_at", "_row_number"];
@@ -515,110 +515,6 @@ impl Pipeline {
         }
     }
 
-    async fn ingest(&self, spec: &Spec, options: &RunOptions, run_id: &str) -> Result<Ingested, PipelineError> {
-        let step = format!("bronze.{}", spec.name);
-        let known: HashSet<String> = if options.full_refresh {
-            HashSet::new()
-        } else {
-            self.ingested_hashes(&spec.name).await?
-        };
-        let ingested_at = chrono::Utc::now().timestamp_micros();
-        let mut batches = Vec::new();
-        let mut files = 0;
-        let mut skipped_files = 0;
-        let mut new_files: Vec<NewFile> = Vec::new();
-        match &spec.source.format {
-            SourceFormat::Postgres(pg) => {
-                let data = sources::read_postgres(pg, options.window).await?;
-                let hash = hash_batches(&data);
-                if known.contains(&hash) {
-                    skipped_files += 1;
-                } else {
-                    files += 1;
-                    new_files.push(NewFile {
-                        path: "postgres:query".into(),
-                        hash: hash.clone(),
-                        size: data.iter().map(|b| b.get_array_memory_size() as i64).sum(),
-                    });
-                    for batch in data {
-                        batches.push(with_metadata(batch, run_id, "postgres:query", &hash, ingested_at).map_err(|e| step_error(&step, e))?);
-                    }
-                }
-            }
-            format => {
-                let pattern = spec.source.path.as_deref().unwrap_or_default();
-                for path in self.landing_files(pattern).await.map_err(|e| step_error(&step, e))? {
-                    let bytes = self
-                        .lake
-                        .read_bytes(&path)
-                        .await
-                        .map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
-                    let hash = hex::encode(Sha256::digest(&bytes));
-                    if known.contains(&hash) {
-                        skipped_files += 1;
-                        continue;
-                    }
-                    files += 1;
-                    new_files.push(NewFile {
-                        path: path.clone(),
-                        hash: hash.clone(),
-                        size: bytes.len() as i64,
-                    });
-                    for batch in sources::read_file(format, &path, &bytes)? {
-                        batches.push(with_metadata(batch, run_id, &path, &hash, ingested_at).map_err(|e| step_error(&step, e))?);
-                    }
-                }
-            }
-        }
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        if files > 0 {
-            let kind = if options.full_refresh { WriteKind::Overwrite } else { WriteKind::Append };
-            self.lake.write(Layer::Bronze, &spec.name, batches, kind, run_id, vec![]).await?;
-            for file in &new_files {
-                let record = FileRecord {
-                    dataset: spec.name.clone(),
-                    path: file.path.clone(),
-                    content_hash: file.hash.clone(),
-                    size_bytes: file.size,
-                    run_id: run_id.to_string(),
-                };
-                if let Err(err) = self.meta.record_file(&record).await {
-                    tracing::warn!(%err, "recording an ingested file failed");
-                }
-            }
-            let source = match &spec.source.path {
-                Some(path) => format!("landing:{path}"),
-                None => format!("{}:query", spec.source.format.name()),
-            };
-            self.record_lineage(&[edge(&source, &format!("bronze.{}", spec.name), "ingest")], run_id).await;
-        } else if options.full_refresh {
-            return Err(step_error(&step, "no landing files matched the source path; nothing to rebuild bronze from"));
-        }
-        Ok(Ingested { rows, files, skipped_files })
-    }
-
-    async fn ingested_hashes(&self, dataset: &str) -> Result<HashSet<String>, PipelineError> {
-        let step = format!("bronze.{dataset}");
-        if self.lake.table(Layer::Bronze, dataset).await?.is_none() {
-            return Ok(HashSet::new());
-        }
-        let ctx = self.engine.internal_session();
-        let df = ctx
-            .table(format!("bronze.{dataset}"))
-            .await
-            .and_then(|t| t.select(vec![ident("_source_hash")]))
-            .and_then(|t| t.distinct())
-            .map_err(|e| step_error(&step, e))?;
-        let mut hashes = HashSet::new();
-        for batch in df.collect().await.map_err(|e| step_error(&step, e))? {
-            let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| step_error(&step, e))?;
-            for v in column.as_string::<i32>().iter().flatten() {
-                hashes.insert(v.to_string());
-            }
-        }
-        Ok(hashes)
-    }
-
     /// Landing files matching `pattern` (relative to the lake), sorted by name.
     async fn landing_files(&self, pattern: &str) -> Result<Vec<String>, String> {
         Ok(self.landing_files_with_times(pattern).await?.into_iter().map(|(p, _)| p).collect())
@@ -728,12 +624,10 @@ impl Pipeline {
                 self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
             }
             (WriteMode::Append, false) => {
-                let batches = refined.collect().await.map_err(|e| step_error(&step, e))?;
-                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Append, run_id, watermark).await?.rows_written
+                self.lake.write_frame(Layer::Silver, &spec.name, refined, WriteKind::Append, run_id, watermark).await?.rows_written
             }
             _ => {
-                let batches = refined.collect().await.map_err(|e| step_error(&step, e))?;
-                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
+                self.lake.write_frame(Layer::Silver, &spec.name, refined, WriteKind::Overwrite, run_id, watermark).await?.rows_written
             }
         };
         let (bronze_table, silver_table) = (format!("bronze.{}", spec.name), format!("silver.{}", spec.name));
@@ -901,8 +795,7 @@ impl Pipeline {
         let step = format!("gold.{name}");
         let ctx: SessionContext = self.engine.internal_session();
         let df = ctx.sql(sql).await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
-        let batches = df.collect().await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
-        Ok(self.lake.write(Layer::Gold, name, batches, WriteKind::Overwrite, run_id, vec![]).await?.rows_written)
+        Ok(self.lake.write_frame(Layer::Gold, name, df, WriteKind::Overwrite, run_id, vec![]).await?.rows_written)
     }
 }
 
@@ -910,19 +803,6 @@ impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline").field("datasets", &self.project().datasets.len()).finish()
     }
-}
-
-struct Ingested {
-    rows: u64,
-    files: usize,
-    skipped_files: usize,
-}
-
-/// A landing file (or query result) ingested in this run.
-struct NewFile {
-    path: String,
-    hash: String,
-    size: i64,
 }
 
 async fn count(df: &DataFrame) -> datafusion::error::Result<u64> {
@@ -977,46 +857,4 @@ fn normalize(reference: &str) -> String {
         [_, layer, table] => format!("{layer}.{table}"),
         _ => reference.to_string(),
     }
-}
-
-fn hash_batches(batches: &[RecordBatch]) -> String {
-    let mut hasher = Sha256::new();
-    for batch in batches {
-        for column in batch.columns() {
-            let data = column.to_data();
-            for buffer in data.buffers() {
-                hasher.update(buffer.as_slice());
-            }
-        }
-    }
-    hex::encode(hasher.finalize())
-}
-
-/// Add the bronze ingest metadata columns.
-fn with_metadata(batch: RecordBatch, run_id: &str, file: &str, hash: &str, ingested_at: i64) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-    let n = batch.num_rows();
-    let schema = batch.schema();
-    let mut fields: Vec<Field> = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    let mut row_number: Option<ArrayRef> = None;
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        if field.name() == "_row_number" {
-            row_number = Some(column.clone());
-        } else {
-            fields.push(field.as_ref().clone());
-            columns.push(column.clone());
-        }
-    }
-    let text = |v: &str| Arc::new(StringArray::from(vec![v; n])) as ArrayRef;
-    fields.push(Field::new("_run_id", DataType::Utf8, false));
-    columns.push(text(run_id));
-    fields.push(Field::new("_source_file", DataType::Utf8, false));
-    columns.push(text(file));
-    fields.push(Field::new("_source_hash", DataType::Utf8, false));
-    columns.push(text(hash));
-    fields.push(Field::new("_ingested_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
-    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC")));
-    fields.push(Field::new("_row_number", DataType::Int64, false));
-    columns.push(row_number.unwrap_or_else(|| Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(1..=n as i64))));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }

@@ -75,6 +75,31 @@ impl Applier<'_> {
         exprs
     }
 
+    /// How many rows match each of `conditions`, counted in one scan.
+    async fn count_each(&self, df: &DataFrame, conditions: Vec<Expr>) -> Result<Vec<i64>, RuleError> {
+        if conditions.is_empty() {
+            return Ok(vec![]);
+        }
+        let counts: Vec<Expr> = conditions
+            .into_iter()
+            .enumerate()
+            .map(|(i, condition)| {
+                count(lit(1))
+                    .filter(condition)
+                    .build()
+                    .map(|e| e.alias(format!("__wb_n{i}")))
+            })
+            .collect::<datafusion::error::Result<_>>()
+            .map_err(|e| self.fail(e.strip_backtrace()))?;
+        let width = counts.len();
+        let counted = self.df(df.clone().aggregate(vec![], counts))?;
+        let batches = counted.collect().await.map_err(|e| self.fail(e.strip_backtrace()))?;
+        let row = batches.iter().find(|b| b.num_rows() > 0);
+        Ok((0..width)
+            .map(|i| row.map_or(0, |b| b.column(i).as_primitive::<Int64Type>().value(0)))
+            .collect())
+    }
+
     /// Count rows matching `bad` and describe the first few using `value`.
     async fn examples(&self, df: &DataFrame, bad: Expr, value: Expr) -> Result<(i64, Vec<String>), RuleError> {
         let counted = self.df(df.clone().filter(bad.clone()).and_then(|d| d.aggregate(vec![], vec![count(lit(1)).alias("n")])))?;
@@ -201,37 +226,46 @@ async fn apply_one(a: &Applier<'_>, df: DataFrame, rule: &Rule) -> Result<DataFr
         }
         Rule::TypeCast(casts) => {
             a.require(&df, &casts.iter().map(|c| &c.column).collect::<Vec<_>>())?;
-            let mut df = df;
+            // Every cast reads its column as it was before this rule, so one
+            // scan counts the values that fail each of them.
+            let mut converted = Vec::with_capacity(casts.len());
+            let mut checked = Vec::new();
             for cast in casts {
                 let source_type = df
                     .schema()
                     .field_with_unqualified_name(&cast.column)
                     .map(|f| f.data_type().clone())
                     .map_err(|e| a.fail(e.to_string()))?;
-                let converted = cast_expr(cast, &source_type);
+                let expr = cast_expr(cast, &source_type);
                 if !cast.null_on_error {
                     let original = ident(&cast.column);
-                    let mut bad = original.clone().is_not_null().and(converted.clone().is_null());
+                    let mut bad = original.clone().is_not_null().and(expr.clone().is_null());
                     if matches!(source_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-                        bad = bad.and(btrim(vec![original.clone()]).not_eq(lit("")));
+                        bad = bad.and(btrim(vec![original]).not_eq(lit("")));
                     }
-                    let (n, examples) = a.examples(&df, bad, original).await?;
-                    if n > 0 {
-                        return Err(a.fail(format!(
-                            "column {}: {n} value(s) cannot be read as {}{}: {}; fix the data, set a `format`, or add `on_error: null` to turn them into NULL",
-                            cast.column,
-                            cast.type_name,
-                            match &cast.format {
-                                Some(CastFormat::DecimalComma) => " (format es: 1.234,56)",
-                                Some(CastFormat::DecimalPoint) => " (format en: 1,234.56)",
-                                Some(CastFormat::Pattern(p)) => { let _ = p; " (with the given date pattern)" }
-                                None => "",
-                            },
-                            examples.join(", ")
-                        )));
-                    }
+                    checked.push((cast, bad));
                 }
-                df = a.df(df.with_column(&cast.column, converted))?;
+                converted.push((cast, expr));
+            }
+            let counts = a.count_each(&df, checked.iter().map(|(_, bad)| bad.clone()).collect()).await?;
+            if let Some(((cast, bad), _)) = checked.into_iter().zip(counts).find(|(_, n)| *n > 0) {
+                let (n, examples) = a.examples(&df, bad, ident(&cast.column)).await?;
+                return Err(a.fail(format!(
+                    "column {}: {n} value(s) cannot be read as {}{}: {}; fix the data, set a `format`, or add `on_error: null` to turn them into NULL",
+                    cast.column,
+                    cast.type_name,
+                    match &cast.format {
+                        Some(CastFormat::DecimalComma) => " (format es: 1.234,56)",
+                        Some(CastFormat::DecimalPoint) => " (format en: 1,234.56)",
+                        Some(CastFormat::Pattern(_)) => " (with the given date pattern)",
+                        None => "",
+                    },
+                    examples.join(", ")
+                )));
+            }
+            let mut df = df;
+            for (cast, expr) in converted {
+                df = a.df(df.with_column(&cast.column, expr))?;
             }
             Ok(df)
         }

@@ -401,26 +401,84 @@ impl Lake {
         run_id: &str,
         extra: CommitMetadata,
     ) -> Result<CommitInfo, StorageError> {
-        use deltalake::operations::write::SchemaMode;
-        use deltalake::protocol::SaveMode;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let delta = self.writable(layer, table).await?;
-        let builder = delta.write(batches).with_commit_properties(commit_properties(run_id, extra));
+        let written = self.commit_write(layer, table, delta.write(batches), kind, run_id, extra).await?;
+        Ok(CommitInfo {
+            version: written.version().unwrap_or_default() as i64,
+            rows_written: rows,
+            rows_updated: 0,
+        })
+    }
+
+    /// Write the rows `frame` produces as one atomic commit tagged with
+    /// `run_id`: its plan runs inside the write and its batches stream into
+    /// the Parquet writer, so the rows are never all held in memory.
+    pub async fn write_frame(
+        &self,
+        layer: Layer,
+        table: &str,
+        frame: datafusion::prelude::DataFrame,
+        kind: WriteKind,
+        run_id: &str,
+        extra: CommitMetadata,
+    ) -> Result<CommitInfo, StorageError> {
+        let delta = self.writable(layer, table).await?;
+        let (state, plan) = frame.into_parts();
+        // The write plans its own nodes (row counting) with Delta's planner.
+        let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
+            .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+            .build();
+        let builder = delta
+            .write(Vec::new())
+            .with_input_plan(plan)
+            .with_session_state(Arc::new(state));
+        let written = self.commit_write(layer, table, builder, kind, run_id, extra).await?;
+        // The write records what it added in its commit's operation metrics.
+        let rows = {
+            use futures::TryStreamExt;
+            let latest: Vec<deltalake::kernel::CommitInfo> =
+                written.history(Some(1)).try_collect().await.map_err(|source| StorageError::Table {
+                    layer,
+                    table: table.to_string(),
+                    source: Box::new(source),
+                })?;
+            latest
+                .first()
+                .and_then(|info| info.info.get("operationMetrics"))
+                .and_then(|m| m.get("num_added_rows"))
+                .and_then(|n| n.as_u64())
+                .unwrap_or_default()
+        };
+        Ok(CommitInfo {
+            version: written.version().unwrap_or_default() as i64,
+            rows_written: rows,
+            rows_updated: 0,
+        })
+    }
+
+    async fn commit_write(
+        &self,
+        layer: Layer,
+        table: &str,
+        builder: deltalake::operations::write::WriteBuilder,
+        kind: WriteKind,
+        run_id: &str,
+        extra: CommitMetadata,
+    ) -> Result<DeltaTable, StorageError> {
+        use deltalake::operations::write::SchemaMode;
+        use deltalake::protocol::SaveMode;
+        let builder = builder.with_commit_properties(commit_properties(run_id, extra));
         let builder = match kind {
             WriteKind::Append => builder.with_save_mode(SaveMode::Append).with_schema_mode(SchemaMode::Merge),
             WriteKind::Overwrite => builder
                 .with_save_mode(SaveMode::Overwrite)
                 .with_schema_mode(SchemaMode::Overwrite),
         };
-        let written = builder.await.map_err(|source| StorageError::Table {
+        builder.await.map_err(|source| StorageError::Table {
             layer,
             table: table.to_string(),
             source: Box::new(source),
-        })?;
-        Ok(CommitInfo {
-            version: written.version().unwrap_or_default() as i64,
-            rows_written: rows,
-            rows_updated: 0,
         })
     }
 
@@ -441,11 +499,7 @@ impl Lake {
             source: Box::new(source),
         };
         if self.table(layer, table).await?.is_none() {
-            let batches = source
-                .collect()
-                .await
-                .map_err(|e| wrap(DeltaTableError::Generic(e.to_string())))?;
-            return self.write(layer, table, batches, WriteKind::Overwrite, run_id, extra).await;
+            return self.write_frame(layer, table, source, WriteKind::Overwrite, run_id, extra).await;
         }
         let delta = self.writable(layer, table).await?;
         let columns: Vec<String> = source.schema().fields().iter().map(|f| f.name().clone()).collect();

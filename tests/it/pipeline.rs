@@ -305,6 +305,32 @@ async fn a_large_csv_is_parsed_in_parallel_without_losing_or_splitting_a_row() {
 }
 
 #[tokio::test]
+async fn a_landing_file_that_breaks_part_way_commits_nothing_to_bronze() {
+    // Rows stream into the bronze write as they are parsed; a bad row near
+    // the end of a large file must fail the run before anything is committed.
+    let ws = Workspace::new();
+    ws.landing("feed/a.csv", b"id,amount\n1,10\n2,20\n")
+        .spec("feed", "name: feed\nsource: { format: csv, path: landing/feed/*.csv }\nsilver: { rules: [] }\n");
+    ws.run(&["feed"]);
+    let mut big = String::from("id,amount\n");
+    let rows = 900_000;
+    for i in 0..rows {
+        big.push_str(&format!("{i:07},{}.25\n", i % 977));
+    }
+    big.push_str("0900000,1,surplus\n");
+    assert!(big.len() > 9 << 20);
+    ws.landing("feed/b.csv", big.as_bytes());
+    let out = workbench(&["run", "feed"], ws.lake.path(), ws.specs.path());
+    assert!(!out.status.success());
+    let out = text(&out);
+    let bad_line = rows + 2;
+    assert!(out.contains("landing/feed/b.csv") && out.contains(&format!("row {bad_line} has 3 fields but the header has 2")), "{out}");
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    let bronze = ws.rows(&server, "SELECT count(*), count(DISTINCT _source_file) FROM bronze.feed").await;
+    assert_eq!(bronze, ["2|1"], "bronze stays at its last commit");
+}
+
+#[tokio::test]
 async fn melt_by_pattern_and_unmapped_categories_fail_with_examples() {
     let ws = Workspace::new();
     ws.landing("wide/a.csv", b"id,m_1,m_2,m_3\nA,1,2,3\nB,4,5,x\n").spec(

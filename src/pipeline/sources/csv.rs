@@ -1,10 +1,11 @@
 //! CSV/TSV: any encoding encoding_rs knows, title rows above the header,
 //! quoting, null markers. Every column is read as text.
 //!
-//! A large file is parsed in parallel: the rows below the header are cut
-//! into one piece per core, each cut at a line end outside quotes (an even
-//! number of quote characters before it), and the pieces' row numbers are
-//! joined up afterwards.
+//! A large file is parsed in parallel and streamed: the rows below the
+//! header are cut into chunks of ~32 MB, each cut at a line end outside
+//! quotes (an even number of quote characters before it); one worker per
+//! core parses every n-th chunk, and the chunks are handed on in file order
+//! with their row numbers joined up, a few chunks in memory at a time.
 
 use std::sync::Arc;
 
@@ -17,8 +18,30 @@ use crate::spec::CsvOptions;
 const BATCH: usize = 8192;
 /// Below this many bytes of rows, one thread parses the whole file.
 const PARALLEL_MIN_BYTES: usize = 8 << 20;
+/// A large file is parsed in chunks of about this size (at least four per
+/// core), so that only a few chunks are in memory at once while the batches
+/// stream on.
+const CHUNK_BYTES: usize = 32 << 20;
 
+/// Every row of the file (the first `max_rows` when given), as batches.
 pub fn read(options: &CsvOptions, name: &str, bytes: &[u8], max_rows: Option<usize>) -> Result<Vec<RecordBatch>, SourceError> {
+    let mut batches = Vec::new();
+    read_into(options, name, bytes, max_rows, &mut |batch| {
+        batches.push(batch);
+        Ok(())
+    })?;
+    Ok(batches)
+}
+
+/// Hand the file's rows to `sink` in file order, batch by batch, as they are
+/// parsed. An empty file gives one empty batch (its header's columns).
+pub fn read_into(
+    options: &CsvOptions,
+    name: &str,
+    bytes: &[u8],
+    max_rows: Option<usize>,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
     let (text, _, had_errors) = options.encoding.decode(bytes);
     if had_errors && options.encoding == encoding_rs::UTF_8 {
         return Err(file_error(
@@ -48,36 +71,61 @@ pub fn read(options: &CsvOptions, name: &str, bytes: &[u8], max_rows: Option<usi
     let schema = text_schema(&names);
     let body = &text.as_bytes()[reader.position().byte() as usize..];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pieces = if max_rows.is_none() && threads > 1 && body.len() >= PARALLEL_MIN_BYTES {
-        split(body, options.quote, threads)
+    let chunks = if max_rows.is_none() && threads > 1 && body.len() >= PARALLEL_MIN_BYTES {
+        split(body, options.quote, (threads * 4).max(body.len() / CHUNK_BYTES))
     } else {
         vec![body]
     };
-    let parse = |piece: &[u8]| parse_rows(options, &schema, piece, max_rows);
-    let parsed: Vec<Result<Parsed, (i64, String)>> = if pieces.len() == 1 {
-        vec![parse(pieces[0])]
-    } else {
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = pieces.iter().map(|piece| scope.spawn(move || parse(piece))).collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err((0, ": the CSV parser panicked".into()))))
-                .collect()
-        })
-    };
-    // Row numbers of each piece continue from the previous pieces' records.
-    let mut batches = Vec::new();
-    for result in parsed {
-        let piece = result.map_err(|(at, message)| file_error(name, format!("row {}{message}", line + at)))?;
+    let mut emitted = false;
+    // Row numbers of each chunk continue from the previous chunks' records.
+    let mut emit = |result: Result<Parsed, (i64, String)>, line: &mut i64| -> Result<(), SourceError> {
+        let piece = result.map_err(|(at, message)| file_error(name, format!("row {}{message}", *line + at)))?;
         for batch in piece.batches {
-            batches.push(renumbered(batch, line).map_err(|e| file_error(name, e.to_string()))?);
+            sink(renumbered(batch, *line).map_err(|e| file_error(name, e.to_string()))?)?;
+            emitted = true;
         }
-        line += piece.records;
+        *line += piece.records;
+        Ok(())
+    };
+    if chunks.len() == 1 {
+        emit(parse_rows(options, &schema, chunks[0], max_rows), &mut line)?;
+    } else {
+        // Worker w parses chunks w, w + threads, ...; each hands over one
+        // parsed chunk at a time, and they are taken in file order.
+        let schema = &schema;
+        let chunks = &chunks;
+        std::thread::scope(|scope| {
+            let parsed: Vec<std::sync::mpsc::Receiver<Result<Parsed, (i64, String)>>> = (0..threads)
+                .map(|worker| {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                    scope.spawn(move || {
+                        for chunk in chunks.iter().skip(worker).step_by(threads) {
+                            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                parse_rows(options, schema, chunk, None)
+                            }))
+                            .unwrap_or_else(|_| Err((0, ": the CSV parser panicked".into())));
+                            let failed = result.is_err();
+                            if tx.send(result).is_err() || failed {
+                                break;
+                            }
+                        }
+                    });
+                    rx
+                })
+                .collect();
+            for i in 0..chunks.len() {
+                let result = parsed[i % threads]
+                    .recv()
+                    .unwrap_or_else(|_| Err((0, ": the CSV parser stopped".into())));
+                emit(result, &mut line)?;
+            }
+            Ok::<(), SourceError>(())
+        })?;
     }
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(schema));
+    if !emitted {
+        sink(RecordBatch::new_empty(schema))?;
     }
-    Ok(batches)
+    Ok(())
 }
 
 fn reader<'a>(options: &CsvOptions, bytes: &'a [u8]) -> ::csv::Reader<&'a [u8]> {

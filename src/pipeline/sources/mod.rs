@@ -38,6 +38,21 @@ pub fn read_file(format: &SourceFormat, name: &str, bytes: &[u8]) -> Result<Vec<
     read_file_head(format, name, bytes, None)
 }
 
+/// Read one landing file, handing its batches to `sink` in file order as
+/// they are read (CSV streams them as it parses; other formats are read
+/// whole first).
+pub fn read_file_into(
+    format: &SourceFormat,
+    name: &str,
+    bytes: &[u8],
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    match format {
+        SourceFormat::Csv(options) => csv::read_into(options, name, bytes, None, sink),
+        _ => read_file(format, name, bytes)?.into_iter().try_for_each(sink),
+    }
+}
+
 /// Read the first `max_rows` data rows of a landing file (all with `None`).
 /// CSV and spreadsheets stop reading there; other formats are read whole
 /// and cut.

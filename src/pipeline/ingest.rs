@@ -1,0 +1,351 @@
+//! Bronze ingestion: new landing files (or a Postgres query's result) →
+//! one Delta commit of their rows plus ingest metadata.
+//!
+//! Files stream into the Delta writer: a blocking task reads them in order
+//! (a large CSV is parsed by every core, chunk by chunk) and sends their
+//! batches down a short channel that the write drains, so parsing overlaps
+//! Parquet encoding and only a few batches are in memory at a time. The
+//! commit happens only after the last file's last row has arrived: a file
+//! that fails to parse (or a reader that stops early) fails the write, and
+//! bronze stays at its last version.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::{Pipeline, PipelineError, RunOptions, edge, sources, step_error};
+use crate::meta::FileRecord;
+use crate::spec::{SourceFormat, Spec};
+use crate::storage::{Layer, WriteKind};
+use super::rules::ident;
+
+/// What one bronze step took in.
+pub(super) struct Ingested {
+    pub rows: u64,
+    pub files: usize,
+    pub skipped_files: usize,
+}
+
+/// A landing file (or query result) ingested in this run.
+struct NewFile {
+    path: String,
+    hash: String,
+    size: i64,
+}
+
+/// What the reader sends to the write: batches, then `Done` once every file
+/// was read whole. A channel that closes without `Done` means the reader
+/// failed, and the write fails with it.
+enum Feed {
+    Batch(RecordBatch),
+    Done,
+    Failed(String),
+}
+
+/// Batches in flight between the reader and the write: enough to keep the
+/// writer busy while the reader parses the next ones.
+const FEED_DEPTH: usize = 4;
+
+impl Pipeline {
+    pub(super) async fn ingest(&self, spec: &Spec, options: &RunOptions, run_id: &str) -> Result<Ingested, PipelineError> {
+        let step = format!("bronze.{}", spec.name);
+        let known: HashSet<String> = if options.full_refresh {
+            HashSet::new()
+        } else {
+            self.ingested_hashes(&spec.name).await?
+        };
+        let ingested_at = chrono::Utc::now().timestamp_micros();
+        let kind = if options.full_refresh { WriteKind::Overwrite } else { WriteKind::Append };
+        let (tx, mut rx) = mpsc::channel::<Feed>(FEED_DEPTH);
+        let write_stopped = Arc::new(AtomicBool::new(false));
+        let read = self.read_new(spec, options, run_id, &known, ingested_at, tx, write_stopped.clone());
+        let write = async {
+            // The first batch gives the schema; nothing new, nothing written.
+            let first = match rx.recv().await {
+                Some(Feed::Batch(batch)) => batch,
+                _ => return Ok(None),
+            };
+            let incoming = Incoming {
+                schema: first.schema(),
+                feed: Mutex::new(Some((first, rx))),
+            };
+            let table = StreamingTable::try_new(incoming.schema.clone(), vec![Arc::new(incoming) as Arc<dyn PartitionStream>])
+                .map_err(|e| step_error(&step, e))?;
+            let frame = self
+                .engine
+                .internal_session()
+                .read_table(Arc::new(table))
+                .map_err(|e| step_error(&step, e))?;
+            self.lake.write_frame(Layer::Bronze, &spec.name, frame, kind, run_id, vec![]).await.map(Some).map_err(PipelineError::from)
+        };
+        let ((new_files, skipped_files), rows) = match tokio::join!(read, write) {
+            (Ok(read), Ok(written)) => (read, written.map_or(0, |c| c.rows_written)),
+            // The reader stopped because the write had failed: the write's error says why.
+            (Err(_), Err(write)) if write_stopped.load(Ordering::Acquire) => return Err(write),
+            // Otherwise a reading error is the cause of any write error that came with it.
+            (Err(err), _) | (Ok(_), Err(err)) => return Err(err),
+        };
+        let files = new_files.len();
+        if files > 0 {
+            for file in &new_files {
+                let record = FileRecord {
+                    dataset: spec.name.clone(),
+                    path: file.path.clone(),
+                    content_hash: file.hash.clone(),
+                    size_bytes: file.size,
+                    run_id: run_id.to_string(),
+                };
+                if let Err(err) = self.meta.record_file(&record).await {
+                    tracing::warn!(%err, "recording an ingested file failed");
+                }
+            }
+            let source = match &spec.source.path {
+                Some(path) => format!("landing:{path}"),
+                None => format!("{}:query", spec.source.format.name()),
+            };
+            self.record_lineage(&[edge(&source, &format!("bronze.{}", spec.name), "ingest")], run_id).await;
+        } else if options.full_refresh {
+            return Err(step_error(&step, "no landing files matched the source path; nothing to rebuild bronze from"));
+        }
+        Ok(Ingested { rows, files, skipped_files })
+    }
+
+    /// Read the source's new files (content not ingested before) in order
+    /// and feed their rows, with ingest metadata, to `tx`. Returns the files
+    /// read; on an error the feed says so, and the write fails.
+    async fn read_new(
+        &self,
+        spec: &Spec,
+        options: &RunOptions,
+        run_id: &str,
+        known: &HashSet<String>,
+        ingested_at: i64,
+        tx: mpsc::Sender<Feed>,
+        write_stopped: Arc<AtomicBool>,
+    ) -> Result<(Vec<NewFile>, usize), PipelineError> {
+        let result = self.feed_new(spec, options, run_id, known, ingested_at, &tx, &write_stopped).await;
+        let _ = tx
+            .send(match &result {
+                Ok(_) => Feed::Done,
+                Err(err) => Feed::Failed(err.to_string()),
+            })
+            .await;
+        result
+    }
+
+    async fn feed_new(
+        &self,
+        spec: &Spec,
+        options: &RunOptions,
+        run_id: &str,
+        known: &HashSet<String>,
+        ingested_at: i64,
+        tx: &mpsc::Sender<Feed>,
+        write_stopped: &Arc<AtomicBool>,
+    ) -> Result<(Vec<NewFile>, usize), PipelineError> {
+        let step = format!("bronze.{}", spec.name);
+        let mut new_files = Vec::new();
+        let mut skipped = 0;
+        let mut columns: Option<(String, SchemaRef)> = None;
+        let format = match &spec.source.format {
+            SourceFormat::Postgres(pg) => {
+                let data = sources::read_postgres(pg, options.window).await?;
+                let hash = hash_batches(&data);
+                if known.contains(&hash) {
+                    return Ok((new_files, 1));
+                }
+                new_files.push(NewFile {
+                    path: "postgres:query".into(),
+                    hash: hash.clone(),
+                    size: data.iter().map(|b| b.get_array_memory_size() as i64).sum(),
+                });
+                for batch in data {
+                    let batch = with_metadata(batch, run_id, "postgres:query", &hash, ingested_at).map_err(|e| step_error(&step, e))?;
+                    if tx.send(Feed::Batch(batch)).await.is_err() {
+                        write_stopped.store(true, Ordering::Release);
+                        return Err(step_error(&step, "the bronze write stopped before the query's rows were read"));
+                    }
+                }
+                return Ok((new_files, 0));
+            }
+            format => format.clone(),
+        };
+        let pattern = spec.source.path.as_deref().unwrap_or_default();
+        let known = Arc::new(known.clone());
+        for path in self.landing_files(pattern).await.map_err(|e| step_error(&step, e))? {
+            let bytes = self
+                .lake
+                .read_bytes(&path)
+                .await
+                .map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
+            let (format, tx, known_file) = (format.clone(), tx.clone(), columns.clone());
+            let (file_path, run) = (path.clone(), run_id.to_string());
+            let known_hashes = Arc::clone(&known);
+            let stopped = write_stopped.clone();
+            // Hashing and parsing are CPU work: off the async threads.
+            let read = tokio::task::spawn_blocking(move || -> Result<Option<(NewFile, SchemaRef)>, PipelineError> {
+                let hash = hex::encode(Sha256::digest(&bytes));
+                if known_hashes.contains(&hash) {
+                    return Ok(None);
+                }
+                let mut schema: Option<SchemaRef> = None;
+                sources::read_file_into(&format, &file_path, &bytes, &mut |batch| {
+                    let batch = with_metadata(batch, &run, &file_path, &hash, ingested_at)
+                        .map_err(|e| sources::file_error(&file_path, e.to_string()))?;
+                    if schema.is_none() {
+                        same_columns(&file_path, batch.schema_ref(), known_file.as_ref())?;
+                        schema = Some(batch.schema());
+                    }
+                    tx.blocking_send(Feed::Batch(batch)).map_err(|_| {
+                        stopped.store(true, Ordering::Release);
+                        sources::file_error(&file_path, "the bronze write stopped before the file was read")
+                    })
+                })?;
+                let size = bytes.len() as i64;
+                Ok(Some((NewFile { path: file_path, hash, size }, schema.expect("a file gives at least one batch"))))
+            });
+            let read = read
+                .await
+                .map_err(|e| step_error(&step, format!("reading {path}: the reader stopped: {e}")))??;
+            match read {
+                Some((file, schema)) => {
+                    columns.get_or_insert_with(|| (file.path.clone(), schema));
+                    new_files.push(file);
+                }
+                None => skipped += 1,
+            }
+        }
+        Ok((new_files, skipped))
+    }
+
+    pub(super) async fn ingested_hashes(&self, dataset: &str) -> Result<HashSet<String>, PipelineError> {
+        let step = format!("bronze.{dataset}");
+        if self.lake.table(Layer::Bronze, dataset).await?.is_none() {
+            return Ok(HashSet::new());
+        }
+        let ctx = self.engine.internal_session();
+        let df = ctx
+            .table(format!("bronze.{dataset}"))
+            .await
+            .and_then(|t| t.select(vec![ident("_source_hash")]))
+            .and_then(|t| t.distinct())
+            .map_err(|e| step_error(&step, e))?;
+        let mut hashes = HashSet::new();
+        for batch in df.collect().await.map_err(|e| step_error(&step, e))? {
+            let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| step_error(&step, e))?;
+            for v in column.as_string::<i32>().iter().flatten() {
+                hashes.insert(v.to_string());
+            }
+        }
+        Ok(hashes)
+    }
+}
+
+/// Files ingested in one commit must have the same columns.
+fn same_columns(file: &str, schema: &SchemaRef, first: Option<&(String, SchemaRef)>) -> Result<(), sources::SourceError> {
+    let Some((first_file, first_schema)) = first else { return Ok(()) };
+    if first_schema.fields() == schema.fields() {
+        return Ok(());
+    }
+    let names = |s: &Schema| s.fields().iter().map(|f| f.name().as_str()).filter(|n| !n.starts_with('_')).collect::<Vec<_>>().join(", ");
+    Err(sources::file_error(
+        file,
+        format!(
+            "has columns [{}] but {first_file}, ingested in the same run, has [{}]; make the headers match, or land the files in separate runs (bronze adds new columns run by run)",
+            names(schema),
+            names(first_schema)
+        ),
+    ))
+}
+
+/// The reader's batches as a table the write scans once.
+struct Incoming {
+    schema: SchemaRef,
+    feed: Mutex<Option<(RecordBatch, mpsc::Receiver<Feed>)>>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for Incoming {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let Some((first, rx)) = self.feed.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            let read_twice = futures::stream::once(async {
+                Err(DataFusionError::Internal("the incoming landing rows can be read only once".into()))
+            });
+            return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), read_twice));
+        };
+        let stream = futures::stream::unfold(Some((Some(first), rx)), |state| async move {
+            let (first, mut rx) = state?;
+            if let Some(batch) = first {
+                return Some((Ok(batch), Some((None, rx))));
+            }
+            match rx.recv().await {
+                Some(Feed::Batch(batch)) => Some((Ok(batch), Some((None, rx)))),
+                Some(Feed::Done) => None,
+                Some(Feed::Failed(message)) => Some((Err(DataFusionError::Execution(message)), None)),
+                None => Some((Err(DataFusionError::Execution("the landing file reader stopped early".into())), None)),
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+pub(super) fn hash_batches(batches: &[RecordBatch]) -> String {
+    let mut hasher = Sha256::new();
+    for batch in batches {
+        for column in batch.columns() {
+            let data = column.to_data();
+            for buffer in data.buffers() {
+                hasher.update(buffer.as_slice());
+            }
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Add the bronze ingest metadata columns.
+pub(super) fn with_metadata(batch: RecordBatch, run_id: &str, file: &str, hash: &str, ingested_at: i64) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let n = batch.num_rows();
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let mut row_number: Option<ArrayRef> = None;
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if field.name() == "_row_number" {
+            row_number = Some(column.clone());
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+        }
+    }
+    let text = |v: &str| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, n))) as ArrayRef;
+    fields.push(Field::new("_run_id", DataType::Utf8, false));
+    columns.push(text(run_id));
+    fields.push(Field::new("_source_file", DataType::Utf8, false));
+    columns.push(text(file));
+    fields.push(Field::new("_source_hash", DataType::Utf8, false));
+    columns.push(text(hash));
+    fields.push(Field::new("_ingested_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
+    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC")));
+    fields.push(Field::new("_row_number", DataType::Int64, false));
+    columns.push(row_number.unwrap_or_else(|| Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(1..=n as i64))));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
