@@ -3,8 +3,7 @@
 //! the connections' runtime stays free for accepting clients, writing
 //! results to sockets and answering the small queries BI tools send while
 //! browsing (catalog lookups, `SHOW`, `version()`): those never queue behind
-//! a scan, and the operating system gives the connections' runtime the
-//! cores first (the scans run at a lower priority).
+//! a scan, and the operating system shares the cores between the two.
 //!
 //! Results come back through a small bounded channel: scanning and encoding
 //! rows for the wire overlap, and a slow client slows the scan instead of
@@ -39,29 +38,11 @@ fn scans() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("workbench-scan")
-            .on_thread_start(yield_to_connections)
             .enable_all()
             .build()
             .expect("start the query runtime")
     })
 }
-
-/// Scans run at a lower scheduling priority (nice 10) than the connections'
-/// runtime: with the cores busy scanning, a catalog query or a result being
-/// written to a socket still gets the CPU at once, and the scans take what
-/// is left (all of it when nothing else runs).
-#[cfg(target_os = "linux")]
-fn yield_to_connections() {
-    // SAFETY: plain system calls on the calling thread; a failure leaves the
-    // thread at its normal priority, which is harmless.
-    unsafe {
-        let thread = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 10);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn yield_to_connections() {}
 
 /// Whether `plan` reads a lake table (directly, in a view or a subquery).
 pub fn reads_lake(plan: &LogicalPlan) -> bool {
