@@ -43,6 +43,17 @@ struct NewFile {
     size: i64,
 }
 
+/// One bronze step's reading: the dataset, the content hashes it has
+/// already ingested, and how its rows are tagged.
+#[derive(Clone, Copy)]
+struct Reading<'a> {
+    spec: &'a Spec,
+    options: &'a RunOptions,
+    run_id: &'a str,
+    known: &'a HashSet<String>,
+    ingested_at: i64,
+}
+
 /// What the reader sends to the write: batches, then `Done` once every file
 /// was read whole. A channel that closes without `Done` means the reader
 /// failed, and the write fails with it.
@@ -68,7 +79,8 @@ impl Pipeline {
         let kind = if options.full_refresh { WriteKind::Overwrite } else { WriteKind::Append };
         let (tx, mut rx) = mpsc::channel::<Feed>(FEED_DEPTH);
         let write_stopped = Arc::new(AtomicBool::new(false));
-        let read = self.read_new(spec, options, run_id, &known, ingested_at, tx, write_stopped.clone());
+        let reading = Reading { spec, options, run_id, known: &known, ingested_at };
+        let read = self.read_new(&reading, tx, write_stopped.clone());
         let write = async {
             // The first batch gives the schema; nothing new, nothing written.
             let first = match rx.recv().await {
@@ -125,15 +137,11 @@ impl Pipeline {
     /// read; on an error the feed says so, and the write fails.
     async fn read_new(
         &self,
-        spec: &Spec,
-        options: &RunOptions,
-        run_id: &str,
-        known: &HashSet<String>,
-        ingested_at: i64,
+        reading: &Reading<'_>,
         tx: mpsc::Sender<Feed>,
         write_stopped: Arc<AtomicBool>,
     ) -> Result<(Vec<NewFile>, usize), PipelineError> {
-        let result = self.feed_new(spec, options, run_id, known, ingested_at, &tx, &write_stopped).await;
+        let result = self.feed_new(reading, &tx, &write_stopped).await;
         let _ = tx
             .send(match &result {
                 Ok(_) => Feed::Done,
@@ -145,14 +153,11 @@ impl Pipeline {
 
     async fn feed_new(
         &self,
-        spec: &Spec,
-        options: &RunOptions,
-        run_id: &str,
-        known: &HashSet<String>,
-        ingested_at: i64,
+        reading: &Reading<'_>,
         tx: &mpsc::Sender<Feed>,
         write_stopped: &Arc<AtomicBool>,
     ) -> Result<(Vec<NewFile>, usize), PipelineError> {
+        let Reading { spec, options, run_id, known, ingested_at } = *reading;
         let step = format!("bronze.{}", spec.name);
         let mut new_files = Vec::new();
         let mut skipped = 0;
