@@ -243,11 +243,7 @@ impl Lake {
             .expect("lake table cache poisoned")
             .get(&key)
             .map(|(t, _)| t.clone());
-        let wrap = |source: DeltaTableError| StorageError::Table {
-            layer,
-            table: table.to_string(),
-            source: Box::new(source),
-        };
+        let wrap = table_error(layer, table);
         let refreshed = match cached {
             Some(mut t) => match t.update_incremental(None).await {
                 Ok(()) => Some(t),
@@ -351,6 +347,15 @@ pub struct CommitInfo {
     pub rows_updated: u64,
 }
 
+/// Wraps a Delta error with the table it happened on.
+fn table_error(layer: Layer, table: &str) -> impl Fn(DeltaTableError) -> StorageError + Copy + '_ {
+    move |source| StorageError::Table {
+        layer,
+        table: table.to_string(),
+        source: Box::new(source),
+    }
+}
+
 /// Commit metadata key holding the run that made a commit.
 pub const RUN_ID_KEY: &str = "workbench.run_id";
 
@@ -375,11 +380,7 @@ pub struct CommitRecord {
 
 impl Lake {
     async fn writable(&self, layer: Layer, table: &str) -> Result<DeltaTable, StorageError> {
-        let wrap = |source: DeltaTableError| StorageError::Table {
-            layer,
-            table: table.to_string(),
-            source: Box::new(source),
-        };
+        let wrap = table_error(layer, table);
         if let Some(root) = self.local_root() {
             std::fs::create_dir_all(root.join(layer.as_str()).join(table)).map_err(|e| {
                 wrap(DeltaTableError::Generic(format!("cannot create the table directory: {e}")))
@@ -435,21 +436,14 @@ impl Lake {
             .with_session_state(Arc::new(state));
         let written = self.commit_write(layer, table, builder, kind, run_id, extra).await?;
         // The write records what it added in its commit's operation metrics.
-        let rows = {
-            use futures::TryStreamExt;
-            let latest: Vec<deltalake::kernel::CommitInfo> =
-                written.history(Some(1)).try_collect().await.map_err(|source| StorageError::Table {
-                    layer,
-                    table: table.to_string(),
-                    source: Box::new(source),
-                })?;
-            latest
-                .first()
-                .and_then(|info| info.info.get("operationMetrics"))
-                .and_then(|m| m.get("num_added_rows"))
-                .and_then(|n| n.as_u64())
-                .unwrap_or_default()
-        };
+        let rows = self
+            .commits(layer, table, Some(1))
+            .await?
+            .first()
+            .and_then(|commit| commit.metadata.get("operationMetrics"))
+            .and_then(|m| m.get("num_added_rows"))
+            .and_then(|n| n.as_u64())
+            .unwrap_or_default();
         Ok(CommitInfo {
             version: written.version().unwrap_or_default() as i64,
             rows_written: rows,
@@ -475,11 +469,7 @@ impl Lake {
                 .with_save_mode(SaveMode::Overwrite)
                 .with_schema_mode(SchemaMode::Overwrite),
         };
-        builder.await.map_err(|source| StorageError::Table {
-            layer,
-            table: table.to_string(),
-            source: Box::new(source),
-        })
+        builder.await.map_err(table_error(layer, table))
     }
 
     /// Upsert `source` into `layer.table` by `key` in one commit: matching
@@ -493,11 +483,7 @@ impl Lake {
         run_id: &str,
         extra: CommitMetadata,
     ) -> Result<CommitInfo, StorageError> {
-        let wrap = |source: DeltaTableError| StorageError::Table {
-            layer,
-            table: table.to_string(),
-            source: Box::new(source),
-        };
+        let wrap = table_error(layer, table);
         if self.table(layer, table).await?.is_none() {
             return self.write_frame(layer, table, source, WriteKind::Overwrite, run_id, extra).await;
         }
@@ -568,11 +554,7 @@ impl Lake {
         };
         let latest = delta.version().unwrap_or_default() as i64;
         let infos: Vec<deltalake::kernel::CommitInfo> =
-            delta.history(limit).try_collect().await.map_err(|source| StorageError::Table {
-                layer,
-                table: table.to_string(),
-                source: Box::new(source),
-            })?;
+            delta.history(limit).try_collect().await.map_err(table_error(layer, table))?;
         Ok(infos
             .into_iter()
             .enumerate()
@@ -604,11 +586,7 @@ impl Lake {
                 table: table.to_string(),
             });
         }
-        let wrap = |source: DeltaTableError| StorageError::Table {
-            layer,
-            table: table.to_string(),
-            source: Box::new(source),
-        };
+        let wrap = table_error(layer, table);
         let builder = DeltaTableBuilder::from_url(self.table_url(layer, table))
             .map_err(wrap)?
             .with_storage_options(self.options.clone());
