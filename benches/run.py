@@ -54,8 +54,12 @@ def sh(cmd, **kw):
 
 def build_workbench():
     # Without the `cloud` feature (S3/GCS/Azure back-ends): every lake here is local.
-    sh(["cargo", "build", "--profile", "bench", "--no-default-features", "--bin", "workbench"], cwd=ROOT,
-       env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET)))
+    # --timings: where a cold build's minutes go, per crate (target/cargo-timings/).
+    start = time.perf_counter()
+    sh(["cargo", "build", "--profile", "bench", "--no-default-features", "--bin", "workbench", "--timings"],
+       cwd=ROOT, env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET)))
+    log(f"bench build took {(time.perf_counter() - start) / 60:.1f} min "
+        f"(per crate: {TARGET / 'cargo-timings' / 'cargo-timing.html'})")
     for sub in ("bench", "release"):
         binary = TARGET / sub / "workbench"
         if binary.exists():
