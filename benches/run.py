@@ -578,6 +578,9 @@ def main():
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--seconds", type=int, default=30, help="duration of the concurrency case")
     args = parser.parse_args()
+    if "tpch" in args.cases.split(",") and len(list(QUERIES.glob("q*.sql"))) != 22:
+        raise SystemExit(f"the 22 TPC-H queries (q1.sql ... q22.sql) are not in {QUERIES}: "
+                         "run from a checkout next to ../shared, or set TPCH_QUERIES to their directory")
     started = time.time()
     # The anchors' install and the data generation run while cargo builds (the build is
     # the long pole of a run from nothing; these are mostly network and disk).
