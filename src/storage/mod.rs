@@ -378,6 +378,29 @@ pub struct CommitRecord {
     pub metadata: std::collections::HashMap<String, serde_json::Value>,
 }
 
+/// How `layer`'s Parquet files are written, when not Delta's default
+/// (snappy, statistics on every column). Bronze holds raw text that runs read
+/// whole: statistics (a min/max comparison per value) are kept only on the
+/// ingest metadata columns (`_run_id`, ...) that incremental runs filter on.
+fn writer_properties<'a>(
+    layer: Layer,
+    columns: impl Iterator<Item = &'a str>,
+) -> Option<deltalake::parquet::file::properties::WriterProperties> {
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use deltalake::parquet::schema::types::ColumnPath;
+    if layer != Layer::Bronze {
+        return None;
+    }
+    let builder = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_statistics_enabled(EnabledStatistics::None);
+    let builder = columns
+        .filter(|c| c.starts_with('_'))
+        .fold(builder, |b, c| b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::Chunk));
+    Some(builder.build())
+}
+
 impl Lake {
     async fn writable(&self, layer: Layer, table: &str) -> Result<DeltaTable, StorageError> {
         let wrap = table_error(layer, table);
@@ -403,8 +426,13 @@ impl Lake {
         extra: CommitMetadata,
     ) -> Result<CommitInfo, StorageError> {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let schema = batches.first().map(|b| b.schema());
         let delta = self.writable(layer, table).await?;
-        let written = self.commit_write(layer, table, delta.write(batches), kind, run_id, extra).await?;
+        let mut builder = delta.write(batches);
+        if let Some(properties) = schema.and_then(|s| writer_properties(layer, s.fields().iter().map(|f| f.name().as_str()))) {
+            builder = builder.with_writer_properties(properties);
+        }
+        let written = self.commit_write(layer, table, builder, kind, run_id, extra).await?;
         Ok(CommitInfo {
             version: written.version().unwrap_or_default() as i64,
             rows_written: rows,
@@ -430,10 +458,14 @@ impl Lake {
         let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
             .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
             .build();
-        let builder = delta
+        let properties = writer_properties(layer, plan.schema().fields().iter().map(|f| f.name().as_str()));
+        let mut builder = delta
             .write(Vec::new())
             .with_input_plan(plan)
             .with_session_state(Arc::new(state));
+        if let Some(properties) = properties {
+            builder = builder.with_writer_properties(properties);
+        }
         let written = self.commit_write(layer, table, builder, kind, run_id, extra).await?;
         // The write records what it added in its commit's operation metrics.
         let rows = self
