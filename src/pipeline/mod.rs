@@ -588,47 +588,67 @@ impl Pipeline {
         };
         let watermark: CommitMetadata = vec![(BRONZE_VERSION_KEY.to_string(), serde_json::json!(bronze_version))];
         let rows_in = count(&input).await.map_err(|e| step_error(&step, e))?;
-        let refined = rules::apply(&ctx, input, rule_list).await?;
-        let drop: Vec<&str> = SILVER_METADATA_DROPPED
-            .iter()
-            .copied()
-            .filter(|c| refined.schema().field_with_unqualified_name(c).is_ok())
-            .collect();
-        let refined = refined.drop_columns(&drop).map_err(|e| step_error(&step, e))?;
-        let refined = refined
-            .with_column("_run_id", lit(run_id.to_string()))
-            .map_err(|e| step_error(&step, e))?;
         let expectations = spec.silver.as_ref().map(|s| s.expectations.clone()).unwrap_or_default();
-        let (refined, rejected) = self.enforce(&ctx, spec, refined, &expectations, run_id).await?;
+        // The casts' data checks ride along the silver write (one scan of
+        // bronze instead of two), unless a quarantine table is written first:
+        // its rows must have passed them, so then they run before anything.
+        let quarantines = expectations.iter().any(|e| e.value.on_fail == crate::spec::OnFail::Quarantine);
+        let (refined, deferred) = if quarantines {
+            (rules::apply(&ctx, input, rule_list).await?, None)
+        } else {
+            let (refined, deferred) = rules::apply_deferred(&ctx, input, rule_list).await?;
+            (refined, Some(deferred))
+        };
         let rule_names: Vec<&str> = rule_list.iter().map(|r| r.value.name()).collect();
         let transform = if rule_names.is_empty() { "copy".to_string() } else { format!("rules: {}", rule_names.join(", ")) };
-        let rows_out = match (mode, whole) {
-            (WriteMode::Merge, false) => {
-                let info = self.lake.merge(Layer::Silver, &spec.name, refined, key, run_id, watermark).await?;
-                info.rows_written + info.rows_updated
-            }
-            (WriteMode::Scd2, _) => {
-                let current = if whole {
-                    None
-                } else {
-                    match self.lake.table(Layer::Silver, &spec.name).await? {
-                        Some(_) => Some(ctx.table(format!("silver.{}", spec.name)).await.map_err(|e| step_error(&step, e))?),
-                        None => None,
-                    }
-                };
-                let now = chrono::Utc::now().timestamp_micros();
-                let state = scd2::next_state(&ctx, current, refined, key, now)
-                    .await
-                    .map_err(|e| step_error(&step, e.strip_backtrace()))?;
-                let batches = state.collect().await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
-                self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
-            }
-            (WriteMode::Append, false) => {
-                self.lake.write_frame(Layer::Silver, &spec.name, refined, WriteKind::Append, run_id, watermark).await?.rows_written
-            }
-            _ => {
-                self.lake.write_frame(Layer::Silver, &spec.name, refined, WriteKind::Overwrite, run_id, watermark).await?.rows_written
-            }
+        let written: Result<(u64, u64), PipelineError> = async {
+            let drop: Vec<&str> = SILVER_METADATA_DROPPED
+                .iter()
+                .copied()
+                .filter(|c| refined.schema().field_with_unqualified_name(c).is_ok())
+                .collect();
+            let refined = refined.drop_columns(&drop).map_err(|e| step_error(&step, e))?;
+            let refined = refined
+                .with_column("_run_id", lit(run_id.to_string()))
+                .map_err(|e| step_error(&step, e))?;
+            let (refined, rejected) = self.enforce(&ctx, spec, refined, &expectations, run_id).await?;
+            let rows_out = match (mode, whole) {
+                (WriteMode::Merge, false) => {
+                    let info = self.lake.merge(Layer::Silver, &spec.name, refined, key, run_id, watermark).await?;
+                    info.rows_written + info.rows_updated
+                }
+                (WriteMode::Scd2, _) => {
+                    let current = if whole {
+                        None
+                    } else {
+                        match self.lake.table(Layer::Silver, &spec.name).await? {
+                            Some(_) => Some(ctx.table(format!("silver.{}", spec.name)).await.map_err(|e| step_error(&step, e))?),
+                            None => None,
+                        }
+                    };
+                    let now = chrono::Utc::now().timestamp_micros();
+                    let state = scd2::next_state(&ctx, current, refined, key, now)
+                        .await
+                        .map_err(|e| step_error(&step, e.strip_backtrace()))?;
+                    let batches = state.collect().await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
+                    self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
+                }
+                (WriteMode::Append, false) => {
+                    self.lake.write_frame(Layer::Silver, &spec.name, refined, WriteKind::Append, run_id, watermark).await?.rows_written
+                }
+                _ => {
+                    self.lake.write_frame(Layer::Silver, &spec.name, refined, WriteKind::Overwrite, run_id, watermark).await?.rows_written
+                }
+            };
+            Ok((rows_out, rejected))
+        }
+        .await;
+        let (rows_out, rejected) = match (written, &deferred) {
+            (Ok(written), _) => written,
+            // Reading the rules' result failed: a rejected value, reported as
+            // the rule's own check would have, or the failure as it came.
+            (Err(err), Some(deferred)) => return Err(deferred.explain(&ctx).await.map_or(err, PipelineError::from)),
+            (Err(err), None) => return Err(err),
         };
         let (bronze_table, silver_table) = (format!("bronze.{}", spec.name), format!("silver.{}", spec.name));
         let mut edges = vec![edge(&bronze_table, &silver_table, &transform)];

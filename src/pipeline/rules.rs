@@ -34,6 +34,8 @@ struct Applier<'a> {
     ctx: &'a SessionContext,
     location: &'a Location,
     rule: &'static str,
+    /// Leave data checks to the reader of the result (see [`apply_deferred`]).
+    defer: bool,
 }
 
 impl Applier<'_> {
@@ -100,6 +102,29 @@ impl Applier<'_> {
             .collect())
     }
 
+    /// Fail with column, count and examples at the first cast in `checked`
+    /// (cast, condition of a rejected value) that rejects a value of `df`,
+    /// all counted in one scan.
+    async fn check_casts(&self, df: &DataFrame, checked: Vec<(&Cast, Expr)>) -> Result<(), RuleError> {
+        let counts = self.count_each(df, checked.iter().map(|(_, bad)| bad.clone()).collect()).await?;
+        let Some(((cast, bad), _)) = checked.into_iter().zip(counts).find(|(_, n)| *n > 0) else {
+            return Ok(());
+        };
+        let (n, examples) = self.examples(df, bad, ident(&cast.column)).await?;
+        Err(self.fail(format!(
+            "column {}: {n} value(s) cannot be read as {}{}: {}; fix the data, set a `format`, or add `on_error: null` to turn them into NULL",
+            cast.column,
+            cast.type_name,
+            match &cast.format {
+                Some(CastFormat::DecimalComma) => " (format es: 1.234,56)",
+                Some(CastFormat::DecimalPoint) => " (format en: 1,234.56)",
+                Some(CastFormat::Pattern(_)) => " (with the given date pattern)",
+                None => "",
+            },
+            examples.join(", ")
+        )))
+    }
+
     /// Count rows matching `bad` and describe the first few using `value`.
     async fn examples(&self, df: &DataFrame, bad: Expr, value: Expr) -> Result<(i64, Vec<String>), RuleError> {
         let counted = self.df(df.clone().filter(bad.clone()).and_then(|d| d.aggregate(vec![], vec![count(lit(1)).alias("n")])))?;
@@ -137,17 +162,72 @@ impl Applier<'_> {
     }
 }
 
-/// Apply `rules` in order.
-pub async fn apply(ctx: &SessionContext, mut df: DataFrame, rules: &[Located<Rule>]) -> Result<DataFrame, RuleError> {
+/// Apply `rules` in order. Rules that can reject data check it now, each
+/// with a query of its own.
+pub async fn apply(ctx: &SessionContext, df: DataFrame, rules: &[Located<Rule>]) -> Result<DataFrame, RuleError> {
+    Ok(apply_all(ctx, df, rules, false).await?.0)
+}
+
+/// Apply `rules` in order, with the data checks of `type_cast` riding along
+/// whatever reads the result (the silver write) instead of a scan of their
+/// own before it. Reading the result fails at the first value a cast
+/// rejects; [`Deferred::explain`] then says which rule, column and values.
+pub async fn apply_deferred(
+    ctx: &SessionContext,
+    df: DataFrame,
+    rules: &[Located<Rule>],
+) -> Result<(DataFrame, Deferred), RuleError> {
+    let (df, pending) = apply_all(ctx, df, rules, true).await?;
+    Ok((df, Deferred { pending }))
+}
+
+/// The data checks [`apply_deferred`] left to the reader of its result.
+pub struct Deferred {
+    pending: Vec<PendingCasts>,
+}
+
+/// One `type_cast` rule's checks: its input and, per checked cast, the
+/// condition of a rejected value.
+struct PendingCasts {
+    location: Location,
+    rule: &'static str,
+    input: DataFrame,
+    casts: Vec<(Cast, Expr)>,
+}
+
+impl Deferred {
+    /// After reading the rules' result failed: the first rule whose checks
+    /// reject values, reported as [`apply`] would have reported it, or None
+    /// when every check passes (the failure came from elsewhere).
+    pub async fn explain(&self, ctx: &SessionContext) -> Option<RuleError> {
+        for p in &self.pending {
+            let a = Applier { ctx, location: &p.location, rule: p.rule, defer: false };
+            let checked = p.casts.iter().map(|(c, bad)| (c, bad.clone())).collect();
+            if let Err(err) = a.check_casts(&p.input, checked).await {
+                return Some(err);
+            }
+        }
+        None
+    }
+}
+
+async fn apply_all(
+    ctx: &SessionContext,
+    mut df: DataFrame,
+    rules: &[Located<Rule>],
+    defer: bool,
+) -> Result<(DataFrame, Vec<PendingCasts>), RuleError> {
+    let mut pending = Vec::new();
     for rule in rules {
         let a = Applier {
             ctx,
             location: &rule.location,
             rule: rule.value.name(),
+            defer,
         };
-        df = apply_one(&a, df, &rule.value).await?;
+        df = apply_one(&a, df, &rule.value, &mut pending).await?;
     }
-    Ok(df)
+    Ok((df, pending))
 }
 
 fn text_columns(df: &DataFrame, columns: &Option<Vec<String>>) -> Vec<String> {
@@ -164,7 +244,12 @@ fn text_columns(df: &DataFrame, columns: &Option<Vec<String>>) -> Vec<String> {
     }
 }
 
-async fn apply_one(a: &Applier<'_>, df: DataFrame, rule: &Rule) -> Result<DataFrame, RuleError> {
+async fn apply_one(
+    a: &Applier<'_>,
+    df: DataFrame,
+    rule: &Rule,
+    pending: &mut Vec<PendingCasts>,
+) -> Result<DataFrame, RuleError> {
     use datafusion::functions::expr_fn::{btrim, lower, regexp_replace, upper};
     let _ = a.ctx;
     match rule {
@@ -227,7 +312,8 @@ async fn apply_one(a: &Applier<'_>, df: DataFrame, rule: &Rule) -> Result<DataFr
         Rule::TypeCast(casts) => {
             a.require(&df, &casts.iter().map(|c| &c.column).collect::<Vec<_>>())?;
             // Every cast reads its column as it was before this rule, so one
-            // scan counts the values that fail each of them.
+            // scan counts the values that fail each of them: before the rows
+            // are written, or as they are written when deferred.
             let mut converted = Vec::with_capacity(casts.len());
             let mut checked = Vec::new();
             for cast in casts {
@@ -236,32 +322,30 @@ async fn apply_one(a: &Applier<'_>, df: DataFrame, rule: &Rule) -> Result<DataFr
                     .field_with_unqualified_name(&cast.column)
                     .map(|f| f.data_type().clone())
                     .map_err(|e| a.fail(e.to_string()))?;
-                let expr = cast_expr(cast, &source_type);
+                let mut expr = cast_expr(cast, &source_type);
                 if !cast.null_on_error {
                     let original = ident(&cast.column);
                     let mut bad = original.clone().is_not_null().and(expr.clone().is_null());
                     if matches!(source_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-                        bad = bad.and(btrim(vec![original]).not_eq(lit("")));
+                        // blank text becomes NULL without being an error
+                        bad = bad.and(!workbench_udfs::tidy::is_blank_udf().call(vec![original]));
+                    }
+                    if a.defer {
+                        expr = workbench_udfs::tidy::guard_udf().call(vec![expr, bad.clone()]);
                     }
                     checked.push((cast, bad));
                 }
                 converted.push((cast, expr));
             }
-            let counts = a.count_each(&df, checked.iter().map(|(_, bad)| bad.clone()).collect()).await?;
-            if let Some(((cast, bad), _)) = checked.into_iter().zip(counts).find(|(_, n)| *n > 0) {
-                let (n, examples) = a.examples(&df, bad, ident(&cast.column)).await?;
-                return Err(a.fail(format!(
-                    "column {}: {n} value(s) cannot be read as {}{}: {}; fix the data, set a `format`, or add `on_error: null` to turn them into NULL",
-                    cast.column,
-                    cast.type_name,
-                    match &cast.format {
-                        Some(CastFormat::DecimalComma) => " (format es: 1.234,56)",
-                        Some(CastFormat::DecimalPoint) => " (format en: 1,234.56)",
-                        Some(CastFormat::Pattern(_)) => " (with the given date pattern)",
-                        None => "",
-                    },
-                    examples.join(", ")
-                )));
+            if !a.defer {
+                a.check_casts(&df, checked).await?;
+            } else if !checked.is_empty() {
+                pending.push(PendingCasts {
+                    location: a.location.clone(),
+                    rule: a.rule,
+                    input: df.clone(),
+                    casts: checked.into_iter().map(|(c, bad)| (c.clone(), bad)).collect(),
+                });
             }
             let mut df = df;
             for (cast, expr) in converted {
@@ -370,6 +454,20 @@ fn cast_expr(cast: &Cast, source_type: &DataType) -> Expr {
     let is_text = matches!(source_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
     if !is_text {
         return try_cast(column, cast.to.clone());
+    }
+    if let DataType::Decimal128(precision, scale @ 0..) = cast.to {
+        // one pass per value, no trimmed copy of the column, no String per value
+        let style = match cast.format {
+            Some(CastFormat::DecimalComma) => "es",
+            Some(CastFormat::DecimalPoint) => "en",
+            _ => "plain",
+        };
+        return workbench_udfs::decimal::parse_decimal_udf().call(vec![
+            column,
+            lit(i64::from(precision)),
+            lit(i64::from(scale)),
+            lit(style),
+        ]);
     }
     let trimmed = btrim(vec![column]);
     match (&cast.to, &cast.format) {
