@@ -170,8 +170,9 @@ pub async fn apply(ctx: &SessionContext, df: DataFrame, rules: &[Located<Rule>])
 
 /// Apply `rules` in order, with the data checks of `type_cast` riding along
 /// whatever reads the result (the silver write) instead of a scan of their
-/// own before it. Reading the result fails at the first value a cast
-/// rejects; [`Deferred::explain`] then says which rule, column and values.
+/// own before it, when no later rule removes rows or columns or queries the
+/// data (those checks run now). Reading the result fails at the first value
+/// a cast rejects; [`Deferred::explain`] then says which rule, column and values.
 pub async fn apply_deferred(
     ctx: &SessionContext,
     df: DataFrame,
@@ -218,16 +219,33 @@ async fn apply_all(
     defer: bool,
 ) -> Result<(DataFrame, Vec<PendingCasts>), RuleError> {
     let mut pending = Vec::new();
-    for rule in rules {
+    for (i, rule) in rules.iter().enumerate() {
         let a = Applier {
             ctx,
             location: &rule.location,
             rule: rule.value.name(),
-            defer,
+            // A check rides along the write only when every row and column it
+            // checks reaches the write and no later rule reads the data itself;
+            // otherwise it runs now, as in `apply`.
+            defer: defer && rules[i + 1..].iter().all(|later| keeps_rows_and_columns(&later.value)),
         };
         df = apply_one(&a, df, &rule.value, &mut pending).await?;
     }
     Ok((df, pending))
+}
+
+/// Whether `rule` passes every row and column on (renamed, trimmed or
+/// recomputed from them) without running a query of its own.
+fn keeps_rows_and_columns(rule: &Rule) -> bool {
+    match rule {
+        Rule::Rename(_) | Rule::Trim(_) | Rule::Normalize { .. } | Rule::TypeCast(_) | Rule::Derive(_) => true,
+        Rule::Select(_)
+        | Rule::Drop(_)
+        | Rule::MapCategories { .. }
+        | Rule::Melt { .. }
+        | Rule::Filter(_)
+        | Rule::Dedupe { .. } => false,
+    }
 }
 
 fn text_columns(df: &DataFrame, columns: &Option<Vec<String>>) -> Vec<String> {
