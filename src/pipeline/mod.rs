@@ -594,10 +594,9 @@ impl Pipeline {
         // its rows must have passed them, so then they run before anything.
         let quarantines = expectations.iter().any(|e| e.value.on_fail == crate::spec::OnFail::Quarantine);
         let (refined, deferred) = if quarantines {
-            (rules::apply(&ctx, input, rule_list).await?, None)
+            (rules::apply(&ctx, input, rule_list).await?, rules::Deferred::default())
         } else {
-            let (refined, deferred) = rules::apply_deferred(&ctx, input, rule_list).await?;
-            (refined, Some(deferred))
+            rules::apply_deferred(&ctx, input, rule_list).await?
         };
         let rule_names: Vec<&str> = rule_list.iter().map(|r| r.value.name()).collect();
         let transform = if rule_names.is_empty() { "copy".to_string() } else { format!("rules: {}", rule_names.join(", ")) };
@@ -643,12 +642,11 @@ impl Pipeline {
             Ok((rows_out, rejected))
         }
         .await;
-        let (rows_out, rejected) = match (written, &deferred) {
-            (Ok(written), _) => written,
+        let (rows_out, rejected) = match written {
+            Ok(written) => written,
             // Reading the rules' result failed: a rejected value, reported as
             // the rule's own check would have, or the failure as it came.
-            (Err(err), Some(deferred)) => return Err(deferred.explain(&ctx).await.map_or(err, PipelineError::from)),
-            (Err(err), None) => return Err(err),
+            Err(err) => return Err(deferred.explain(&ctx).await.map_or(err, PipelineError::from)),
         };
         let (bronze_table, silver_table) = (format!("bronze.{}", spec.name), format!("silver.{}", spec.name));
         let mut edges = vec![edge(&bronze_table, &silver_table, &transform)];

@@ -182,7 +182,9 @@ pub async fn apply_deferred(
     Ok((df, Deferred { pending }))
 }
 
-/// The data checks [`apply_deferred`] left to the reader of its result.
+/// The data checks [`apply_deferred`] left to the reader of its result
+/// (none by default).
+#[derive(Default)]
 pub struct Deferred {
     pending: Vec<PendingCasts>,
 }
