@@ -73,6 +73,7 @@ impl Core {
                 lake.clone(),
                 EngineOptions {
                     query_memory_limit: config.query_memory_limit,
+                    server_memory_limit: config.server_memory_limit,
                     roles,
                     debug_functions: config.debug_functions,
                     meta: Some(meta.clone()),
@@ -101,6 +102,9 @@ pub async fn check(config: &Config, sync: bool) -> Result<Vec<String>, AppError>
         Ok(project) => project,
         Err(errors) => return Ok(errors),
     };
+    for warning in inline_secret_warnings(&project) {
+        eprintln!("{warning}");
+    }
     let core = Core::build(config, vec![]).await?;
     let pipeline = Pipeline::new(core.lake, core.engine, core.meta, core.coordinator, core.lock_ttl, project);
     let mut errors = Vec::new();
@@ -124,6 +128,29 @@ pub async fn check(config: &Config, sync: bool) -> Result<Vec<String>, AppError>
         );
     }
     Ok(errors)
+}
+
+/// A warning for each secret written inline in a spec, with where it is and
+/// how to move it out (the secret itself is never printed).
+pub fn inline_secret_warnings(project: &crate::spec::Project) -> Vec<String> {
+    project
+        .datasets
+        .iter()
+        .flat_map(|dataset| {
+            crate::spec::secrets::find_inline(&dataset.text).into_iter().map(move |secret| {
+                format!(
+                    "{}:{}:{}: warning: {} is written in the spec; put it in an environment variable \
+                     and refer to it as `env:NAME` (e.g. `url: env:ERP_DATABASE_URL`). \
+                     Workbench shows it as {} over SQL.",
+                    dataset.file.display(),
+                    secret.line,
+                    secret.column,
+                    secret.what,
+                    crate::spec::secrets::REDACTED
+                )
+            })
+        })
+        .collect()
 }
 
 /// `workbench run`: run datasets (all when empty) once.
@@ -232,6 +259,9 @@ impl App {
         let pipeline = if config.specs.is_dir() {
             match load_project(&config) {
                 Ok(project) => {
+                    for warning in inline_secret_warnings(&project) {
+                        tracing::warn!("{warning}");
+                    }
                     let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), meta.clone(), coordinator.clone(), lock_ttl, project));
                     pipeline.sync_datasets().await?;
                     Some(pipeline)
@@ -262,6 +292,8 @@ impl App {
                 max_connections: config.max_connections,
                 statement_timeout: config.statement_timeout,
                 shutdown_timeout: config.shutdown_timeout,
+                authentication_timeout: config.authentication_timeout,
+                max_startup_connections: config.max_startup_connections,
             },
         )
         .await

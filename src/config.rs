@@ -46,10 +46,18 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// e.g. `2GiB`; `0` disables the limit.
     pub query_memory_limit: Option<String>,
+    /// What all queries together may use, e.g. `12GiB`; `0` disables the
+    /// limit. Default: three quarters of the machine's memory.
+    pub server_memory_limit: Option<String>,
     /// e.g. `30s`; server-wide default for `statement_timeout`.
     pub statement_timeout: Option<String>,
     /// How long a graceful shutdown waits for running queries, e.g. `10s`.
     pub shutdown_timeout: Option<String>,
+    /// How long a new connection may take to authenticate, e.g. `10s`.
+    pub authentication_timeout: Option<String>,
+    /// How many connections may be authenticating at once (they do not count
+    /// towards `max_connections` until they have sent their startup message).
+    pub max_startup_connections: Option<usize>,
     /// Users allowed to log in with SCRAM-SHA-256. When non-empty, every
     /// connection must authenticate.
     #[serde(default)]
@@ -104,6 +112,7 @@ pub struct Overrides {
     pub query_memory_limit: Option<String>,
     pub statement_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub authentication_timeout: Option<String>,
     /// `DATABASE_URL`: the metadata store.
     pub metadata_url: Option<String>,
     /// `REDIS_URL`: locks, events, cache.
@@ -140,8 +149,11 @@ pub struct Config {
     pub specs: PathBuf,
     pub max_connections: usize,
     pub query_memory_limit: Option<u64>,
+    pub server_memory_limit: Option<u64>,
     pub statement_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
+    pub authentication_timeout: Duration,
+    pub max_startup_connections: usize,
     pub users: Vec<User>,
     pub storage_options: BTreeMap<String, String>,
     pub debug_functions: bool,
@@ -197,6 +209,10 @@ impl Config {
             None => Some(2 * 1024 * 1024 * 1024),
             Some(text) => parse_size("query_memory_limit", &text)?,
         };
+        let server_memory_limit = match file.server_memory_limit {
+            None => physical_memory().map(|total| total / 4 * 3),
+            Some(text) => parse_size("server_memory_limit", &text)?,
+        };
         let statement_timeout = o
             .statement_timeout
             .or(file.statement_timeout)
@@ -209,6 +225,27 @@ impl Config {
             .map(|t| parse_duration("shutdown_timeout", &t))
             .transpose()?
             .unwrap_or(Duration::from_secs(10));
+        let authentication_timeout = o
+            .authentication_timeout
+            .or(file.authentication_timeout)
+            .map(|t| parse_duration("authentication_timeout", &t))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(10));
+        if authentication_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "authentication_timeout",
+                value: "0".into(),
+                reason: "must be positive, e.g. 10s".into(),
+            });
+        }
+        let max_startup_connections = file.max_startup_connections.unwrap_or(64);
+        if max_startup_connections == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "max_startup_connections",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
 
         let mut users = Vec::with_capacity(file.users.len());
         for user in file.users {
@@ -229,8 +266,11 @@ impl Config {
             specs,
             max_connections,
             query_memory_limit,
+            server_memory_limit,
             statement_timeout,
             shutdown_timeout,
+            authentication_timeout,
+            max_startup_connections,
             users,
             storage_options: file.storage_options,
             debug_functions: file.debug_functions.unwrap_or(false),
@@ -250,6 +290,24 @@ impl Config {
     pub fn requires_password(&self) -> bool {
         !self.users.is_empty()
     }
+}
+
+/// The machine's memory (or the cgroup's limit, when lower), in bytes.
+fn physical_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let total = total_kib * 1024;
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    Some(cgroup.map_or(total, |c| c.min(total)))
 }
 
 fn resolve_listen(text: &str) -> Result<SocketAddr, ConfigError> {
@@ -300,6 +358,14 @@ fn resolve_user(user: UserConfig) -> Result<User, ConfigError> {
                 value: var.clone(),
                 reason: format!("environment variable is not set (user {})", user.name),
             })?;
+            if password.is_empty() {
+                // An empty password would let anyone in who knows the name.
+                return Err(ConfigError::Invalid {
+                    setting: "users.password_env",
+                    value: var.clone(),
+                    reason: format!("environment variable is empty (user {}); set it to the user's password", user.name),
+                });
+            }
             ScramSecret::derive(&password, SCRAM_ITERATIONS)
         }
         _ => {

@@ -146,6 +146,9 @@ struct ServeArgs {
     /// How long shutdown waits for running queries [default: 10s]
     #[arg(long, env = "WORKBENCH_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: Option<String>,
+    /// How long a new connection may take to log in [default: 10s]
+    #[arg(long, env = "WORKBENCH_AUTHENTICATION_TIMEOUT")]
+    authentication_timeout: Option<String>,
 }
 
 impl ServeArgs {
@@ -158,6 +161,7 @@ impl ServeArgs {
             query_memory_limit: self.query_memory_limit,
             statement_timeout: self.statement_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            authentication_timeout: self.authentication_timeout,
             metadata_url: self.common.database_url,
             redis_url: self.common.redis_url,
             redis_prefix: self.common.redis_prefix,
@@ -197,8 +201,21 @@ fn shutdown_signal() -> CancellationToken {
     token
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Stack of the threads that serve connections: they hold and drop the
+/// parsed statements, whose expression trees can be thousands deep.
+const CONNECTION_STACK_BYTES: usize = 64 << 20;
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(CONNECTION_STACK_BYTES)
+        .thread_name("workbench")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

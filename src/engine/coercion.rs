@@ -100,5 +100,7 @@ fn as_boolean(expr: &Expr) -> Option<Expr> {
 pub fn analyzer_rules() -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
     let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(BooleanLiterals)];
     rules.extend(datafusion::optimizer::Analyzer::new().rules);
+    // After type coercion: it needs both sides of an operator in one type.
+    rules.push(Arc::new(super::arithmetic::CheckedArithmetic::default()));
     rules
 }

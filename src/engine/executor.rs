@@ -1,15 +1,22 @@
-//! Where queries run. A query that reads lake tables (bronze, silver, gold)
-//! is CPU-bound for as long as it scans; it runs on a runtime of its own, so
-//! the connections' runtime stays free for accepting clients, writing
-//! results to sockets and answering the small queries BI tools send while
-//! browsing (catalog lookups, `SHOW`, `version()`): those never queue behind
-//! a scan, and the operating system shares the cores between the two.
+//! Where statements run. Every statement a client sends is planned and
+//! executed on the query runtime, never on the runtime that serves the
+//! connections: that one only reads messages and writes results, so a
+//! CPU-heavy query (over the lake or not) cannot keep other clients from
+//! being answered, nor a shutdown from being heard.
+//!
+//! The query runtime has more worker threads than cores: a query that
+//! computes for a long time without yielding holds one worker, the others
+//! still take new statements, and the operating system shares the cores
+//! between them. Its threads have deep stacks, so generated SQL with
+//! expressions thousands of terms deep plans and runs (deeper is refused
+//! before planning, see `pg::depth`).
 //!
 //! Results come back through a small bounded channel: scanning and encoding
 //! rows for the wire overlap, and a slow client slows the scan instead of
-//! piling up batches. Dropping the stream (client gone, query cancelled)
-//! stops the query.
+//! piling up batches. Dropping the stream (client gone, query cancelled,
+//! timeout, shutdown) aborts the query's task.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -17,60 +24,71 @@ use std::task::{Context, Poll};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::RecordBatchStream;
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::DataFrame;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::storage::Layer;
-
 /// Batches in flight between the scan and the consumer.
 const IN_FLIGHT: usize = 2;
 
-fn scans() -> &'static tokio::runtime::Runtime {
+/// Stack of each query thread. Only the pages a statement touches are
+/// committed; the reservation lets DataFusion's recursive rewrites plan
+/// deep expression trees.
+pub const QUERY_STACK_BYTES: usize = 256 << 20;
+
+fn queries() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("workbench-scan")
+            .worker_threads((4 * cores).max(8))
+            .thread_stack_size(QUERY_STACK_BYTES)
+            .thread_name("workbench-query")
             .enable_all()
             .build()
             .expect("start the query runtime")
     })
 }
 
-/// Whether `plan` reads a lake table (directly, in a view or a subquery).
-pub fn reads_lake(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && scan
-                .table_name
-                .schema()
-                .is_some_and(|schema| Layer::ALL.iter().any(|layer| layer.as_str() == schema))
-        {
-            found = true;
-            return Ok(TreeNodeRecursion::Stop);
+/// Run `work` on the query runtime and wait for it. Dropping the returned
+/// future aborts the work at its next await point; a panic in it becomes an
+/// error of this statement only.
+pub async fn off_connection<T: Send + 'static>(
+    what: &'static str,
+    work: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let task = queries().spawn(AssertUnwindSafe(work).catch_unwind());
+    let _abort = AbortOnDrop(task.abort_handle());
+    match task.await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => {
+            let message = panic_message(&panic);
+            tracing::error!(panic = %message, "query panicked while {what}");
+            Err(DataFusionError::Execution(format!(
+                "internal error while {what} ({message}); the query was aborted"
+            )))
         }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
+        Err(err) => Err(DataFusionError::Execution(format!("the query stopped while {what}: {err}"))),
+    }
 }
 
-/// Start `frame`: on the scan runtime when it reads the lake, here otherwise.
-pub async fn execute(frame: DataFrame) -> Result<SendableRecordBatchStream> {
-    if !reads_lake(frame.logical_plan()) {
-        return frame.execute_stream().await;
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
+
+/// Start `frame` on the query runtime; its batches arrive through the stream.
+pub async fn execute(frame: DataFrame) -> Result<SendableRecordBatchStream> {
     let schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
     let (batches_tx, batches) = mpsc::channel(IN_FLIGHT);
     let (started_tx, started) = oneshot::channel();
-    let task = scans().spawn(async move {
+    let task = queries().spawn(async move {
         let run = AssertUnwindSafe(async {
             let mut stream = match frame.execute_stream().await {
                 Ok(stream) => {

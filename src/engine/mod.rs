@@ -4,11 +4,13 @@
 //! clients expect. Each client connection gets its own session cloned from it,
 //! with its own memory pool, so one query cannot starve the others.
 
+mod arithmetic;
 mod catalog_tables;
 mod coercion;
 mod executor;
 mod information_schema;
 mod layer;
+mod limits;
 mod metadata;
 mod pg_catalog;
 
@@ -25,8 +27,9 @@ use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role}
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 
 pub use catalog_tables::SessionSettingsRows;
-pub use executor::{execute, panic_message, reads_lake};
+pub use executor::{execute, off_connection, panic_message};
 pub use layer::LayerSchema;
+pub use limits::LimitError;
 pub use pg_catalog::type_modifier;
 
 use crate::storage::{Lake, Layer};
@@ -47,6 +50,8 @@ pub enum EngineError {
 pub struct EngineOptions {
     /// Memory one connection's query may use before it fails with 53200.
     pub query_memory_limit: Option<u64>,
+    /// Memory all queries together may use before the next one fails with 53200.
+    pub server_memory_limit: Option<u64>,
     /// Role names shown in `pg_roles` / `\du`.
     pub roles: Vec<String>,
     /// Register `workbench_debug_panic()` (tests of panic isolation only).
@@ -57,6 +62,8 @@ pub struct EngineOptions {
 
 pub struct Engine {
     template: SessionContext,
+    /// What every query's reservations also count against.
+    server_pool: Arc<GreedyMemoryPool>,
     options: EngineOptions,
     lake: Arc<Lake>,
     /// Functions listed in `pg_proc` beyond the built-ins.
@@ -165,8 +172,12 @@ impl Engine {
             .await
             .map_err(setup)?;
 
+        let server_pool = Arc::new(GreedyMemoryPool::new(
+            options.server_memory_limit.map_or(usize::MAX, |limit| limit as usize),
+        ));
         Ok(Engine {
             template: ctx,
+            server_pool,
             options,
             lake,
             procs,
@@ -209,23 +220,28 @@ impl Engine {
     pub fn session(&self) -> SessionContext {
         let template = self.template.state();
         let base = template.runtime_env();
-        let memory_pool: Arc<dyn MemoryPool> = match self.options.query_memory_limit {
-            Some(limit) => Arc::new(TrackConsumersPool::new(
-                GreedyMemoryPool::new(limit as usize),
-                std::num::NonZeroUsize::new(3).expect("3 is non-zero"),
-            )),
-            None => base.memory_pool.clone(),
-        };
+        let query_pool = GreedyMemoryPool::new(self.options.query_memory_limit.map_or(usize::MAX, |l| l as usize));
+        let query_pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
+            query_pool,
+            std::num::NonZeroUsize::new(3).expect("3 is non-zero"),
+        ));
+        let memory_pool: Arc<dyn MemoryPool> =
+            Arc::new(limits::BudgetPool::new(query_pool, self.server_pool.clone()));
         let runtime = Arc::new(RuntimeEnv {
-            memory_pool,
+            memory_pool: memory_pool.clone(),
             disk_manager: base.disk_manager.clone(),
             cache_manager: base.cache_manager.clone(),
             object_store_registry: base.object_store_registry.clone(),
         });
+        let guarded = limits::guarded_functions(|name| template.scalar_functions().get(name).cloned(), &memory_pool);
         let state = SessionStateBuilder::new_from_existing(template)
             .with_runtime_env(runtime)
             .build();
-        SessionContext::new_with_state(state)
+        let ctx = SessionContext::new_with_state(state);
+        for udf in guarded {
+            ctx.register_udf(udf);
+        }
+        ctx
     }
 
     /// Add functions (table functions that need the pipeline, say) to every

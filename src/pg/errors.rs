@@ -13,6 +13,10 @@ pub const READ_ONLY: &str = "25006";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const OUT_OF_MEMORY: &str = "53200";
 pub const INTERNAL: &str = "XX000";
+pub const STACK_DEPTH: &str = "54001";
+pub const PROGRAM_LIMIT: &str = "54000";
+pub const NUMERIC_OUT_OF_RANGE: &str = "22003";
+pub const DIVISION_BY_ZERO: &str = "22012";
 
 pub fn error(code: &str, message: impl Into<String>) -> ErrorInfo {
     ErrorInfo::new("ERROR".into(), code.into(), message.into())
@@ -74,7 +78,7 @@ fn from_api_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Erro
         return from_datafusion(df);
     }
     if let Some(parse) = err.downcast_ref::<datafusion::sql::sqlparser::parser::ParserError>() {
-        return error("42601", format!("syntax error: {parse}"));
+        return from_parser(parse);
     }
     if let Some(pg) = err.downcast_ref::<PgWireError>()
         && let PgWireError::UserError(info) = pg
@@ -95,7 +99,7 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
         DataFusionError::Diagnostic(_, inner) => from_datafusion(inner),
         DataFusionError::Shared(inner) => from_datafusion(inner),
         DataFusionError::Collection(errs) if !errs.is_empty() => from_datafusion(&errs[0]),
-        DataFusionError::SQL(parse, _) => error("42601", format!("syntax error: {parse}")),
+        DataFusionError::SQL(parse, _) => from_parser(parse),
         DataFusionError::SchemaError(schema, _) => {
             use datafusion::common::SchemaError;
             match schema.as_ref() {
@@ -123,6 +127,8 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
                     _ => "XX000",
                 };
                 error(code, pipeline.to_string())
+            } else if let Some(limit) = inner.downcast_ref::<crate::engine::LimitError>() {
+                with_hint(error(PROGRAM_LIMIT, limit.to_string()), "ask for a smaller value, or compute it in pieces")
             } else if let Some(df) = inner.downcast_ref::<DataFusionError>() {
                 from_datafusion(df)
             } else if let Some(arrow) = inner.downcast_ref::<ArrowError>() {
@@ -134,10 +140,21 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
         DataFusionError::Plan(msg) => from_plan_message(msg, err),
         DataFusionError::Execution(_) if msg_is_cast(err) => error("22P02", strip(err)),
         DataFusionError::Execution(msg) if msg.contains("Divide by zero") || msg.contains("division by zero") => {
-            error("22012", "division by zero")
+            error(DIVISION_BY_ZERO, "division by zero")
         }
         DataFusionError::Configuration(_) => error("22023", strip(err)),
         _ => error(INTERNAL, strip(err)),
+    }
+}
+
+fn from_parser(err: &datafusion::sql::sqlparser::parser::ParserError) -> ErrorInfo {
+    use datafusion::sql::sqlparser::parser::ParserError;
+    match err {
+        ParserError::RecursionLimitExceeded => with_hint(
+            error(STACK_DEPTH, "stack depth limit exceeded: the statement nests too deeply"),
+            "nest fewer parentheses or subqueries",
+        ),
+        other => error("42601", format!("syntax error: {other}")),
     }
 }
 
@@ -148,11 +165,11 @@ fn msg_is_cast(err: &DataFusionError) -> bool {
 
 fn from_arrow(err: &ArrowError) -> ErrorInfo {
     match err {
-        ArrowError::DivideByZero => error("22012", "division by zero"),
+        ArrowError::DivideByZero => error(DIVISION_BY_ZERO, "division by zero"),
         ArrowError::CastError(msg) | ArrowError::ParseError(msg) => {
             error("22P02", format!("invalid input value: {msg}"))
         }
-        ArrowError::ArithmeticOverflow(msg) => error("22003", format!("value out of range: {msg}")),
+        ArrowError::ArithmeticOverflow(msg) => error(NUMERIC_OUT_OF_RANGE, format!("value out of range: {msg}")),
         ArrowError::ExternalError(inner) => match inner.downcast_ref::<DataFusionError>() {
             Some(df) => from_datafusion(df),
             None => error(INTERNAL, inner.to_string()),

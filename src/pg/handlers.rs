@@ -60,6 +60,13 @@ struct ReportErrors;
 
 impl ErrorHandler for ReportErrors {
     fn on_error<C: ClientInfo>(&self, client: &C, error: &mut PgWireError) {
+        // SCRAM names the user of its own first message, which libpq leaves
+        // empty: name the one the client logged in as.
+        if let PgWireError::InvalidPassword(name) = error
+            && name.is_empty()
+        {
+            *name = client.metadata().get("user").cloned().unwrap_or_default();
+        }
         errors::normalize(error);
         let (pid, _) = client.pid_and_secret_key();
         match error {

@@ -5,6 +5,7 @@
 mod backends;
 mod copy;
 mod cursor;
+mod depth;
 mod encode;
 mod errors;
 mod functions;
@@ -19,6 +20,7 @@ mod session;
 mod settings;
 mod startup;
 mod statements;
+mod wire;
 
 pub use backends::{BackendInfo, Backends};
 pub use server::{PgServer, ServerOptions};

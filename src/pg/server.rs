@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -18,7 +18,8 @@ use super::handlers::{CancelByKey, ConnectionHandlers};
 use super::session::Session;
 use super::settings::Settings;
 use crate::engine::SessionSettingsRows;
-use super::startup::{Refusal, Startup, UserStore};
+use super::startup::{Slots, Startup, UserStore};
+use super::wire;
 use super::functions;
 use crate::engine::Engine;
 
@@ -27,6 +28,10 @@ pub struct ServerOptions {
     pub max_connections: usize,
     pub statement_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
+    /// How long a new connection may take to log in.
+    pub authentication_timeout: Duration,
+    /// How many connections may be logging in at once.
+    pub max_startup_connections: usize,
 }
 
 pub struct PgServer {
@@ -65,6 +70,7 @@ impl PgServer {
     /// Serve until `shutdown` fires, then drain as described above.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let slots = Arc::new(Semaphore::new(self.options.max_connections));
+        let starting = Arc::new(Semaphore::new(self.options.max_startup_connections));
         let connections = TaskTracker::new();
         let stopping = CancellationToken::new();
         loop {
@@ -80,6 +86,14 @@ impl PgServer {
                     }
                 },
             };
+            // Sockets that have not logged in yet are capped on their own, so
+            // a flood of silent ones can neither take the slots of real
+            // clients nor pile up without bound.
+            let Ok(login_slot) = starting.clone().try_acquire_owned() else {
+                tracing::warn!(%addr, max = self.options.max_startup_connections, "too many connections logging in at once: closing a new one");
+                drop(socket);
+                continue;
+            };
             let connection = Connection {
                 engine: self.engine.clone(),
                 users: self.users.clone(),
@@ -90,7 +104,7 @@ impl PgServer {
             };
             connections.spawn(
                 connection
-                    .serve(socket, addr)
+                    .serve(socket, addr, login_slot)
                     .instrument(tracing::info_span!("connection", %addr)),
             );
         }
@@ -129,18 +143,19 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, socket: TcpStream, addr: SocketAddr) {
+    async fn serve(self, socket: TcpStream, addr: SocketAddr, login_slot: OwnedSemaphorePermit) {
         let _ = socket.set_nodelay(true);
         let registration = self.backends.register(addr);
         let backend = registration.backend.clone();
-        let permit = self.slots.clone().try_acquire_owned();
-        let startup = if self.stopping.is_cancelled() {
-            Startup::Refuse(Refusal::ShuttingDown)
-        } else if permit.is_err() {
-            Startup::Refuse(Refusal::TooManyConnections(self.options.max_connections))
-        } else {
-            Startup::new(backend.clone(), &self.users)
-        };
+        let startup = Startup::new(
+            backend.clone(),
+            &self.users,
+            Slots {
+                slots: self.slots.clone(),
+                max: self.options.max_connections,
+                stopping: self.stopping.clone(),
+            },
+        );
         let ctx = self.engine.session();
         let defaults = self
             .options
@@ -161,21 +176,25 @@ impl Connection {
             cancel: Arc::new(CancelByKey(self.backends.clone())),
         });
         let closed = backend.closed();
-        let process = pgwire::tokio::process_socket(socket, None, handlers);
+        let mut login_slot = Some(login_slot);
+        let process = wire::serve(socket, handlers, self.options.authentication_timeout, move || {
+            login_slot.take();
+        });
         tokio::pin!(process);
-        let result = tokio::select! {
-            result = &mut process => result,
+        let ended = tokio::select! {
+            ended = &mut process => ended,
             _ = closed.cancelled() => {
                 // Let a cancelled query report its error before the socket closes.
                 tokio::time::timeout(Duration::from_secs(1), &mut process)
                     .await
-                    .unwrap_or(Ok(()))
+                    .unwrap_or(wire::Ended::Client)
             }
         };
-        if let Err(err) = result {
-            tracing::debug!(pid = backend.pid, %err, "connection ended with an error");
+        if ended.is_abnormal() {
+            tracing::info!(pid = backend.pid, %ended, "connection closed");
+        } else {
+            tracing::debug!(pid = backend.pid, %ended, "connection closed");
         }
-        drop(permit);
         drop(registration);
     }
 }

@@ -38,7 +38,7 @@ use crate::engine::panic_message;
 use super::readonly::ReadOnlyHook;
 use super::settings::Settings;
 use super::statements::{SessionStatementHook, apply_to_engine};
-use super::{copy, cursor, encode, errors, labels, late_bind, rewrite, search_path};
+use super::{copy, cursor, depth, encode, errors, labels, late_bind, rewrite, search_path};
 
 /// The statement type stored in prepared statements and portals; it must be
 /// datafusion-postgres' own so its cursor hook can read our portals.
@@ -64,7 +64,7 @@ impl Session {
         ];
         let inner = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks.clone()));
         let parser = Arc::new(StatementParser {
-            compat: PostgresCompatibilityParser::new(),
+            compat: Arc::new(PostgresCompatibilityParser::new()),
             ctx: ctx.clone(),
             settings: settings.clone(),
             hooks: hooks.clone(),
@@ -98,7 +98,7 @@ impl Session {
             let (name, direction) = parsed?;
             return Ok(vec![cursor::move_cursor(client, &name, &direction).await?]);
         }
-        let statements = self.parser.parse(query)?;
+        let statements = self.parser.parse_off_connection(query).await?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -421,11 +421,22 @@ impl ExtendedQueryHandler for Session {
     }
 }
 
+/// Split `sql` into statements, apply our rewrites, and refuse expressions
+/// nested deeper than the planner can take.
+fn parse_with(compat: &PostgresCompatibilityParser, sql: &str) -> PgWireResult<Vec<Statement>> {
+    let mut statements = compat.parse(sql).map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    for statement in &mut statements {
+        depth::check(statement)?;
+        rewrite::rewrite(statement);
+    }
+    Ok(statements)
+}
+
 /// Parses with datafusion-postgres' compatibility parser, applies our
 /// rewrites, then plans (hooks first, as datafusion-postgres does); column
 /// descriptions follow Postgres.
 pub struct StatementParser {
-    compat: PostgresCompatibilityParser,
+    compat: Arc<PostgresCompatibilityParser>,
     ctx: Arc<SessionContext>,
     settings: Arc<Settings>,
     hooks: Vec<Arc<dyn QueryHook>>,
@@ -442,23 +453,33 @@ impl StatementParser {
 
     /// Split `sql` into rewritten statements.
     pub fn parse(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
-        let mut statements = self
-            .compat
-            .parse(sql)
-            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        for statement in &mut statements {
-            rewrite::rewrite(statement);
-        }
-        Ok(statements)
+        parse_with(&self.compat, sql)
+    }
+
+    /// `parse` on the query runtime, whose deep stacks take SQL nested as
+    /// deep as `depth` allows.
+    pub async fn parse_off_connection(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
+        let compat = self.compat.clone();
+        let sql = sql.to_string();
+        crate::engine::off_connection("parsing the query", async move { Ok(parse_with(&compat, &sql)) })
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?
     }
 
     async fn plan<C>(&self, client: &C, sql: &str) -> PgWireResult<Option<PreparedStatement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let mut statements = self.parse(sql)?;
+        let mut statements = self.parse_off_connection(sql).await?;
         if statements.is_empty() {
             return Ok(None);
+        }
+        if statements.len() > 1 {
+            // As PostgreSQL: running only the first would silently drop the rest.
+            return Err(errors::user(errors::with_hint(
+                errors::error("42601", "cannot insert multiple commands into a prepared statement"),
+                "send one statement per Parse message, or use the simple query protocol",
+            )));
         }
         let statement = statements.remove(0);
         let text = statement.to_string();
@@ -480,16 +501,22 @@ impl StatementParser {
         Ok(Some((text, Some((statement, plan)))))
     }
 
+    /// Plan on the query runtime: planning folds constants and rewrites
+    /// expression trees, which can take long and recurse deep.
     async fn plan_statement(&self, statement: &Statement) -> PgWireResult<LogicalPlan> {
-        // Follow the session's settings (search_path, TimeZone) as they are now.
-        apply_to_engine(&self.settings, &self.ctx);
+        let ctx = self.ctx.clone();
+        let settings = self.settings.clone();
         let mut statement = statement.clone();
-        search_path::qualify(&mut statement, &self.settings, &self.ctx);
-        self.ctx
-            .state()
-            .statement_to_plan(DfStatementKind::Statement(Box::new(statement)))
-            .await
-            .map_err(|e| PgWireError::ApiError(Box::new(e)))
+        crate::engine::off_connection("planning the query", async move {
+            // Follow the session's settings (search_path, TimeZone) as they are now.
+            apply_to_engine(&settings, &ctx);
+            search_path::qualify(&mut statement, &settings, &ctx);
+            ctx.state()
+                .statement_to_plan(DfStatementKind::Statement(Box::new(statement)))
+                .await
+        })
+        .await
+        .map_err(|e| PgWireError::ApiError(Box::new(e)))
     }
 }
 

@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use async_trait::async_trait;
 use futures::Sink;
@@ -96,34 +99,77 @@ pub enum Refusal {
     ShuttingDown,
 }
 
-pub enum Startup {
-    Trust {
-        backend: Arc<Backend>,
-        params: DefaultServerParameterProvider,
-    },
-    Scram {
-        backend: Arc<Backend>,
-        sasl: SASLAuthStartupHandler<DefaultServerParameterProvider>,
-    },
-    Refuse(Refusal),
+enum Method {
+    Trust(DefaultServerParameterProvider),
+    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+}
+
+/// Where a connection takes its slot among `max_connections`: when its
+/// startup message arrives, so a socket that never says anything (or is
+/// still negotiating) holds none, and a full server refuses with 53300
+/// before asking for a password.
+pub struct Slots {
+    pub slots: Arc<Semaphore>,
+    pub max: usize,
+    pub stopping: CancellationToken,
+}
+
+pub struct Startup {
+    backend: Arc<Backend>,
+    method: Method,
+    slots: Slots,
+    /// This connection's slot, held until the connection ends.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Startup {
-    pub fn new(backend: Arc<Backend>, users: &Arc<UserStore>) -> Startup {
-        if users.is_empty() {
-            Startup::Trust {
-                backend,
-                params: server_parameters(),
-            }
+    pub fn new(backend: Arc<Backend>, users: &Arc<UserStore>, slots: Slots) -> Startup {
+        let method = if users.is_empty() {
+            Method::Trust(server_parameters())
         } else {
             let mut scram = ScramAuth::new(users.clone());
             scram.set_iterations(SCRAM_ITERATIONS);
             let sasl = SASLAuthStartupHandler::new(Arc::new(server_parameters()))
                 .with_scram(scram)
                 .with_pid_secret_key_generator(Arc::new(FixedPid(backend.pid)));
-            Startup::Scram { backend, sasl }
+            Method::Scram(sasl)
+        };
+        Startup {
+            backend,
+            method,
+            slots,
+            slot: Mutex::new(None),
         }
     }
+
+    /// Take a connection slot for this connection, or say why not.
+    fn take_slot(&self) -> Result<(), Refusal> {
+        if self.slots.stopping.is_cancelled() {
+            return Err(Refusal::ShuttingDown);
+        }
+        let mut slot = self.slot.lock().expect("startup slot poisoned");
+        if slot.is_none() {
+            let permit = self
+                .slots
+                .slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Refusal::TooManyConnections(self.slots.max))?;
+            *slot = Some(permit);
+        }
+        Ok(())
+    }
+}
+
+fn refusal_error(refusal: Refusal) -> PgWireError {
+    let info = match refusal {
+        Refusal::TooManyConnections(max) => errors::with_hint(
+            errors::fatal(errors::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
+            format!("the server allows {max} connections (max_connections); close idle ones or raise the limit"),
+        ),
+        Refusal::ShuttingDown => errors::fatal("57P03", "the database system is shutting down"),
+    };
+    errors::user(info)
 }
 
 fn mark_authenticated<C: ClientInfo>(client: &C, backend: &Backend) {
@@ -143,33 +189,24 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Startup::Refuse(refusal) => {
-                let info = match refusal {
-                    Refusal::TooManyConnections(max) => errors::with_hint(
-                        errors::fatal(errors::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
-                        format!("the server allows {max} connections (max_connections); close idle ones or raise the limit"),
-                    ),
-                    Refusal::ShuttingDown => {
-                        errors::fatal("57P03", "the database system is shutting down")
-                    }
-                };
-                Err(errors::user(info))
-            }
-            Startup::Trust { backend, params } => {
+        if let PgWireFrontendMessage::Startup(_) = message {
+            self.take_slot().map_err(refusal_error)?;
+        }
+        match &self.method {
+            Method::Trust(params) => {
                 if let PgWireFrontendMessage::Startup(ref startup) = message {
                     protocol_negotiation(client, startup).await?;
                     save_startup_parameters_to_metadata(client, startup);
-                    let (pid, key) = FixedPid(backend.pid).generate(client);
+                    let (pid, key) = FixedPid(self.backend.pid).generate(client);
                     client.set_pid_and_secret_key(pid, key);
                     finish_authentication(client, params).await?;
-                    mark_authenticated(client, backend);
+                    mark_authenticated(client, &self.backend);
                 }
                 Ok(())
             }
-            Startup::Scram { backend, sasl } => {
+            Method::Scram(sasl) => {
                 sasl.on_startup(client, message).await?;
-                mark_authenticated(client, backend);
+                mark_authenticated(client, &self.backend);
                 Ok(())
             }
         }

@@ -222,7 +222,7 @@ impl Pipeline {
                     description: d.description.clone(),
                     owner: d.owner.clone(),
                     spec_hash: d.hash.clone(),
-                    spec_text: d.text.clone(),
+                    spec_text: crate::spec::secrets::redact(&d.text),
                     spec_file: d.file.display().to_string(),
                     tables,
                     schedule: d.schedule.clone(),

@@ -3,6 +3,7 @@
 //! do. This is the only module that names the YAML crate (in `yaml.rs`).
 
 pub mod raw;
+pub mod secrets;
 mod validate;
 pub mod yaml;
 

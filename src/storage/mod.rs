@@ -618,6 +618,18 @@ impl Lake {
                 table: table.to_string(),
             });
         }
+        // A version past the latest would have delta-rs look for it forever.
+        if let At::Version(v) = at
+            && let Some(latest) = self.table(layer, table).await?.and_then(|t| t.version())
+            && v > latest as u64
+        {
+            return Err(StorageError::NoSuchVersion {
+                layer,
+                table: table.to_string(),
+                at: format!("version {v}"),
+                reason: format!("the table's versions are 0 to {latest}"),
+            });
+        }
         let wrap = table_error(layer, table);
         let builder = DeltaTableBuilder::from_url(self.table_url(layer, table))
             .map_err(wrap)?

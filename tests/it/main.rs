@@ -6,6 +6,7 @@ mod clients;
 mod coordination;
 mod encoding;
 mod functions;
+mod hardening;
 mod metadata;
 mod pipeline;
 mod server;

@@ -4,9 +4,12 @@
 //! - [`pg`]: PostgreSQL compatibility functions clients call while browsing
 //!   the catalog (`version()`, `pg_function_is_visible(oid)`, ...).
 //! - [`tidy`]: helpers the silver rules use (`wb_parse_datetime`, `wb_is_blank`).
+//! - [`arith`]: integer arithmetic that raises overflow and float division
+//!   that raises division by zero, as PostgreSQL does.
 //! - [`decimal`]: `wb_parse_decimal`, text to `decimal(p,s)` without a cast's
 //!   per-value allocation.
 
+pub mod arith;
 pub mod decimal;
 pub mod pg;
 pub mod tidy;
@@ -36,5 +39,6 @@ pub fn all() -> Vec<ScalarUDF> {
     all.push(tidy::parse_datetime_udf());
     all.push(tidy::is_blank_udf());
     all.push(decimal::parse_decimal_udf());
+    all.extend(arith::all());
     all
 }
