@@ -53,7 +53,7 @@ impl AnalyzerRule for CheckedArithmetic {
             let names = NamePreserver::new(&node);
             node.map_expressions(|expr| {
                 let name = names.save(&expr);
-                expr.transform_up(|e| self.rewrite(e, &schema))
+                expr.transform_down(|e| self.rewrite(e, &schema))
                     .map(|t| t.update_data(|e| name.restore(e)))
             })?
             .map_data(|node| node.recompute_schema())

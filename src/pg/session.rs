@@ -426,8 +426,8 @@ impl ExtendedQueryHandler for Session {
 fn parse_with(compat: &PostgresCompatibilityParser, sql: &str) -> PgWireResult<Vec<Statement>> {
     let mut statements = compat.parse(sql).map_err(|e| PgWireError::ApiError(Box::new(e)))?;
     for statement in &mut statements {
-        depth::check(statement)?;
         rewrite::rewrite(statement);
+        depth::check(statement)?;
     }
     Ok(statements)
 }

@@ -13,10 +13,12 @@
 //!   (`information_schema._pg_expandarray`, `generate_subscripts`) → `unnest` ([`srf`]);
 //! - correlated scalar subqueries of one row → aggregated ([`subquery`]);
 //! - Postgres datetime format patterns in `to_timestamp`/`to_date`/`to_char`
-//!   and the `'epoch'` literal ([`datetime`]).
+//!   and the `'epoch'` literal ([`datetime`]);
+//! - long `x = 1 OR x = 2 OR ...` chains → `x IN (1, 2, ...)` ([`or_list`]).
 
 mod casts;
 mod datetime;
+mod or_list;
 mod srf;
 mod subquery;
 
@@ -43,6 +45,11 @@ impl VisitorMut for Rules {
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
         casts::order_by_oid(query);
         casts::label_oid_casts(query);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        or_list::or_chain_to_in_list(expr);
         ControlFlow::Continue(())
     }
 
