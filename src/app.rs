@@ -264,6 +264,15 @@ impl App {
                     }
                     let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), meta.clone(), coordinator.clone(), lock_ttl, project));
                     pipeline.sync_datasets().await?;
+                    // Runs whose process died are marked abandoned at start
+                    // and from then on, every lock_ttl.
+                    let sweeper = pipeline.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            sweeper.abandon_silent_runs().await;
+                            tokio::time::sleep(lock_ttl.max(std::time::Duration::from_secs(1))).await;
+                        }
+                    });
                     Some(pipeline)
                 }
                 Err(errors) => {

@@ -56,10 +56,12 @@ pub(crate) use on_pool;
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/postgres/0001_metadata.sql")),
     (2, "openlineage", include_str!("../../migrations/postgres/0002_openlineage.sql")),
+    (3, "heartbeat", include_str!("../../migrations/postgres/0003_heartbeat.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql")),
     (2, "openlineage", include_str!("../../migrations/sqlite/0002_openlineage.sql")),
+    (3, "heartbeat", include_str!("../../migrations/sqlite/0003_heartbeat.sql")),
 ];
 
 fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {

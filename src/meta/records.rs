@@ -146,7 +146,7 @@ impl MetaStore {
 
     pub async fn start_run(&self, run: &RunRecord) -> Result<(), MetaError> {
         on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO runs (id, datasets, trigger, parameters, status, started_at) VALUES ($1, $2, $3, $4, 'running', $5)"
+            "INSERT INTO runs (id, datasets, trigger, parameters, status, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, 'running', $5, $5)"
         )
         .bind(&run.id)
         .bind(Json(&run.datasets))
@@ -157,6 +157,41 @@ impl MetaStore {
         .await
         .map(|_| ()))?;
         Ok(())
+    }
+
+    /// Say that run `id` is still being worked on.
+    pub async fn heartbeat(&self, id: &str) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query("UPDATE runs SET heartbeat_at = $2 WHERE id = $1 AND status = 'running'")
+            .bind(id)
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Mark runs still `running` whose heartbeat is older than `silent_for`
+    /// as `abandoned`: the process running them died (killed, crashed, lost
+    /// its machine). Returns how many were marked.
+    pub async fn abandon_silent_runs(&self, silent_for: std::time::Duration) -> Result<u64, MetaError> {
+        let now = Utc::now();
+        let cutoff = now - chrono::Duration::from_std(silent_for).unwrap_or(chrono::Duration::seconds(30));
+        let error = format!(
+            "abandoned: the process running it stopped without finishing (no heartbeat for {}s); \
+             tables keep their last committed version, run it again",
+            silent_for.as_secs()
+        );
+        let done = on_pool!(self, |pool| sqlx::query(
+            "UPDATE runs SET status = 'abandoned', finished_at = $2, error = $3 \
+             WHERE status = 'running' AND COALESCE(heartbeat_at, started_at) < $1"
+        )
+        .bind(cutoff)
+        .bind(now)
+        .bind(&error)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done)
     }
 
     pub async fn record_step(&self, step: &StepRecord) -> Result<(), MetaError> {

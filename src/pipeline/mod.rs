@@ -232,6 +232,15 @@ impl Pipeline {
         self.meta.sync_datasets(&records).await
     }
 
+    /// Mark runs whose process died as abandoned (see `MetaStore::abandon_silent_runs`).
+    pub async fn abandon_silent_runs(&self) {
+        match self.meta.abandon_silent_runs(self.lock_ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(runs = n, "marked runs whose process stopped as abandoned"),
+            Err(err) => tracing::warn!(%err, "checking for abandoned runs failed"),
+        }
+    }
+
     pub fn project(&self) -> &Project {
         &self.project
     }
@@ -289,6 +298,7 @@ impl Pipeline {
             return Err(PipelineError::UnknownDataset(unknown.clone()));
         }
         let locks = self.lock(&names, &run_id, options.wait).await?;
+        self.abandon_silent_runs().await;
         let names_for_event = names.clone();
         self.publish("run_started", vec![("run_id", run_id.clone()), ("datasets", names.join(","))]).await;
         self.meta
@@ -304,7 +314,23 @@ impl Pipeline {
                 started_at: chrono::Utc::now(),
             })
             .await?;
+        // While it works, the run says so; if this process dies, the next one
+        // to look marks the run abandoned once the heartbeat is lock_ttl old.
+        let heartbeat = {
+            let meta = self.meta.clone();
+            let id = run_id.clone();
+            let every = (self.lock_ttl / 3).max(std::time::Duration::from_millis(200));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(err) = meta.heartbeat(&id).await {
+                        tracing::warn!(%err, run_id = %id, "writing the run's heartbeat failed");
+                    }
+                }
+            })
+        };
         let result = self.execute(datasets, options, &run_id).await;
+        heartbeat.abort();
         let (error, report) = match &result {
             Ok(report) => (report.error.clone(), Some(report)),
             Err(err) => (Some(err.to_string()), None),

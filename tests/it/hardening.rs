@@ -451,3 +451,43 @@ async fn secrets_written_in_a_spec_are_never_served_and_check_points_to_env() {
     assert!(text.contains("postgres://postgres:********@127.0.0.1:5432/postgres?sslmode=disable"), "{text}");
     assert!(!server.log_text().contains("hunter2"), "{}", server.log_text());
 }
+
+#[tokio::test]
+async fn a_run_whose_process_was_killed_is_marked_abandoned() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    // A source that takes long enough to kill the run in the middle of it.
+    std::fs::write(
+        specs.path().join("slow.yaml"),
+        "name: slow\nsource:\n  format: postgres\n  url: postgres://postgres@127.0.0.1:5432/postgres\n  query: SELECT 1 AS id FROM pg_sleep(60)\n",
+    )
+    .unwrap();
+    let mut run = std::process::Command::new(crate::harness::BIN)
+        .args(["run", "slow", "--lock-ttl", "1s", "--lake"])
+        .arg(lake.path())
+        .arg("--specs")
+        .arg(specs.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start workbench run");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.kill().expect("kill the run");
+    run.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let server = Server::start_in(
+        lake,
+        ServerOptions {
+            args: vec!["--specs".into(), specs.path().display().to_string(), "--lock-ttl".into(), "1s".into()],
+            ..Default::default()
+        },
+    );
+    let client = server.connect().await;
+    let row = one_value(
+        &client,
+        "SELECT status || ': ' || error FROM workbench.runs WHERE trigger = 'cli' ORDER BY started_at LIMIT 1",
+    )
+    .await;
+    assert!(row.starts_with("abandoned: abandoned: the process running it stopped"), "{row}");
+}
