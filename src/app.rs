@@ -65,7 +65,7 @@ impl Core {
         tracing::info!(backend = meta.backend(), "metadata store ready");
         let coordinator = Arc::new(match &config.redis_url {
             Some(url) => Coordinator::redis(url, &config.redis_prefix).await?,
-            None => Coordinator::local(),
+            None => Coordinator::local(lake.local_root().map(|root| root.join("_workbench").join("locks"))),
         });
         tracing::info!(backend = coordinator.backend(), "locks, events and cache ready");
         let engine = Arc::new(

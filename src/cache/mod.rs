@@ -25,6 +25,12 @@ pub enum CacheError {
     },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("cannot take a run lock in {path}: {source}; check that the lake directory is writable")]
+    LockFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// An event about a run, as published on the stream / channel.
@@ -56,6 +62,11 @@ impl std::fmt::Debug for Coordinator {
 #[derive(Debug)]
 pub struct Local {
     locks: Mutex<HashMap<String, (String, Instant)>>,
+    /// Where locks are also taken as operating-system file locks, so that
+    /// processes sharing a local lake without Redis exclude each other too
+    /// (`workbench run` next to `workbench serve`). A process that dies
+    /// loses its file locks at once.
+    lock_dir: Option<std::path::PathBuf>,
     events: broadcast::Sender<Event>,
     cache: Mutex<LruCache>,
 }
@@ -85,6 +96,8 @@ pub struct LockGuard {
     token: String,
     renewal: CancellationToken,
     released: bool,
+    /// The file lock held with an in-process lock (see `Local::lock_dir`).
+    _file: Option<std::fs::File>,
 }
 
 const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
@@ -112,9 +125,12 @@ impl Coordinator {
         })
     }
 
-    pub fn local() -> Coordinator {
+    /// In-process locks, events and cache; with `lock_dir`, locks are also
+    /// file locks there, shared by every process on this machine.
+    pub fn local(lock_dir: Option<std::path::PathBuf>) -> Coordinator {
         let (events, _) = broadcast::channel(1024);
         Coordinator::Local(Arc::new(Local {
+            lock_dir,
             locks: Mutex::new(HashMap::new()),
             events,
             cache: Mutex::new(LruCache::default()),
@@ -140,6 +156,7 @@ impl Coordinator {
         let key = self.key(&format!("lock:{name}"));
         let token = format!("{holder}:{}", uuid::Uuid::new_v4().simple());
         let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut file = None;
         let taken = match self {
             Coordinator::Redis { conn, .. } => {
                 let mut conn = conn.clone();
@@ -162,17 +179,21 @@ impl Coordinator {
             Coordinator::Local(local) => {
                 let mut locks = local.locks.lock().expect("lock table poisoned");
                 let now = Instant::now();
-                match locks.get(&key) {
-                    Some((current, expires)) if *expires > now => {
-                        return Ok(Err(Held {
-                            holder: holder_of(current),
-                        }));
-                    }
-                    _ => {
-                        locks.insert(key.clone(), (token.clone(), now + ttl));
-                        true
+                if let Some((current, expires)) = locks.get(&key)
+                    && *expires > now
+                {
+                    return Ok(Err(Held {
+                        holder: holder_of(current),
+                    }));
+                }
+                if let Some(dir) = &local.lock_dir {
+                    match lock_file(dir, &key, &token)? {
+                        Ok(locked) => file = Some(locked),
+                        Err(held) => return Ok(Err(held)),
                     }
                 }
+                locks.insert(key.clone(), (token.clone(), now + ttl));
+                true
             }
         };
         debug_assert!(taken);
@@ -183,6 +204,7 @@ impl Coordinator {
             token: token.clone(),
             renewal: renewal.clone(),
             released: false,
+            _file: file,
         };
         let coordinator = self.clone();
         tokio::spawn(async move {
@@ -340,6 +362,41 @@ impl Drop for LockGuard {
             }
         }
     }
+}
+
+/// Take the file lock for `key` in `dir` without waiting, writing `token`
+/// into the file so that others can name the holder.
+fn lock_file(dir: &std::path::Path, key: &str, token: &str) -> Result<Result<std::fs::File, Held>, CacheError> {
+    use std::io::{Read, Seek, Write};
+    let io = |source: std::io::Error| CacheError::LockFile {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name: String = key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    let path = dir.join(format!("{name}.lock"));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut current = String::new();
+            let _ = file.read_to_string(&mut current);
+            return Ok(Err(Held {
+                holder: if current.is_empty() { "(another process)".into() } else { holder_of(current.trim()) },
+            }));
+        }
+        Err(std::fs::TryLockError::Error(err)) => return Err(io(err)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    file.write_all(token.as_bytes()).map_err(io)?;
+    Ok(Ok(file))
 }
 
 fn holder_of(token: &str) -> String {

@@ -99,6 +99,18 @@ impl MetaStore {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        // Processes sharing the file (a `serve` and a `workbench run`)
+        // open it one at a time: two migrating a fresh file at once get
+        // SQLite's immediate "database is locked".
+        let opening = path.with_extension("db.open-lock");
+        let guard = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&opening)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok);
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -110,6 +122,7 @@ impl MetaStore {
             .await
             .map_err(|source| MetaError::Unavailable { backend: "sqlite", source })?;
         migrator(SQLITE_MIGRATIONS).run(&pool).await?;
+        drop(guard);
         Ok(MetaStore::Sqlite(pool))
     }
 

@@ -135,6 +135,7 @@ impl Timestamps<'_> {
 
 impl<'a> Column<'a> {
     fn new(array: &'a ArrayRef, arrow_field: &Arc<Field>, field: &'a FieldInfo) -> PgWireResult<Self> {
+        check_temporal_range(array)?;
         let format = field.format();
         let text = format == FieldFormat::Text;
         let options = field.format_options().as_ref();
@@ -522,6 +523,79 @@ fn timestamp_text(buf: &mut BytesMut, micros: i64) {
     }
     if year <= 0 {
         buf.put_slice(b" BC");
+    }
+}
+
+/// Refuse a date, time or timestamp column holding a value no client type
+/// can represent (before, such values reached the client as NULL or as a
+/// wrong timestamp): every value is written correctly, or the query fails
+/// with PostgreSQL's `22008 ... out of range`. The bounds are those of
+/// chrono's calendar (years -262143 to 262142), inside PostgreSQL's own
+/// (4713 BC to 294276 AD); times run from 00:00 to before 24:00.
+fn check_temporal_range(array: &ArrayRef) -> PgWireResult<()> {
+    use datafusion::arrow::compute::{max, min};
+    use datafusion::arrow::datatypes::{
+        Date64Type, Time32MillisecondType, Time32SecondType, Time64MicrosecondType, Time64NanosecondType,
+    };
+    fn bounds<T: datafusion::arrow::datatypes::ArrowPrimitiveType<Native = N>, N: Copy>(array: &ArrayRef) -> Option<(N, N)> {
+        let values = array.as_primitive::<T>();
+        Some((min(values)?, max(values)?))
+    }
+    let (lowest_micros, highest_micros) = (
+        chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_micros(),
+        chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_micros(),
+    );
+    let day_micros: i64 = 86_400_000_000;
+    let out_of_range = |what: &str| {
+        Err(super::errors::user(super::errors::with_hint(
+            super::errors::error("22008", format!("{what} out of range for the client")),
+            "values are served for years -262143 to 262142 (times from 00:00 to before 24:00); filter or convert the value",
+        )))
+    };
+    // Each column's lowest and highest value, as microseconds (since the
+    // Unix epoch, or since midnight for times); None when all are NULL.
+    let (what, range) = match array.data_type() {
+        DataType::Timestamp(unit, _) => {
+            let (lo, hi) = match unit {
+                TimeUnit::Second => bounds::<TimestampSecondType, i64>(array).map(|(a, b)| (a.checked_mul(1_000_000), b.checked_mul(1_000_000))),
+                TimeUnit::Millisecond => bounds::<TimestampMillisecondType, i64>(array).map(|(a, b)| (a.checked_mul(1_000), b.checked_mul(1_000))),
+                TimeUnit::Microsecond => bounds::<TimestampMicrosecondType, i64>(array).map(|(a, b)| (Some(a), Some(b))),
+                TimeUnit::Nanosecond => bounds::<TimestampNanosecondType, i64>(array).map(|(a, b)| (Some(a.div_euclid(1_000)), Some(b.div_euclid(1_000)))),
+            }
+            .unwrap_or((Some(0), Some(0)));
+            ("timestamp", lo.zip(hi).filter(|(lo, hi)| *lo >= lowest_micros && *hi <= highest_micros))
+        }
+        DataType::Date32 => {
+            let (lo, hi) = bounds::<datafusion::arrow::datatypes::Date32Type, i32>(array).unwrap_or((0, 0));
+            let (lo, hi) = (lo as i64 * day_micros, hi as i64 * day_micros);
+            ("date", Some((lo, hi)).filter(|(lo, hi)| *lo >= lowest_micros && *hi <= highest_micros))
+        }
+        DataType::Date64 => {
+            let (lo, hi) = bounds::<Date64Type, i64>(array).unwrap_or((0, 0));
+            let range = lo.checked_mul(1_000).zip(hi.checked_mul(1_000));
+            ("date", range.filter(|(lo, hi)| *lo >= lowest_micros && *hi <= highest_micros))
+        }
+        DataType::Time32(unit) => {
+            let (lo, hi) = match unit {
+                TimeUnit::Second => bounds::<Time32SecondType, i32>(array).map(|(a, b)| (a as i64 * 1_000_000, b as i64 * 1_000_000)),
+                _ => bounds::<Time32MillisecondType, i32>(array).map(|(a, b)| (a as i64 * 1_000, b as i64 * 1_000)),
+            }
+            .unwrap_or((0, 0));
+            ("time", Some((lo, hi)).filter(|(lo, hi)| *lo >= 0 && *hi < day_micros))
+        }
+        DataType::Time64(unit) => {
+            let (lo, hi) = match unit {
+                TimeUnit::Nanosecond => bounds::<Time64NanosecondType, i64>(array).map(|(a, b)| (a.div_euclid(1_000), b.div_euclid(1_000))),
+                _ => bounds::<Time64MicrosecondType, i64>(array),
+            }
+            .unwrap_or((0, 0));
+            ("time", Some((lo, hi)).filter(|(lo, hi)| *lo >= 0 && *hi < day_micros))
+        }
+        _ => return Ok(()),
+    };
+    match range {
+        Some(_) => Ok(()),
+        None => out_of_range(what),
     }
 }
 

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::{Pipeline, PipelineError, RunOptions, edge, sources, step_error};
+use crate::storage::StorageError;
 use crate::meta::FileRecord;
 use crate::spec::{SourceFormat, Spec};
 use crate::storage::{Layer, WriteKind};
@@ -36,21 +37,21 @@ pub(super) struct Ingested {
     pub skipped_files: usize,
 }
 
-/// A landing file (or query result) ingested in this run.
+/// A landing file (or query result) to ingest in this run, known by its
+/// content hash before anything is written.
 struct NewFile {
     path: String,
     hash: String,
     size: i64,
+    /// A query's result, read while planning (it is hashed whole).
+    rows: Option<Vec<RecordBatch>>,
 }
 
-/// One bronze step's reading: the dataset, the content hashes it has
-/// already ingested, and how its rows are tagged.
+/// One bronze step's reading: the dataset and how its rows are tagged.
 #[derive(Clone, Copy)]
 struct Reading<'a> {
     spec: &'a Spec,
-    options: &'a RunOptions,
     run_id: &'a str,
-    known: &'a HashSet<String>,
     ingested_at: i64,
 }
 
@@ -67,20 +68,57 @@ enum Feed {
 /// writer busy while the reader parses the next ones.
 const FEED_DEPTH: usize = 4;
 
+/// How often a step that lost a race with another run's commit is planned
+/// again (each time it sees the winner's commit, so it converges quickly).
+pub(super) const RACE_ATTEMPTS: u32 = 5;
+
+/// The idempotency key of a landing file's content in a dataset's bronze.
+fn content_key(dataset: &str, hash: &str) -> String {
+    format!("bronze.{dataset}:{hash}")
+}
+
 impl Pipeline {
+    /// Ingest what is new. Each file's content is committed at most once,
+    /// even by runs that race without a lock (no Redis, or a lock lost when
+    /// Redis restarted): the bronze commit carries the content hashes as
+    /// Delta transaction ids. The run that loses such a race (or any commit
+    /// conflict) re-reads what is new (now nothing) and ingests the rest.
     pub(super) async fn ingest(&self, spec: &Spec, options: &RunOptions, run_id: &str) -> Result<Ingested, PipelineError> {
+        let mut attempt = 1;
+        loop {
+            match self.ingest_new(spec, options, run_id).await {
+                Err(PipelineError::Storage(raced @ (StorageError::AlreadyCommitted { .. } | StorageError::Conflict { .. })))
+                    if attempt < RACE_ATTEMPTS =>
+                {
+                    tracing::info!(dataset = %spec.name, %raced, attempt, "another run wrote bronze at the same time; re-reading what is new");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn ingest_new(&self, spec: &Spec, options: &RunOptions, run_id: &str) -> Result<Ingested, PipelineError> {
         let step = format!("bronze.{}", spec.name);
         let known: HashSet<String> = if options.full_refresh {
             HashSet::new()
         } else {
             self.ingested_hashes(&spec.name).await?
         };
+        let (new_files, skipped_files) = self.new_files(spec, options, &known).await?;
+        if new_files.is_empty() {
+            if options.full_refresh {
+                return Err(step_error(&step, "no landing files matched the source path; nothing to rebuild bronze from"));
+            }
+            return Ok(Ingested { rows: 0, files: 0, skipped_files });
+        }
+        let keys: Vec<String> = new_files.iter().map(|f| content_key(&spec.name, &f.hash)).collect();
         let ingested_at = chrono::Utc::now().timestamp_micros();
         let kind = if options.full_refresh { WriteKind::Overwrite } else { WriteKind::Append };
         let (tx, mut rx) = mpsc::channel::<Feed>(FEED_DEPTH);
         let write_stopped = Arc::new(AtomicBool::new(false));
-        let reading = Reading { spec, options, run_id, known: &known, ingested_at };
-        let read = self.read_new(&reading, tx, write_stopped.clone());
+        let reading = Reading { spec, run_id, ingested_at };
+        let read = self.read_new(&reading, &new_files, tx, write_stopped.clone());
         let write = async {
             // The first batch gives the schema; nothing new, nothing written.
             let first = match rx.recv().await {
@@ -98,50 +136,87 @@ impl Pipeline {
                 .internal_session()
                 .read_table(Arc::new(table))
                 .map_err(|e| step_error(&step, e))?;
-            self.lake.write_frame(Layer::Bronze, &spec.name, frame, kind, run_id, vec![]).await.map(Some).map_err(PipelineError::from)
+            self.lake
+                .write_frame_once(Layer::Bronze, &spec.name, frame, kind, run_id, vec![], &keys)
+                .await
+                .map(Some)
+                .map_err(PipelineError::from)
         };
-        let ((new_files, skipped_files), rows) = match tokio::join!(read, write) {
-            (Ok(read), Ok(written)) => (read, written.map_or(0, |c| c.rows_written)),
+        let rows = match tokio::join!(read, write) {
+            (Ok(()), Ok(written)) => written.map_or(0, |c| c.rows_written),
             // The reader stopped because the write had failed: the write's error says why.
             (Err(_), Err(write)) if write_stopped.load(Ordering::Acquire) => return Err(write),
             // Otherwise a reading error is the cause of any write error that came with it.
             (Err(err), _) | (Ok(_), Err(err)) => return Err(err),
         };
-        let files = new_files.len();
-        if files > 0 {
-            for file in &new_files {
-                let record = FileRecord {
-                    dataset: spec.name.clone(),
-                    path: file.path.clone(),
-                    content_hash: file.hash.clone(),
-                    size_bytes: file.size,
-                    run_id: run_id.to_string(),
-                };
-                if let Err(err) = self.meta.record_file(&record).await {
-                    tracing::warn!(%err, "recording an ingested file failed");
-                }
-            }
-            let source = match &spec.source.path {
-                Some(path) => format!("landing:{path}"),
-                None => format!("{}:query", spec.source.format.name()),
+        for file in &new_files {
+            let record = FileRecord {
+                dataset: spec.name.clone(),
+                path: file.path.clone(),
+                content_hash: file.hash.clone(),
+                size_bytes: file.size,
+                run_id: run_id.to_string(),
             };
-            self.record_lineage(&[edge(&source, &format!("bronze.{}", spec.name), "ingest")], run_id).await;
-        } else if options.full_refresh {
-            return Err(step_error(&step, "no landing files matched the source path; nothing to rebuild bronze from"));
+            if let Err(err) = self.meta.record_file(&record).await {
+                tracing::warn!(%err, "recording an ingested file failed");
+            }
         }
-        Ok(Ingested { rows, files, skipped_files })
+        let source = match &spec.source.path {
+            Some(path) => format!("landing:{path}"),
+            None => format!("{}:query", spec.source.format.name()),
+        };
+        self.record_lineage(&[edge(&source, &format!("bronze.{}", spec.name), "ingest")], run_id).await;
+        Ok(Ingested { rows, files: new_files.len(), skipped_files })
     }
 
-    /// Read the source's new files (content not ingested before) in order
-    /// and feed their rows, with ingest metadata, to `tx`. Returns the files
-    /// read; on an error the feed says so, and the write fails.
+    /// The source's files whose content bronze does not hold yet, in order,
+    /// with their hashes; and how many were skipped. A file whose content
+    /// appears twice in one run is ingested once.
+    async fn new_files(&self, spec: &Spec, options: &RunOptions, known: &HashSet<String>) -> Result<(Vec<NewFile>, usize), PipelineError> {
+        let step = format!("bronze.{}", spec.name);
+        if let SourceFormat::Postgres(pg) = &spec.source.format {
+            let data = sources::read_postgres(pg, options.window).await?;
+            let hash = hash_batches(&data);
+            if known.contains(&hash) {
+                return Ok((Vec::new(), 1));
+            }
+            let size = data.iter().map(|b| b.get_array_memory_size() as i64).sum();
+            return Ok((vec![NewFile { path: "postgres:query".into(), hash, size, rows: Some(data) }], 0));
+        }
+        let pattern = spec.source.path.as_deref().unwrap_or_default();
+        let mut seen = known.clone();
+        let mut new_files = Vec::new();
+        let mut skipped = 0;
+        for path in self.landing_files(pattern).await.map_err(|e| step_error(&step, e))? {
+            let bytes = self
+                .lake
+                .read_bytes(&path)
+                .await
+                .map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
+            let size = bytes.len() as i64;
+            // Hashing is CPU work: off the async threads.
+            let hash = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
+                .await
+                .map_err(|e| step_error(&step, format!("hashing {path}: {e}")))?;
+            if seen.insert(hash.clone()) {
+                new_files.push(NewFile { path, hash, size, rows: None });
+            } else {
+                skipped += 1;
+            }
+        }
+        Ok((new_files, skipped))
+    }
+
+    /// Feed the rows of `files`, with ingest metadata, to `tx`. On an error
+    /// the feed says so, and the write fails.
     async fn read_new(
         &self,
         reading: &Reading<'_>,
+        files: &[NewFile],
         tx: mpsc::Sender<Feed>,
         write_stopped: Arc<AtomicBool>,
-    ) -> Result<(Vec<NewFile>, usize), PipelineError> {
-        let result = self.feed_new(reading, &tx, &write_stopped).await;
+    ) -> Result<(), PipelineError> {
+        let result = self.feed_new(reading, files, &tx, &write_stopped).await;
         let _ = tx
             .send(match &result {
                 Ok(_) => Feed::Done,
@@ -154,61 +229,48 @@ impl Pipeline {
     async fn feed_new(
         &self,
         reading: &Reading<'_>,
+        files: &[NewFile],
         tx: &mpsc::Sender<Feed>,
         write_stopped: &Arc<AtomicBool>,
-    ) -> Result<(Vec<NewFile>, usize), PipelineError> {
-        let Reading { spec, options, run_id, known, ingested_at } = *reading;
+    ) -> Result<(), PipelineError> {
+        let Reading { spec, run_id, ingested_at } = *reading;
         let step = format!("bronze.{}", spec.name);
-        let mut new_files = Vec::new();
-        let mut skipped = 0;
         let mut columns: Option<(String, SchemaRef)> = None;
-        let format = match &spec.source.format {
-            SourceFormat::Postgres(pg) => {
-                let data = sources::read_postgres(pg, options.window).await?;
-                let hash = hash_batches(&data);
-                if known.contains(&hash) {
-                    return Ok((new_files, 1));
-                }
-                new_files.push(NewFile {
-                    path: "postgres:query".into(),
-                    hash: hash.clone(),
-                    size: data.iter().map(|b| b.get_array_memory_size() as i64).sum(),
-                });
-                for batch in data {
-                    let batch = with_metadata(batch, run_id, "postgres:query", &hash, ingested_at).map_err(|e| step_error(&step, e))?;
+        for file in files {
+            if let Some(rows) = &file.rows {
+                for batch in rows {
+                    let batch = with_metadata(batch.clone(), run_id, &file.path, &file.hash, ingested_at).map_err(|e| step_error(&step, e))?;
                     if tx.send(Feed::Batch(batch)).await.is_err() {
                         write_stopped.store(true, Ordering::Release);
                         return Err(step_error(&step, "the bronze write stopped before the query's rows were read"));
                     }
                 }
-                return Ok((new_files, 0));
+                continue;
             }
-            format => format.clone(),
-        };
-        let pattern = spec.source.path.as_deref().unwrap_or_default();
-        let known = Arc::new(known.clone());
-        for path in self.landing_files(pattern).await.map_err(|e| step_error(&step, e))? {
+            let path = &file.path;
             let bytes = self
                 .lake
-                .read_bytes(&path)
+                .read_bytes(path)
                 .await
                 .map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
-            let (format, tx, known_file) = (format.clone(), tx.clone(), columns.clone());
-            let (file_path, run) = (path.clone(), run_id.to_string());
-            let known_hashes = Arc::clone(&known);
+            if bytes.len() as i64 != file.size {
+                return Err(step_error(
+                    &step,
+                    format!("{path} changed while it was being ingested (it is still being written?); nothing was committed, run again once it is complete"),
+                ));
+            }
+            let format = spec.source.format.clone();
+            let (tx, first_file) = (tx.clone(), columns.clone());
+            let (file_path, hash, run) = (path.clone(), file.hash.clone(), run_id.to_string());
             let stopped = write_stopped.clone();
-            // Hashing and parsing are CPU work: off the async threads.
-            let read = tokio::task::spawn_blocking(move || -> Result<Option<(NewFile, SchemaRef)>, PipelineError> {
-                let hash = hex::encode(Sha256::digest(&bytes));
-                if known_hashes.contains(&hash) {
-                    return Ok(None);
-                }
+            // Parsing is CPU work: off the async threads.
+            let read = tokio::task::spawn_blocking(move || -> Result<SchemaRef, PipelineError> {
                 let mut schema: Option<SchemaRef> = None;
                 sources::read_file_into(&format, &file_path, &bytes, &mut |batch| {
                     let batch = with_metadata(batch, &run, &file_path, &hash, ingested_at)
                         .map_err(|e| sources::file_error(&file_path, e.to_string()))?;
                     if schema.is_none() {
-                        same_columns(&file_path, batch.schema_ref(), known_file.as_ref())?;
+                        same_columns(&file_path, batch.schema_ref(), first_file.as_ref())?;
                         schema = Some(batch.schema());
                     }
                     tx.blocking_send(Feed::Batch(batch)).map_err(|_| {
@@ -216,21 +278,14 @@ impl Pipeline {
                         sources::file_error(&file_path, "the bronze write stopped before the file was read")
                     })
                 })?;
-                let size = bytes.len() as i64;
-                Ok(Some((NewFile { path: file_path, hash, size }, schema.expect("a file gives at least one batch"))))
+                Ok(schema.expect("a file gives at least one batch"))
             });
-            let read = read
+            let schema = read
                 .await
                 .map_err(|e| step_error(&step, format!("reading {path}: the reader stopped: {e}")))??;
-            match read {
-                Some((file, schema)) => {
-                    columns.get_or_insert_with(|| (file.path.clone(), schema));
-                    new_files.push(file);
-                }
-                None => skipped += 1,
-            }
+            columns.get_or_insert_with(|| (path.clone(), schema));
         }
-        Ok((new_files, skipped))
+        Ok(())
     }
 
     pub(super) async fn ingested_hashes(&self, dataset: &str) -> Result<HashSet<String>, PipelineError> {

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, SessionContext, lit};
 
 use crate::cache::{Coordinator, Event, LockGuard};
@@ -514,7 +513,22 @@ impl Pipeline {
         let Some(silver) = &spec.silver else { return Ok(()) };
         let started = Instant::now();
         let mut step = StepReport::new(&run_id, &spec.name, Layer::Silver, &spec.name);
-        match self.refine(spec, silver.mode, &silver.key, &silver.rules, options, run_id).await {
+        let mut attempt = 1;
+        let refined = loop {
+            match self.refine(spec, silver.mode, &silver.key, &silver.rules, options, run_id).await {
+                // A run racing this one wrote silver first (appended some of
+                // the same bronze runs, or replaced the table): plan again
+                // from what it committed.
+                Err(PipelineError::Storage(raced @ (StorageError::AlreadyCommitted { .. } | StorageError::Conflict { .. })))
+                    if attempt < ingest::RACE_ATTEMPTS =>
+                {
+                    tracing::info!(dataset = %spec.name, %raced, attempt, "another run wrote silver at the same time; re-reading what is pending");
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        match refined {
             Ok(None) => {
                 step.status = StepStatus::Skipped;
                 step.message = Some("bronze has nothing silver has not seen".into());
@@ -595,22 +609,28 @@ impl Pipeline {
         let whole = options.full_refresh || mode == WriteMode::Overwrite || consumed.is_none();
         let bronze = ctx.table(format!("bronze.{}", spec.name)).await.map_err(|e| step_error(&step, e))?;
         let bronze_columns: Vec<String> = bronze.schema().fields().iter().map(|f| f.name().clone()).collect();
+        // What this write consumes, committed at most once even by racing
+        // runs (see `Lake::write_frame_once`): each bronze run an append
+        // takes, or the bronze version a whole rewrite reads.
+        let mut consumed_keys: Vec<String> = vec![format!("silver.{}:bronze version {bronze_version}", spec.name)];
         let input = if whole {
             bronze
         } else {
-            let pending: Vec<Expr> = self
+            let pending: Vec<String> = self
                 .lake
                 .commits(Layer::Bronze, &spec.name, None)
                 .await?
                 .into_iter()
                 .filter(|c| consumed.is_none_or(|v| c.version > v) && c.version <= bronze_version)
                 .filter_map(|c| c.run_id)
-                .map(lit)
                 .collect();
             if pending.is_empty() {
                 return Ok(None);
             }
-            bronze.filter(ident("_run_id").in_list(pending, false)).map_err(|e| step_error(&step, e))?
+            consumed_keys = pending.iter().map(|r| format!("silver.{}:bronze run {r}", spec.name)).collect();
+            bronze
+                .filter(ident("_run_id").in_list(pending.into_iter().map(lit).collect(), false))
+                .map_err(|e| step_error(&step, e))?
         };
         let watermark: CommitMetadata = vec![(BRONZE_VERSION_KEY.to_string(), serde_json::json!(bronze_version))];
         let rows_in = count(&input).await.map_err(|e| step_error(&step, e))?;
@@ -659,10 +679,16 @@ impl Pipeline {
                     self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
                 }
                 (WriteMode::Append, false) => {
-                    self.lake.write_frame(Layer::Silver, &spec.name, refined, WriteKind::Append, run_id, watermark).await?.rows_written
+                    self.lake
+                        .write_frame_once(Layer::Silver, &spec.name, refined, WriteKind::Append, run_id, watermark, &consumed_keys)
+                        .await?
+                        .rows_written
                 }
                 _ => {
-                    self.lake.write_frame(Layer::Silver, &spec.name, refined, WriteKind::Overwrite, run_id, watermark).await?.rows_written
+                    self.lake
+                        .write_frame_once(Layer::Silver, &spec.name, refined, WriteKind::Overwrite, run_id, watermark, &consumed_keys)
+                        .await?
+                        .rows_written
                 }
             };
             Ok((rows_out, rejected))

@@ -62,6 +62,14 @@ pub enum StorageError {
         at: String,
         reason: String,
     },
+    /// A write carrying idempotency keys found one of them already
+    /// committed, before it wrote or because a concurrent writer won.
+    #[error("{layer}.{table} already holds what this write carries (committed by another run): {keys}")]
+    AlreadyCommitted { layer: Layer, table: String, keys: String },
+    /// Another writer committed to the table in a way this write cannot be
+    /// reconciled with; nothing of this write was committed.
+    #[error("{layer}.{table} was changed by another run while this one wrote to it ({reason}); nothing was written, run again")]
+    Conflict { layer: Layer, table: String, reason: String },
     #[error("listing {what}: {source}")]
     List {
         what: String,
@@ -348,6 +356,11 @@ pub struct CommitInfo {
 }
 
 /// Wraps a Delta error with the table it happened on.
+/// The Delta application-transaction id of an idempotency key.
+fn transaction_id(key: &str) -> String {
+    format!("workbench:{key}")
+}
+
 fn table_error(layer: Layer, table: &str) -> impl Fn(DeltaTableError) -> StorageError + Copy + '_ {
     move |source| StorageError::Table {
         layer,
@@ -432,7 +445,7 @@ impl Lake {
         if let Some(properties) = schema.and_then(|s| writer_properties(layer, s.fields().iter().map(|f| f.name().as_str()))) {
             builder = builder.with_writer_properties(properties);
         }
-        let written = self.commit_write(layer, table, builder, kind, run_id, extra).await?;
+        let written = self.commit_write(layer, table, builder, kind, run_id, extra, &[], false).await?;
         Ok(CommitInfo {
             version: written.version().unwrap_or_default() as i64,
             rows_written: rows,
@@ -452,7 +465,38 @@ impl Lake {
         run_id: &str,
         extra: CommitMetadata,
     ) -> Result<CommitInfo, StorageError> {
+        self.write_frame_once(layer, table, frame, kind, run_id, extra, &[]).await
+    }
+
+    /// [`write_frame`](Self::write_frame) that commits at most once per key:
+    /// each key is recorded in the commit as a Delta application transaction
+    /// (`txn`). An append whose table already has one of the keys fails with
+    /// [`StorageError::AlreadyCommitted`] before writing, and Delta's
+    /// conflict check fails it the same way when a concurrent commit carrying
+    /// one of the keys lands first. This holds without any lock: two
+    /// processes racing never both commit the same key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_frame_once(
+        &self,
+        layer: Layer,
+        table: &str,
+        frame: datafusion::prelude::DataFrame,
+        kind: WriteKind,
+        run_id: &str,
+        extra: CommitMetadata,
+        keys: &[String],
+    ) -> Result<CommitInfo, StorageError> {
         let delta = self.writable(layer, table).await?;
+        // Delta checks a commit against the commits that won since the
+        // version it read; when the table did not exist yet, delta-rs retries
+        // a lost race for version 0 from the winner's version with nothing to
+        // check, and two racing first writes would both land. So a first
+        // write is not retried: it fails as a conflict, and the caller plans
+        // again against the table that now exists.
+        let creating = delta.version().is_none();
+        if kind == WriteKind::Append && !keys.is_empty() {
+            self.refuse_committed_keys(layer, table, &delta, keys).await?;
+        }
         let (state, plan) = frame.into_parts();
         // The write plans its own nodes (row counting) with Delta's planner.
         let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
@@ -466,7 +510,16 @@ impl Lake {
         if let Some(properties) = properties {
             builder = builder.with_writer_properties(properties);
         }
-        let written = self.commit_write(layer, table, builder, kind, run_id, extra).await?;
+        let written = match self.commit_write(layer, table, builder, kind, run_id, extra, keys, creating).await {
+            Err(StorageError::Table { .. }) if creating && self.table(layer, table).await.ok().flatten().is_some() => {
+                return Err(StorageError::Conflict {
+                    layer,
+                    table: table.to_string(),
+                    reason: "another run created the table first".into(),
+                });
+            }
+            other => other?,
+        };
         // The write records what it added in its commit's operation metrics.
         let rows = self
             .commits(layer, table, Some(1))
@@ -483,6 +536,34 @@ impl Lake {
         })
     }
 
+    /// Fail if `delta`'s snapshot already records one of `keys`.
+    async fn refuse_committed_keys(&self, layer: Layer, table: &str, delta: &DeltaTable, keys: &[String]) -> Result<(), StorageError> {
+        let Ok(state) = delta.snapshot() else {
+            return Ok(()); // no commit yet
+        };
+        let log_store = delta.log_store();
+        let mut committed = Vec::new();
+        for key in keys {
+            let found = state
+                .transaction_version(log_store.as_ref(), transaction_id(key))
+                .await
+                .map_err(table_error(layer, table))?;
+            if found.is_some() {
+                committed.push(key.clone());
+            }
+        }
+        if committed.is_empty() {
+            Ok(())
+        } else {
+            Err(StorageError::AlreadyCommitted {
+                layer,
+                table: table.to_string(),
+                keys: committed.join(", "),
+            })
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn commit_write(
         &self,
         layer: Layer,
@@ -491,17 +572,48 @@ impl Lake {
         kind: WriteKind,
         run_id: &str,
         extra: CommitMetadata,
+        keys: &[String],
+        creating: bool,
     ) -> Result<DeltaTable, StorageError> {
         use deltalake::operations::write::SchemaMode;
         use deltalake::protocol::SaveMode;
-        let builder = builder.with_commit_properties(commit_properties(run_id, extra));
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut properties = commit_properties(run_id, extra);
+        if creating {
+            properties = properties.with_max_retries(0);
+        }
+        let properties = properties.with_application_transactions(
+            keys.iter()
+                .map(|key| deltalake::kernel::Transaction::new_with_last_update(transaction_id(key), 1, Some(now)))
+                .collect(),
+        );
+        let builder = builder.with_commit_properties(properties);
         let builder = match kind {
             WriteKind::Append => builder.with_save_mode(SaveMode::Append).with_schema_mode(SchemaMode::Merge),
             WriteKind::Overwrite => builder
                 .with_save_mode(SaveMode::Overwrite)
                 .with_schema_mode(SchemaMode::Overwrite),
         };
-        builder.await.map_err(table_error(layer, table))
+        builder.await.map_err(|err| {
+            use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+            match err {
+                DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
+                } if !keys.is_empty() => StorageError::AlreadyCommitted {
+                    layer,
+                    table: table.to_string(),
+                    keys: keys.join(", "),
+                },
+                DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(conflict),
+                } => StorageError::Conflict {
+                    layer,
+                    table: table.to_string(),
+                    reason: conflict.to_string(),
+                },
+                other => table_error(layer, table)(other),
+            }
+        })
     }
 
     /// Upsert `source` into `layer.table` by `key` in one commit: matching

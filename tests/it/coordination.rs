@@ -355,3 +355,84 @@ async fn when_postgres_goes_away_queries_work_runs_fail_clearly_and_recover_when
     let runs: i64 = client.query_one("SELECT count(*) FROM workbench.runs", &[]).await.unwrap().get(0);
     assert!(runs >= 2);
 }
+
+/// Start `workbench run big` on `lake` with `extra` flags; returns the child.
+fn spawn_run(lake: &std::path::Path, specs: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .args(["run", "big", "--lake"])
+        .arg(lake)
+        .arg("--specs")
+        .arg(specs)
+        .args(extra)
+        .env("RUST_LOG", "warn,workbench=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start workbench run")
+}
+
+/// Rows and distinct `n` of bronze.big and silver.big, read by a server on `lake`.
+async fn bronze_and_silver_counts(lake: tempfile::TempDir) -> (String, String) {
+    let server = Server::start_in(lake, ServerOptions::default());
+    let rows = crate::harness::rows(&server, "SELECT count(*), count(DISTINCT n) FROM bronze.big").await;
+    let silver = crate::harness::rows(&server, "SELECT count(*), count(DISTINCT n) FROM silver.big").await;
+    (rows[0].clone(), silver[0].clone())
+}
+
+#[tokio::test]
+async fn two_processes_without_redis_never_ingest_a_file_twice() {
+    let (lake, specs) = big_dataset();
+    // Before: both processes ingested the new file (bronze held it twice).
+    let a = spawn_run(lake.path(), specs.path(), &[]);
+    let b = spawn_run(lake.path(), specs.path(), &[]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let outcomes: Vec<String> = [&a, &b].iter().map(|o| String::from_utf8_lossy(&o.stderr).to_string()).collect();
+    assert!(a.status.success() || b.status.success(), "{outcomes:?}");
+    for (out, stderr) in [&a, &b].iter().zip(&outcomes) {
+        // The one that did not run names the run holding the dataset.
+        assert!(out.status.success() || stderr.contains("already being run by"), "{stderr}");
+    }
+    assert_eq!(bronze_and_silver_counts(lake).await, ("150000|150000".into(), "150000|150000".into()));
+}
+
+#[tokio::test]
+async fn runs_that_race_without_a_common_lock_commit_each_file_once() {
+    // Two different Redis prefixes share no lock: exactly what happens when
+    // Redis restarts in the middle of a run and a second run takes the lock.
+    let (lake, specs) = big_dataset();
+    let (p1, p2) = (prefix(), prefix() + "other:");
+    let a = spawn_run(lake.path(), specs.path(), &["--redis-url", "redis://127.0.0.1:6379", "--redis-prefix", &p1]);
+    let b = spawn_run(lake.path(), specs.path(), &["--redis-url", "redis://127.0.0.1:6379", "--redis-prefix", &p2]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let logs = format!("{}\n---\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    // Both succeed: the one that loses the race re-reads what is new (nothing).
+    assert!(a.status.success() && b.status.success(), "{logs}");
+    assert_eq!(bronze_and_silver_counts(lake).await, ("150000|150000".into(), "150000|150000".into()), "{logs}");
+}
+
+#[tokio::test]
+async fn a_redis_restart_that_drops_the_lock_mid_run_does_not_double_ingest() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = PrivateRedis::start(port);
+    let (lake, specs) = big_dataset();
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = spawn_run(lake.path(), specs.path(), &["--redis-url", &url]);
+    // Once the first run holds its lock, Redis restarts empty: the lock is gone.
+    let started = Instant::now();
+    loop {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string(), "--scan", "--pattern", "*lock*"]).output().unwrap();
+        if !out.stdout.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the first run never took its lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    redis.stop();
+    let _redis = PrivateRedis::start(port);
+    // A second run takes the (now free) lock while the first still runs.
+    let b = spawn_run(lake.path(), specs.path(), &["--redis-url", &url]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let logs = format!("{}\n---\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert!(b.status.success(), "{logs}");
+    assert_eq!(bronze_and_silver_counts(lake).await, ("150000|150000".into(), "150000|150000".into()), "{logs}");
+}
