@@ -567,8 +567,8 @@ fn check_temporal_range(array: &ArrayRef) -> PgWireResult<()> {
         }
         DataType::Date32 => {
             let (lo, hi) = bounds::<datafusion::arrow::datatypes::Date32Type, i32>(array).unwrap_or((0, 0));
-            let (lo, hi) = (lo as i64 * day_micros, hi as i64 * day_micros);
-            ("date", Some((lo, hi)).filter(|(lo, hi)| *lo >= lowest_micros && *hi <= highest_micros))
+            let range = (lo as i64).checked_mul(day_micros).zip((hi as i64).checked_mul(day_micros));
+            ("date", range.filter(|(lo, hi)| *lo >= lowest_micros && *hi <= highest_micros))
         }
         DataType::Date64 => {
             let (lo, hi) = bounds::<Date64Type, i64>(array).unwrap_or((0, 0));

@@ -491,3 +491,122 @@ async fn a_run_whose_process_was_killed_is_marked_abandoned() {
     .await;
     assert!(row.starts_with("abandoned: abandoned: the process running it stopped"), "{row}");
 }
+
+#[tokio::test]
+async fn dates_and_timestamps_no_client_type_can_hold_are_errors_not_nulls() {
+    let server = Server::start();
+    let client = server.connect().await;
+    for sql in [
+        "SELECT arrow_cast(9223372036854775807, 'Timestamp(Second, None)')",
+        "SELECT arrow_cast(9223372036854775807, 'Timestamp(Second, Some(\"UTC\"))')",
+        "SELECT arrow_cast(-9223372036854775807, 'Timestamp(Millisecond, Some(\"UTC\"))')",
+        "SELECT arrow_cast(9223372036854775807, 'Date64')",
+        "SELECT arrow_cast(2147483647, 'Date32')",
+        "SELECT arrow_cast(86400000000000, 'Time64(Nanosecond)')",
+    ] {
+        let (code, message) = fails_with(&client, sql).await;
+        assert_eq!(code, "22008", "{sql}: {message}");
+    }
+    // The same types in range are values, in text and in binary.
+    assert_eq!(
+        one_value(&client, "SELECT arrow_cast(86399, 'Timestamp(Second, None)')").await,
+        "1970-01-01 23:59:59"
+    );
+    let row = client
+        .query_one("SELECT arrow_cast(1700000000, 'Timestamp(Second, None)') AS t", &[])
+        .await
+        .unwrap();
+    let t: std::time::SystemTime = row.get(0);
+    assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 1_700_000_000);
+    assert_ne!(one_value(&client, "SELECT arrow_cast(43200000000000, 'Time64(Nanosecond)')").await, "NULL");
+}
+
+/// A small deterministic generator, so a failing case can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Valid frontend messages to mutate.
+fn message_templates() -> Vec<Vec<u8>> {
+    let framed = |tag: u8, body: &[u8]| {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    vec![
+        framed(b'Q', b"SELECT 1\0"),
+        framed(b'P', b"s1\0SELECT $1::int4 + 1\0\0\x01\0\0\0\x17"),
+        framed(b'B', b"\0s1\0\0\x01\0\x01\0\x01\0\0\0\x04\0\0\0\x07\0\x01\0\x01"),
+        framed(b'D', b"Ss1\0"),
+        framed(b'E', b"\0\0\0\0\0"),
+        framed(b'C', b"Ss1\0"),
+        framed(b'H', b""),
+        framed(b'S', b""),
+        framed(b'd', b"1\t2\n"),
+        framed(b'c', b""),
+        framed(b'f', b"oops\0"),
+        framed(b'F', b"\0\0\0\x01\0\x01\0\x01\0\0\0\x04\0\0\0\x01\0\x01"),
+    ]
+}
+
+#[tokio::test]
+async fn fuzzed_protocol_messages_never_take_the_server_down() {
+    let server = Server::start();
+    let templates = message_templates();
+    let mut rng = Lcg(0x5eed_2026);
+    let started = Instant::now();
+    let mut cases = 0;
+    while cases < 300 && started.elapsed() < Duration::from_secs(30) {
+        cases += 1;
+        let mut raw = Raw::connect(&server);
+        raw.socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        raw.startup("workbench");
+        raw.until_ready();
+        // A few messages, each valid, mutated, truncated or random.
+        let mut bytes = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            let mut message = templates[rng.below(templates.len())].clone();
+            match rng.below(5) {
+                0 => {}
+                1 => {
+                    for _ in 0..1 + rng.below(4) {
+                        let at = rng.below(message.len());
+                        message[at] = rng.next() as u8;
+                    }
+                }
+                2 => message.truncate(rng.below(message.len())),
+                3 => {
+                    let at = 1 + rng.below(4);
+                    message[at] = rng.next() as u8;
+                }
+                _ => message = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            }
+            bytes.extend_from_slice(&message);
+        }
+        let _ = raw.socket.write_all(&bytes);
+        let _ = raw.socket.write_all(b"S\0\0\0\x04Q\0\0\0\x0dSELECT 1\0");
+        // Whatever comes back must be well-framed messages until the server
+        // answers, closes the connection, or waits for bytes we never send.
+        let mut header = [0u8; 5];
+        while raw.socket.read_exact(&mut header).is_ok() {
+            let len = i32::from_be_bytes(header[1..5].try_into().unwrap());
+            assert!((4..1 << 20).contains(&len), "case {cases}: a malformed reply {header:?} to {bytes:?}");
+            let mut body = vec![0u8; len as usize - 4];
+            if raw.socket.read_exact(&mut body).is_err() {
+                break;
+            }
+        }
+    }
+    // The server is still here, and serves a normal client.
+    let client = server.connect().await;
+    assert_eq!(one_value(&client, "SELECT 7").await, "7", "after {cases} fuzzed connections");
+}
