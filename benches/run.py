@@ -2,7 +2,8 @@
 """Workbench benchmarks, each case side by side with its anchor in the same
 run, reported as ratios in benches/RESULTS.md and benches/results.json.
 
-Usage: benches/run.sh [--sf 1] [--cases tpch,stream,ingest,preview,validate,concurrency]
+Usage: benches/run.sh [--sf 1] [--cases tpch,stream,ingest,preview,validate,concurrency,isolation]
+       benches/run.sh --cases soak [--soak-seconds 600]   (64 clients for 10 minutes)
 
 Everything it needs is prepared here: TPC-H data (tpchgen-cli), the
 Workbench binary (bench profile), the lake built by Workbench's own
@@ -506,6 +507,119 @@ def case_concurrency(ctx):
     return results, []
 
 
+# A query that computes for hours without reading a table (10^10 rows).
+HEAVY = ("SELECT count(*) FROM generate_series(1, 100000) a(x) CROSS JOIN generate_series(1, 100000) b(y) "
+         "WHERE a.x + b.y = 7")
+
+
+def stop_latency(connect, how):
+    """Seconds from cancel (or from the statement_timeout) until the heavy query's error arrives."""
+    import psycopg
+    with connect() as conn:
+        if how == "timeout":
+            conn.execute("SET statement_timeout = '1s'")
+            start = time.perf_counter()
+            try:
+                conn.execute(HEAVY).fetchall()
+            except psycopg.errors.QueryCanceled:
+                pass
+            return time.perf_counter() - start - 1.0
+        done = {}
+
+        def run():
+            try:
+                conn.execute(HEAVY).fetchall()
+            except psycopg.errors.QueryCanceled:
+                done["at"] = time.perf_counter()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(1.0)
+        cancelled = time.perf_counter()
+        conn.cancel()
+        thread.join(timeout=60)
+        return done.get("at", float("inf")) - cancelled
+
+
+def case_isolation(ctx):
+    """While one client runs a CPU-heavy query, 8 others run `SELECT 1` and a catalog query;
+    then how long cancel and statement_timeout take to stop the heavy query."""
+    import psycopg
+
+    seconds = min(ctx["seconds"], 30)
+    one = lambda k: ("SELECT 1", ())
+    catalog = lambda k: ("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                         "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'v') ORDER BY 1",
+                         ("pg_catalog",))
+    pg_connect = lambda: psycopg.connect(**PG, autocommit=True)
+    measured = {}
+    for name, connect in (("workbench", wb_connect), ("postgres", pg_connect)):
+        def heavy_loop():
+            with connect() as conn:
+                conn.execute(f"SET statement_timeout = '{seconds + 5}s'")
+                try:
+                    conn.execute(HEAVY).fetchall()
+                except psycopg.errors.QueryCanceled:
+                    pass
+
+        heavy = threading.Thread(target=heavy_loop)
+        heavy.start()
+        time.sleep(1.0)
+        if name == "workbench":
+            ctx["server"].reset_peak()
+        lat, err = hammer(connect, [one, catalog], seconds, 8)
+        heavy.join()
+        measured[name] = dict(
+            one=[s for k, s in lat if k == 0], catalog=[s for k, s in lat if k == 1], errors=err,
+            cancel=stop_latency(connect, "cancel"), timeout=stop_latency(connect, "timeout"))
+    wb, pg = measured["workbench"], measured["postgres"]
+    rss = ctx["server"].peak_rss_mb()
+    results = []
+    for key, label in (("one", "SELECT 1"), ("catalog", "catalog query")):
+        w, p = percentile(wb[key], 99) * 1000, percentile(pg[key], 99) * 1000
+        results.append(dict(case=f"8 clients' {label} while one CPU-heavy query runs: p99 ms", workbench=w, anchor=p,
+                            anchor_name="PostgreSQL 15", ratio=w / p, lower_is_better=True, rss_mb=rss,
+                            note=f"target < 50 ms; {len(wb[key])} vs {len(pg[key])} queries in {seconds}s"
+                                 + (f"; errors: {wb['errors'][:1]}" if wb["errors"] else "")))
+    for key, label in (("cancel", "cancel"), ("timeout", "statement_timeout")):
+        results.append(dict(case=f"{label} stops a CPU-heavy query: seconds", workbench=wb[key], anchor=pg[key],
+                            anchor_name="PostgreSQL 15", ratio=wb[key] / pg[key] if pg[key] > 0 else None,
+                            lower_is_better=True, rss_mb=rss, note="target < 1 s; from the cancel request (or the timeout) to the error"))
+    return results, []
+
+
+def case_soak(ctx):
+    """64 clients for --soak-seconds: point, catalog, SELECT 1 and a small aggregate; errors and RSS over time."""
+    seconds = ctx["soak_seconds"]
+    queries = [
+        lambda k: ("SELECT * FROM silver.orders WHERE o_orderkey = %s", ((k * 7919) % 1_500_000 * 4 + 1,)),
+        lambda k: ("SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relnamespace = %s::oid", (k % 5,)),
+        lambda k: ("SELECT 1", ()),
+        lambda k: ("SELECT o_orderstatus, count(*) FROM silver.orders WHERE o_orderkey < %s GROUP BY 1",
+                   ((k % 100) * 1000 + 100,)),
+    ]
+    samples = []
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(10):
+            for line in open(f"/proc/{ctx['server'].proc.pid}/status"):
+                if line.startswith("VmRSS:"):
+                    samples.append(int(line.split()[1]) / 1024)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    lat, err = hammer(wb_connect, queries, seconds, 64)
+    done.set()
+    sampler.join()
+    third = max(len(samples) // 3, 1)
+    first, last = statistics.mean(samples[:third]), statistics.mean(samples[-third:])
+    return [dict(case=f"soak: 64 clients x {seconds // 60} min, queries/s", workbench=len(lat) / seconds, anchor=None,
+                 anchor_name="–", ratio=None, lower_is_better=False, rss_mb=max(samples),
+                 note=f"{len(err)} errors{(': ' + err[0]) if err else ''}; p99 {percentile([s for _, s in lat], 99) * 1000:.1f} ms; "
+                      f"RSS first third {first:.0f} MB, last third {last:.0f} MB ({len(samples)} samples)")], []
+
+
 CASES = {
     "tpch": case_tpch,
     "stream": case_stream,
@@ -513,7 +627,11 @@ CASES = {
     "preview": case_preview,
     "validate": case_validate,
     "concurrency": case_concurrency,
+    "isolation": case_isolation,
+    "soak": case_soak,
 }
+# The soak runs for minutes: only when asked for (--cases soak).
+DEFAULT_CASES = [name for name in CASES if name != "soak"]
 
 
 def machine():
@@ -575,8 +693,9 @@ def write_results(results, details, sf, started):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sf", default="1")
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--seconds", type=int, default=30, help="duration of the concurrency case")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES))
+    parser.add_argument("--seconds", type=int, default=30, help="duration of the concurrency and isolation cases")
+    parser.add_argument("--soak-seconds", type=int, default=600, help="duration of the soak case")
     args = parser.parse_args()
     if "tpch" in args.cases.split(",") and len(list(QUERIES.glob("q*.sql"))) != 22:
         raise SystemExit(f"the 22 TPC-H queries (q1.sql ... q22.sql) are not in {QUERIES}: "
@@ -606,7 +725,8 @@ def main():
         start = time.perf_counter()
         sh([str(binary), "run", *TPCH_TABLES, "--lake", str(lake), "--specs", str(specs)], env=dict(os.environ, RUST_LOG="warn"))
         log(f"TPC-H lake built by the pipeline in {time.perf_counter() - start:.1f}s")
-    ctx = dict(sf=args.sf, data=data, specs=specs, binary=binary, reload_pg=False, seconds=args.seconds)
+    ctx = dict(sf=args.sf, data=data, specs=specs, binary=binary, reload_pg=False, seconds=args.seconds,
+               soak_seconds=args.soak_seconds)
     results, details = [], []
     for name in args.cases.split(","):
         ctx["server"] = Server(binary, lake, specs)

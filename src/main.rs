@@ -206,13 +206,17 @@ fn shutdown_signal() -> CancellationToken {
 const CONNECTION_STACK_BYTES: usize = 64 << 20;
 
 fn main() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(CONNECTION_STACK_BYTES)
         .thread_name("workbench")
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(run())
+        .context("starting the runtime")?;
+    let result = runtime.block_on(run());
+    // Work still running (a parse of a landing file, say) does not hold
+    // the exit up: the server has already drained what it had to.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn run() -> anyhow::Result<()> {

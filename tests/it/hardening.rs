@@ -610,3 +610,31 @@ async fn fuzzed_protocol_messages_never_take_the_server_down() {
     let client = server.connect().await;
     assert_eq!(one_value(&client, "SELECT 7").await, "7", "after {cases} fuzzed connections");
 }
+
+#[tokio::test]
+async fn a_run_error_that_echoes_a_connection_string_is_redacted_everywhere() {
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::write(
+        specs.path().join("leaky.yaml"),
+        "name: leaky\nsource:\n  format: postgres\n  url: postgres://postgres@127.0.0.1:5432/postgres\n  \
+         query: \"SELECT 'postgres://etl:hunter2@erp.internal/gl'::int AS id\"\n",
+    )
+    .unwrap();
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--specs".into(), specs.path().display().to_string()],
+        ..Default::default()
+    });
+    let client = server.connect().await;
+    // The server first builds the dataset itself (and fails): wait for that run.
+    let started = Instant::now();
+    while one_value(&client, "SELECT count(*) FROM workbench.runs WHERE status = 'failed'").await == "0" {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A failed run answers with its steps, the failure in `message`.
+    let message = one_value(&client, "SELECT string_agg(coalesce(message, ''), ' ') FROM run('leaky')").await;
+    assert!(message.contains("postgres://etl:********@erp.internal/gl"), "{message}");
+    let recorded = one_value(&client, "SELECT string_agg(error, ' | ') FROM workbench.runs").await;
+    assert!(recorded.contains("********") && !recorded.contains("hunter2"), "{recorded}");
+    assert!(!server.log_text().contains("hunter2"), "{}", server.log_text());
+}

@@ -1,0 +1,269 @@
+//! Silver: the rules applied to what bronze received since silver last ran,
+//! the expectations enforced (warn, drop, quarantine, fail), written with the
+//! spec's mode; each write consumes its bronze input at most once.
+
+use datafusion::prelude::{DataFrame, SessionContext, lit};
+
+use super::rules::{self, ident};
+use super::{
+    BRONZE_VERSION_KEY, Pipeline, PipelineError, RunOptions, SILVER_METADATA_DROPPED, count, edge, rule_lineage, scd2,
+    step_error,
+};
+use crate::meta::LineageEdge;
+use crate::spec::{Spec, WriteMode};
+use crate::storage::{CommitMetadata, Layer, WriteKind};
+
+impl Pipeline {
+    pub(super) async fn refine(
+        &self,
+        spec: &Spec,
+        mode: WriteMode,
+        key: &[String],
+        rule_list: &[crate::spec::Located<crate::spec::Rule>],
+        options: &RunOptions,
+        run_id: &str,
+    ) -> Result<Option<(u64, u64, u64)>, PipelineError> {
+        let step = format!("silver.{}", spec.name);
+        let ctx = self.engine.internal_session();
+        let Some(bronze_table) = self.lake.table(Layer::Bronze, &spec.name).await? else {
+            return Ok(None);
+        };
+        let bronze_version = bronze_table.version().unwrap_or_default() as i64;
+        // Silver records the bronze version it has consumed; everything bronze
+        // committed after it (even by a run that died before its silver step)
+        // is pending.
+        let consumed: Option<i64> = self
+            .lake
+            .commits(Layer::Silver, &spec.name, Some(1))
+            .await?
+            .first()
+            .and_then(|c| c.metadata.get(BRONZE_VERSION_KEY))
+            .and_then(|v| v.as_i64());
+        if !options.full_refresh && consumed == Some(bronze_version) {
+            return Ok(None);
+        }
+        let whole = options.full_refresh || mode == WriteMode::Overwrite || consumed.is_none();
+        let bronze = ctx.table(format!("bronze.{}", spec.name)).await.map_err(|e| step_error(&step, e))?;
+        let bronze_columns: Vec<String> = bronze.schema().fields().iter().map(|f| f.name().clone()).collect();
+        // What this write consumes, committed at most once even by racing
+        // runs (see `Lake::write_frame_once`): each bronze run an append
+        // takes, or the bronze version a whole rewrite reads.
+        let mut consumed_keys: Vec<String> = vec![format!("silver.{}:bronze version {bronze_version}", spec.name)];
+        let input = if whole {
+            bronze
+        } else {
+            let pending: Vec<String> = self
+                .lake
+                .commits(Layer::Bronze, &spec.name, None)
+                .await?
+                .into_iter()
+                .filter(|c| consumed.is_none_or(|v| c.version > v) && c.version <= bronze_version)
+                .filter_map(|c| c.run_id)
+                .collect();
+            if pending.is_empty() {
+                return Ok(None);
+            }
+            consumed_keys = pending.iter().map(|r| format!("silver.{}:bronze run {r}", spec.name)).collect();
+            bronze
+                .filter(ident("_run_id").in_list(pending.into_iter().map(lit).collect(), false))
+                .map_err(|e| step_error(&step, e))?
+        };
+        let watermark: CommitMetadata = vec![(BRONZE_VERSION_KEY.to_string(), serde_json::json!(bronze_version))];
+        let rows_in = count(&input).await.map_err(|e| step_error(&step, e))?;
+        let expectations = spec.silver.as_ref().map(|s| s.expectations.clone()).unwrap_or_default();
+        // The casts' data checks ride along the silver write (one scan of
+        // bronze instead of two), unless a quarantine table is written first:
+        // its rows must have passed them, so then they run before anything.
+        let quarantines = expectations.iter().any(|e| e.value.on_fail == crate::spec::OnFail::Quarantine);
+        let (refined, deferred) = if quarantines {
+            (rules::apply(&ctx, input, rule_list).await?, rules::Deferred::default())
+        } else {
+            rules::apply_deferred(&ctx, input, rule_list).await?
+        };
+        let rule_names: Vec<&str> = rule_list.iter().map(|r| r.value.name()).collect();
+        let transform = if rule_names.is_empty() { "copy".to_string() } else { format!("rules: {}", rule_names.join(", ")) };
+        let written: Result<(u64, u64), PipelineError> = async {
+            let drop: Vec<&str> = SILVER_METADATA_DROPPED
+                .iter()
+                .copied()
+                .filter(|c| refined.schema().field_with_unqualified_name(c).is_ok())
+                .collect();
+            let refined = refined.drop_columns(&drop).map_err(|e| step_error(&step, e))?;
+            let refined = refined
+                .with_column("_run_id", lit(run_id.to_string()))
+                .map_err(|e| step_error(&step, e))?;
+            let (refined, rejected) = self.enforce(&ctx, spec, refined, &expectations, run_id).await?;
+            let rows_out = match (mode, whole) {
+                (WriteMode::Merge, false) => {
+                    let info = self.lake.merge(Layer::Silver, &spec.name, refined, key, run_id, watermark).await?;
+                    info.rows_written + info.rows_updated
+                }
+                (WriteMode::Scd2, _) => {
+                    let current = if whole {
+                        None
+                    } else {
+                        match self.lake.table(Layer::Silver, &spec.name).await? {
+                            Some(_) => Some(ctx.table(format!("silver.{}", spec.name)).await.map_err(|e| step_error(&step, e))?),
+                            None => None,
+                        }
+                    };
+                    let now = chrono::Utc::now().timestamp_micros();
+                    let state = scd2::next_state(&ctx, current, refined, key, now)
+                        .await
+                        .map_err(|e| step_error(&step, e.strip_backtrace()))?;
+                    let batches = state.collect().await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
+                    self.lake.write(Layer::Silver, &spec.name, batches, WriteKind::Overwrite, run_id, watermark).await?.rows_written
+                }
+                (WriteMode::Append, false) => {
+                    self.lake
+                        .write_frame_once(Layer::Silver, &spec.name, refined, WriteKind::Append, run_id, watermark, &consumed_keys)
+                        .await?
+                        .rows_written
+                }
+                _ => {
+                    self.lake
+                        .write_frame_once(Layer::Silver, &spec.name, refined, WriteKind::Overwrite, run_id, watermark, &consumed_keys)
+                        .await?
+                        .rows_written
+                }
+            };
+            Ok((rows_out, rejected))
+        }
+        .await;
+        let (rows_out, rejected) = match written {
+            Ok(written) => written,
+            // Reading the rules' result failed: a rejected value, reported as
+            // the rule's own check would have, or the failure as it came.
+            Err(err) => return Err(deferred.explain(&ctx).await.map_or(err, PipelineError::from)),
+        };
+        let (bronze_table, silver_table) = (format!("bronze.{}", spec.name), format!("silver.{}", spec.name));
+        let mut edges = vec![edge(&bronze_table, &silver_table, &transform)];
+        for (column, (sources, how)) in rule_lineage::column_sources(&bronze_columns, rule_list) {
+            if column.starts_with('_') {
+                continue;
+            }
+            let transform = if how.is_empty() { "copy".to_string() } else { how.join(", ") };
+            for source in sources {
+                edges.push(LineageEdge {
+                    from_table: bronze_table.clone(),
+                    from_column: source,
+                    to_table: silver_table.clone(),
+                    to_column: column.clone(),
+                    transform: transform.clone(),
+                });
+            }
+        }
+        self.record_lineage(&edges, run_id).await;
+        Ok(Some((rows_in, rows_out, rejected)))
+    }
+
+    /// Evaluate the silver expectations on `refined` and apply each one's
+    /// `on_fail`: warn (record only), drop or quarantine the failing rows
+    /// (quarantine: into `silver.<table>__quarantine` with the reasons), or
+    /// fail the run before anything is committed. Returns the rows to write
+    /// and how many were rejected.
+    pub(super) async fn enforce(
+        &self,
+        ctx: &SessionContext,
+        spec: &Spec,
+        refined: DataFrame,
+        expectations: &[crate::spec::Located<crate::spec::Expectation>],
+        run_id: &str,
+    ) -> Result<(DataFrame, u64), PipelineError> {
+        use crate::quality;
+        use crate::spec::OnFail;
+        if expectations.is_empty() {
+            return Ok((refined, 0));
+        }
+        let step = format!("silver.{}", spec.name);
+        let columns: Vec<String> = refined.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let view = quality::register_view(ctx, refined.clone()).map_err(|e| step_error(&step, e))?;
+        let mut rejecting: Vec<(quality::Check, OnFail)> = Vec::new();
+        for expectation in expectations {
+            let checks = quality::compile(&expectation.value)
+                .map_err(|e| step_error(&step, format!("{}: {}", expectation.location, e.strip_backtrace())))?;
+            for check in checks {
+                let result = quality::evaluate(ctx, &view, &check)
+                    .await
+                    .map_err(|e| step_error(&step, format!("{}: {}", expectation.location, e.strip_backtrace())))?;
+                let record = result.record(&step, Some(run_id));
+                if let Err(err) = self.meta.record_validation(&record).await {
+                    tracing::warn!(%err, "storing a validation result failed");
+                }
+                match expectation.value.on_fail {
+                    OnFail::Warn => {
+                        if !result.success {
+                            tracing::warn!(expectation = %check.label(), unexpected = result.unexpected_count, "expectation failed (warn)");
+                        }
+                    }
+                    OnFail::Fail if !result.success => {
+                        return Err(step_error(
+                            &step,
+                            format!(
+                                "{}: expectation {} failed: {} of {} rows ({:.2}%) unexpected, e.g. {}; nothing was written",
+                                expectation.location,
+                                check.label(),
+                                result.unexpected_count,
+                                result.element_count,
+                                result.unexpected_percent,
+                                result.partial_unexpected_list.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                    }
+                    OnFail::Fail => {}
+                    action @ (OnFail::Drop | OnFail::Quarantine) => {
+                        if check.failing.is_none() {
+                            return Err(step_error(&step, format!("{}: {} is a table-level check: use on_fail: warn or fail", expectation.location, check.label())));
+                        }
+                        rejecting.push((check, action));
+                    }
+                }
+            }
+        }
+        if rejecting.is_empty() {
+            return Ok((refined, 0));
+        }
+        let refs: Vec<&quality::Check> = rejecting.iter().map(|(c, _)| c).collect();
+        let (source, predicates) = quality::augmented_source(&view, &refs);
+        let rejecting: Vec<(String, String, OnFail)> = rejecting
+            .iter()
+            .zip(predicates)
+            .map(|((check, action), predicate)| (check.label(), predicate, *action))
+            .collect();
+        let quoted: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+        let any_bad = rejecting.iter().map(|(_, p, _)| format!("COALESCE(({p}), false)")).collect::<Vec<_>>().join(" OR ");
+        let kept = ctx
+            .sql(&format!("SELECT {} FROM {source} AS t WHERE NOT ({any_bad})", quoted.join(", ")))
+            .await
+            .map_err(|e| step_error(&step, e.strip_backtrace()))?;
+        let quarantine: Vec<&(String, String, OnFail)> = rejecting.iter().filter(|(_, _, a)| *a == OnFail::Quarantine).collect();
+        if !quarantine.is_empty() {
+            let reasons = quarantine
+                .iter()
+                .map(|(label, p, _)| format!("CASE WHEN COALESCE(({p}), false) THEN '{}' END", label.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let any_quarantined = quarantine.iter().map(|(_, p, _)| format!("COALESCE(({p}), false)")).collect::<Vec<_>>().join(" OR ");
+            let business: Vec<&String> = quoted.iter().filter(|c| c.as_str() != "\"_run_id\"").collect();
+            let rows = ctx
+                .sql(&format!(
+                    "SELECT {}, concat_ws(', ', {reasons}) AS _failed_expectations, '{run_id}' AS _run_id, now() AS _quarantined_at \
+                     FROM {source} AS t WHERE {any_quarantined}",
+                    business.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+                .await
+                .map_err(|e| step_error(&step, e.strip_backtrace()))?
+                .collect()
+                .await
+                .map_err(|e| step_error(&step, e.strip_backtrace()))?;
+            if rows.iter().any(|b| b.num_rows() > 0) {
+                self.lake
+                    .write(Layer::Silver, &format!("{}__quarantine", spec.name), rows, WriteKind::Append, run_id, vec![])
+                    .await?;
+            }
+        }
+        let total = count(&refined).await.map_err(|e| step_error(&step, e))?;
+        let kept_rows = count(&kept).await.map_err(|e| step_error(&step, e))?;
+        Ok((kept, total - kept_rows))
+    }
+}
