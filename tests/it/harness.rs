@@ -200,6 +200,22 @@ impl Drop for Server {
     }
 }
 
+/// `workbench hash-password` of `password`, as a config file takes it.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let out = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().expect("stdin").write_all(format!("{password}\n").as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("hash-password");
+    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+}
+
 /// Write `batch` to `<lake>/<layer>/<table>` as a Delta commit.
 pub async fn write_table(lake: &Path, layer: &str, table: &str, batch: RecordBatch, mode: SaveMode) {
     let dir = lake.join(layer).join(table);

@@ -130,18 +130,7 @@ async fn write_statements_are_refused() {
 
 #[tokio::test]
 async fn password_auth_when_users_are_configured() {
-    let out = std::process::Command::new(crate::harness::BIN)
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(b"correct horse\n")?;
-            child.wait_with_output()
-        })
-        .expect("hash-password");
-    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let hash = crate::harness::hash_password("correct horse");
     assert!(hash.starts_with("scram-sha-256$4096$"), "{hash}");
     let server = Server::start_with(ServerOptions {
         config_yaml: format!("users:\n  - name: analyst\n    password_hash: \"{hash}\"\n"),
@@ -285,20 +274,24 @@ async fn query_memory_limit_gives_a_clean_error() {
 
 #[tokio::test]
 async fn sigterm_cancels_running_queries_after_the_deadline_and_exits() {
-    let mut server = Server::start_with(ServerOptions {
-        args: vec!["--shutdown-timeout".into(), "500ms".into()],
-        ..Default::default()
-    });
-    let client = server.connect().await;
-    let task = tokio::spawn(async move { client.simple_query(LONG_QUERY).await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = Instant::now();
-    let status = server.terminate(Duration::from_secs(10)).expect("server exited");
-    assert!(status.success(), "exit status {status:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
-    let err = task.await.unwrap().unwrap_err();
-    if let Some(db) = err.as_db_error() {
-        assert_eq!(db.code().code(), "57P01");
+    // A scan that yields at every batch, and a CPU-heavy cross join over no
+    // table (it once kept the server from hearing SIGTERM at all).
+    for query in [LONG_QUERY, crate::hardening::HEAVY] {
+        let mut server = Server::start_with(ServerOptions {
+            args: vec!["--shutdown-timeout".into(), "500ms".into()],
+            ..Default::default()
+        });
+        let client = server.connect().await;
+        let task = tokio::spawn(async move { client.simple_query(query).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let status = server.terminate(Duration::from_secs(10)).expect("server exited");
+        assert!(status.success(), "{query}: exit status {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{query}: shutdown took {:?}", started.elapsed());
+        let err = task.await.unwrap().unwrap_err();
+        if let Some(db) = err.as_db_error() {
+            assert_eq!(db.code().code(), "57P01");
+        }
     }
 }
 
