@@ -613,3 +613,28 @@ async fn a_run_error_that_echoes_a_connection_string_is_redacted_everywhere() {
     assert!(recorded.contains("********") && !recorded.contains("hunter2"), "{recorded}");
     assert!(!server.log_text().contains("hunter2"), "{}", server.log_text());
 }
+
+#[tokio::test]
+async fn sockets_logging_in_are_capped_and_all_queries_share_the_server_budget() {
+    let server = Server::start_with(ServerOptions {
+        config_yaml: "max_startup_connections: 3\nauthentication_timeout: 1s\nserver_memory_limit: 64MiB\n".into(),
+        ..Default::default()
+    });
+    let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A fourth socket that has not logged in is closed at once.
+    let mut extra = TcpStream::connect(server.addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    assert_eq!(extra.read(&mut [0u8; 16]).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_millis(900), "closed after {:?}", started.elapsed());
+    // Once the silent ones time out, clients log in again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(silent);
+    let client = server.connect().await;
+    // The per-query limit (2 GiB by default) allows it; the server's 64 MiB does not.
+    let (code, message) = fails_with(&client, "SELECT length(repeat('x', 100000000))").await;
+    assert_eq!(code, "53200", "{message}");
+    assert!(message.contains("server_memory_limit"), "{message}");
+    assert_eq!(one_value(&client, "SELECT length(repeat('x', 1000))").await, "1000");
+}
