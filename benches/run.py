@@ -54,6 +54,9 @@ def sh(cmd, **kw):
 # --- preparation ---------------------------------------------------------------------------
 
 def build_workbench():
+    # An A/B of two builds: WORKBENCH_BENCH_BINARY names an already built binary.
+    if os.environ.get("WORKBENCH_BENCH_BINARY"):
+        return Path(os.environ["WORKBENCH_BENCH_BINARY"])
     # Without the `cloud` feature (S3/GCS/Azure back-ends): every lake here is local.
     # --timings: where a cold build's minutes go, per crate (target/cargo-timings/).
     start = time.perf_counter()

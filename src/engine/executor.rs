@@ -4,12 +4,18 @@
 //! CPU-heavy query (over the lake or not) cannot keep other clients from
 //! being answered, nor a shutdown from being heard.
 //!
-//! The query runtime has more worker threads than cores: a query that
-//! computes for a long time without yielding holds one worker, the others
-//! still take new statements, and the operating system shares the cores
-//! between them. Its threads have deep stacks, so generated SQL with
-//! expressions thousands of terms deep plans and runs (deeper is refused
-//! before planning, see `pg::depth`).
+//! There are two query runtimes, both with deep-stacked threads (generated
+//! SQL with expressions thousands of terms deep plans and runs; deeper is
+//! refused before planning, see `pg::depth`):
+//! - the statements runtime parses and plans every statement and runs those
+//!   that read no lake table (catalog queries, `SELECT 1`, generated series).
+//!   It has more worker threads than cores: a statement that computes for a
+//!   long time without yielding holds one worker, the others still take new
+//!   statements, and the operating system shares the cores between them;
+//! - the lake runtime runs the plans that scan bronze, silver or gold, with
+//!   one worker per core: their partitions keep the cores busy without
+//!   threads contending for them (8 workers on 2 cores made TPC-H ~10% slower
+//!   over the wire), and a long scan never delays a catalog query.
 //!
 //! Results come back through a small bounded channel: scanning and encoding
 //! rows for the wire overlap, and a slow client slows the scan instead of
@@ -24,12 +30,16 @@ use std::task::{Context, Poll};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::RecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::DataFrame;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::storage::Layer;
 
 /// Batches in flight between the scan and the consumer.
 const IN_FLIGHT: usize = 2;
@@ -39,28 +49,58 @@ const IN_FLIGHT: usize = 2;
 /// deep expression trees.
 pub const QUERY_STACK_BYTES: usize = 256 << 20;
 
-fn queries() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads((4 * cores).max(8))
-            .thread_stack_size(QUERY_STACK_BYTES)
-            .thread_name("workbench-query")
-            .enable_all()
-            .build()
-            .expect("start the query runtime")
-    })
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// Run `work` on the query runtime and wait for it. Dropping the returned
+fn runtime(name: &str, workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_stack_size(QUERY_STACK_BYTES)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("start a query runtime")
+}
+
+/// Parsing, planning, and statements that read no lake table.
+fn statements() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| runtime("workbench-statement", (4 * cores()).max(8)))
+}
+
+/// Plans that scan lake tables.
+fn lake() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| runtime("workbench-scan", cores()))
+}
+
+/// Whether `plan` reads a lake table (directly, in a view or a subquery).
+fn reads_lake(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && scan
+                .table_name
+                .schema()
+                .is_some_and(|schema| Layer::ALL.iter().any(|layer| layer.as_str() == schema))
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Run `work` (parsing, planning) on the statements runtime and wait for it. Dropping the returned
 /// future aborts the work at its next await point; a panic in it becomes an
 /// error of this statement only.
 pub async fn off_connection<T: Send + 'static>(
     what: &'static str,
     work: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    let task = queries().spawn(AssertUnwindSafe(work).catch_unwind());
+    let task = statements().spawn(AssertUnwindSafe(work).catch_unwind());
     let _abort = AbortOnDrop(task.abort_handle());
     match task.await {
         Ok(Ok(result)) => result,
@@ -83,12 +123,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Start `frame` on the query runtime; its batches arrive through the stream.
+/// Start `frame` on its query runtime; its batches arrive through the stream.
 pub async fn execute(frame: DataFrame) -> Result<SendableRecordBatchStream> {
+    let runtime = if reads_lake(frame.logical_plan()) { lake() } else { statements() };
     let schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
     let (batches_tx, batches) = mpsc::channel(IN_FLIGHT);
     let (started_tx, started) = oneshot::channel();
-    let task = queries().spawn(async move {
+    let task = runtime.spawn(async move {
         let run = AssertUnwindSafe(async {
             let mut stream = match frame.execute_stream().await {
                 Ok(stream) => {
