@@ -197,14 +197,7 @@ impl Config {
         let listen = resolve_listen(&listen_text)?;
         let lake = o.lake.or(file.lake).unwrap_or_else(|| "./lake".into());
         let specs = o.specs.or(file.specs).unwrap_or_else(|| PathBuf::from("./specs"));
-        let max_connections = o.max_connections.or(file.max_connections).unwrap_or(100);
-        if max_connections == 0 {
-            return Err(ConfigError::Invalid {
-                setting: "max_connections",
-                value: "0".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
+        let max_connections = at_least_one("max_connections", o.max_connections.or(file.max_connections).unwrap_or(100))?;
         let query_memory_limit = match o.query_memory_limit.or(file.query_memory_limit) {
             None => Some(2 * 1024 * 1024 * 1024),
             Some(text) => parse_size("query_memory_limit", &text)?,
@@ -213,24 +206,13 @@ impl Config {
             None => physical_memory().map(|total| total / 4 * 3),
             Some(text) => parse_size("server_memory_limit", &text)?,
         };
-        let statement_timeout = o
-            .statement_timeout
-            .or(file.statement_timeout)
-            .map(|t| parse_duration("statement_timeout", &t))
-            .transpose()?
-            .filter(|d| !d.is_zero());
-        let shutdown_timeout = o
-            .shutdown_timeout
-            .or(file.shutdown_timeout)
-            .map(|t| parse_duration("shutdown_timeout", &t))
-            .transpose()?
-            .unwrap_or(Duration::from_secs(10));
-        let authentication_timeout = o
-            .authentication_timeout
-            .or(file.authentication_timeout)
-            .map(|t| parse_duration("authentication_timeout", &t))
-            .transpose()?
-            .unwrap_or(Duration::from_secs(10));
+        let statement_timeout =
+            duration("statement_timeout", o.statement_timeout.or(file.statement_timeout))?.filter(|d| !d.is_zero());
+        let shutdown_timeout =
+            duration("shutdown_timeout", o.shutdown_timeout.or(file.shutdown_timeout))?.unwrap_or(Duration::from_secs(10));
+        let authentication_timeout =
+            duration("authentication_timeout", o.authentication_timeout.or(file.authentication_timeout))?
+                .unwrap_or(Duration::from_secs(10));
         if authentication_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 setting: "authentication_timeout",
@@ -238,14 +220,7 @@ impl Config {
                 reason: "must be positive, e.g. 10s".into(),
             });
         }
-        let max_startup_connections = file.max_startup_connections.unwrap_or(64);
-        if max_startup_connections == 0 {
-            return Err(ConfigError::Invalid {
-                setting: "max_startup_connections",
-                value: "0".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
+        let max_startup_connections = at_least_one("max_startup_connections", file.max_startup_connections.unwrap_or(64))?;
 
         let mut users = Vec::with_capacity(file.users.len());
         for user in file.users {
@@ -277,12 +252,7 @@ impl Config {
             metadata_url: o.metadata_url.or(file.metadata.url).filter(|u| !u.is_empty()),
             redis_url: o.redis_url.or(file.redis.url).filter(|u| !u.is_empty()),
             redis_prefix: o.redis_prefix.or(file.redis.prefix).unwrap_or_default(),
-            lock_ttl: o
-                .lock_ttl
-                .or(file.lock_ttl)
-                .map(|t| parse_duration("lock_ttl", &t))
-                .transpose()?
-                .unwrap_or(Duration::from_secs(30)),
+            lock_ttl: duration("lock_ttl", o.lock_ttl.or(file.lock_ttl))?.unwrap_or(Duration::from_secs(30)),
         })
     }
 
@@ -322,6 +292,23 @@ fn resolve_listen(text: &str) -> Result<SocketAddr, ConfigError> {
             value: text.into(),
             reason: "expected HOST:PORT such as 127.0.0.1:5433".into(),
         })
+}
+
+/// A duration setting, when given.
+fn duration(setting: &'static str, text: Option<String>) -> Result<Option<Duration>, ConfigError> {
+    text.map(|t| parse_duration(setting, &t)).transpose()
+}
+
+/// A count that must be at least 1.
+fn at_least_one(setting: &'static str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        return Err(ConfigError::Invalid {
+            setting,
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(n)
 }
 
 fn parse_duration(setting: &'static str, text: &str) -> Result<Duration, ConfigError> {
