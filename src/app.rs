@@ -12,6 +12,7 @@ use crate::pipeline::{Pipeline, PipelineError, RunOptions, RunReport};
 use crate::spec::{self, Project};
 use crate::pg::{Backends, PgServer, ServerOptions, UserStore};
 use crate::cache::Coordinator;
+use crate::governance::audit::Auditor;
 use crate::meta::MetaStore;
 use crate::storage::{Lake, StorageError};
 
@@ -38,6 +39,73 @@ pub enum AppError {
     Cache(#[from] crate::cache::CacheError),
     #[error("query failed: {0}")]
     Query(String),
+    #[error(transparent)]
+    Policy(#[from] crate::governance::PolicyError),
+    #[error("masking key: {0}")]
+    MaskingKey(String),
+}
+
+/// Roles and users from the config, column tags and masks from the specs.
+fn build_policy(config: &Config, lake: &Lake, project: Option<&Project>) -> Result<crate::governance::Policy, AppError> {
+    use crate::governance::{Policy, UserGrants};
+    let users = config
+        .users
+        .iter()
+        .map(|u| {
+            (
+                u.name.clone(),
+                UserGrants {
+                    roles: u.roles.clone(),
+                    attributes: u.attributes.clone(),
+                },
+            )
+        })
+        .collect();
+    let key = match &config.masking_key {
+        Some(key) => key.clone(),
+        None => local_masking_key(lake)?,
+    };
+    let policy = Policy::new(config.roles.clone(), users, key)?;
+    Ok(match project {
+        Some(project) => policy.with_project(project),
+        None => policy,
+    })
+}
+
+/// The `hash` mask's key when the config names none: 32 random bytes kept in
+/// `<lake>/_workbench/mask.key` (readable by its owner only), so hashes stay
+/// the same across restarts.
+fn local_masking_key(lake: &Lake) -> Result<Vec<u8>, AppError> {
+    let Some(root) = lake.local_root() else {
+        return Err(AppError::MaskingKey(
+            "the lake is not on a local disk: set masking_key_env in the config to a variable holding the key".into(),
+        ));
+    };
+    let dir = root.join("_workbench");
+    let path = dir.join("mask.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 16 => return Ok(key),
+        Ok(_) => return Err(AppError::MaskingKey(format!("{} is shorter than 16 bytes; delete it to create a new key", path.display()))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(AppError::MaskingKey(format!("cannot read {}: {err}", path.display()))),
+    }
+    let key: [u8; 32] = rand::random();
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(&dir)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        file.write_all(&key)?;
+        file.sync_all()
+    };
+    match write() {
+        Ok(()) => Ok(key.to_vec()),
+        // Another process created it first: use theirs.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::read(&path).map_err(|e| AppError::MaskingKey(format!("cannot read {}: {e}", path.display())))
+        }
+        Err(err) => Err(AppError::MaskingKey(format!("cannot create {}: {err}", path.display()))),
+    }
 }
 
 /// The lake, engine and pipeline, without a server.
@@ -157,9 +225,37 @@ pub fn inline_secret_warnings(project: &crate::spec::Project) -> Vec<String> {
 pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> Result<RunReport, AppError> {
     let project = load_project(config).map_err(AppError::Specs)?;
     let core = Core::build(config, vec![]).await?;
+    let meta = core.meta.clone();
     let pipeline = Pipeline::new(core.lake, core.engine, core.meta, core.coordinator, core.lock_ttl, project);
     pipeline.sync_datasets().await?;
-    Ok(pipeline.run(datasets, options).await?)
+    let started = std::time::Instant::now();
+    let at = chrono::Utc::now();
+    let result = pipeline.run(datasets, options).await;
+    if config.audit_queue.is_some() {
+        // Runs from the CLI are audited as the operating-system user.
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+        let what = if datasets.is_empty() { "--all".to_string() } else { datasets.join(" ") };
+        let record = crate::meta::AuditRecord {
+            at,
+            user_name: user,
+            roles: String::new(),
+            client_addr: None,
+            application_name: Some("workbench run".into()),
+            kind: "cli_run".into(),
+            statement: Some(format!("workbench run {what}")),
+            tables_read: None,
+            rows_returned: None,
+            duration_ms: Some(started.elapsed().as_millis() as i64),
+            sqlstate: Some(match &result {
+                Ok(report) if report.error.is_none() => "00000".into(),
+                _ => "XX000".into(),
+            }),
+        };
+        if let Err(err) = meta.record_audit(&[record]).await {
+            tracing::warn!(%err, "cannot audit this run");
+        }
+    }
+    Ok(result?)
 }
 
 /// How `workbench query` runs its statements.
@@ -293,10 +389,14 @@ impl App {
             pipeline: pipeline.clone(),
         };
         engine.with_template(|ctx| crate::functions::register(ctx, services));
+        let policy = Arc::new(build_policy(&config, &lake, pipeline.as_ref().map(|p| p.project()))?);
+        let auditor = config.audit_queue.map(|capacity| Auditor::start(meta.clone(), capacity));
         let server = PgServer::bind(
             config.listen,
             engine.clone(),
             users,
+            policy,
+            auditor,
             ServerOptions {
                 max_connections: config.max_connections,
                 statement_timeout: config.statement_timeout,

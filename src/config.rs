@@ -62,6 +62,13 @@ pub struct FileConfig {
     /// connection must authenticate.
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// Named roles and their grants; users list the roles they have. Without
+    /// `roles:` every user is an administrator.
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleConfig>,
+    /// Environment variable holding the key of the `hash` column mask
+    /// (default: a random key kept in `<lake>/_workbench/mask.key`).
+    pub masking_key_env: Option<String>,
     /// Options passed to object_store / deltalake for `s3://`, `gs://`, `az://` lakes.
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
@@ -69,6 +76,8 @@ pub struct FileConfig {
     pub debug_functions: Option<bool>,
     #[serde(default)]
     pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     #[serde(default)]
     pub redis: RedisConfig,
     /// How long a dataset's run lock outlives a holder that died, e.g. `30s`.
@@ -82,6 +91,16 @@ pub struct RedisConfig {
     pub url: Option<String>,
     /// Prefix for every key Workbench writes (several deployments on one Redis).
     pub prefix: Option<String>,
+}
+
+/// The audit trail (`workbench.audit`): on unless `enabled: false`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub enabled: Option<bool>,
+    /// Records that may wait for the metadata store before new ones are
+    /// dropped (and counted). Default 10000.
+    pub queue: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +119,43 @@ pub struct UserConfig {
     /// Name of an environment variable holding the password (for secrets
     /// injected by an orchestrator).
     pub password_env: Option<String>,
+    /// Names under `roles:`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Values row filters refer to as `{{ user.<name> }}`, e.g. `region: norte`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One role's grants as the config file writes them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// Tables it reads, as globs over `schema.table`: `gold.*`, `silver.gl_entries`, `workbench.*`.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Datasets it may run (`run()`), as globs over dataset names.
+    #[serde(default)]
+    pub run: Vec<String>,
+    /// Datasets whose landing files it may read (`preview`, `preview_raw`).
+    #[serde(default)]
+    pub landing: Vec<String>,
+    /// Tables it may check against an ad-hoc suite (`validate(t, suite)`).
+    #[serde(default)]
+    pub validate: Vec<String>,
+    /// Column tags it sees in clear (`*`: all).
+    #[serde(default)]
+    pub unmask: Vec<String>,
+    /// `schema.table` (or a glob) → SQL condition the rows it sees must meet,
+    /// with `{{ user.<attribute> }}` bound as a value.
+    #[serde(default)]
+    pub row_filters: BTreeMap<String, String>,
+    /// Sees and does everything.
+    #[serde(default)]
+    pub admin: bool,
+    /// Reads `workbench.audit`.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 /// Values from flags and `WORKBENCH_*` variables (clap fills both).
@@ -139,6 +195,8 @@ impl std::fmt::Debug for ScramSecret {
 pub struct User {
     pub name: String,
     pub secret: ScramSecret,
+    pub roles: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// The validated configuration the application runs with.
@@ -155,10 +213,15 @@ pub struct Config {
     pub authentication_timeout: Duration,
     pub max_startup_connections: usize,
     pub users: Vec<User>,
+    pub roles: BTreeMap<String, crate::governance::RoleGrants>,
+    /// Key of the `hash` mask, when given through `masking_key_env`.
+    pub masking_key: Option<Vec<u8>>,
     pub storage_options: BTreeMap<String, String>,
     pub debug_functions: bool,
     /// Postgres URL of the metadata store; `None` for the embedded SQLite file.
     pub metadata_url: Option<String>,
+    /// Capacity of the audit queue; `None` when auditing is off.
+    pub audit_queue: Option<usize>,
     /// Redis URL; `None` for in-process locks, events and cache.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -235,6 +298,41 @@ impl Config {
                     .into(),
             });
         }
+        let mut roles = BTreeMap::new();
+        for (name, role) in file.roles {
+            roles.insert(name.clone(), resolve_role(&name, role)?);
+        }
+        for user in &users {
+            for role in &user.roles {
+                if !roles.contains_key(role) {
+                    return Err(ConfigError::Invalid {
+                        setting: "users.roles",
+                        value: format!("{role} (user {})", user.name),
+                        reason: "no such role under `roles:`".into(),
+                    });
+                }
+            }
+        }
+        if !roles.is_empty() && users.is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "roles",
+                value: roles.keys().cloned().collect::<Vec<_>>().join(", "),
+                reason: "roles are given to users: add `users:` with their `roles:` (without users, everyone connects as the local administrator)".into(),
+            });
+        }
+        let masking_key = match file.masking_key_env {
+            None => None,
+            Some(var) => match std::env::var(&var) {
+                Ok(key) if key.len() >= 16 => Some(key.into_bytes()),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        setting: "masking_key_env",
+                        value: var,
+                        reason: "the environment variable must hold a key of at least 16 characters".into(),
+                    });
+                }
+            },
+        };
         Ok(Config {
             listen,
             lake,
@@ -247,9 +345,15 @@ impl Config {
             authentication_timeout,
             max_startup_connections,
             users,
+            roles,
+            masking_key,
             storage_options: file.storage_options,
             debug_functions: file.debug_functions.unwrap_or(false),
             metadata_url: o.metadata_url.or(file.metadata.url).filter(|u| !u.is_empty()),
+            audit_queue: match file.audit.enabled {
+                Some(false) => None,
+                _ => Some(at_least_one("audit.queue", file.audit.queue.unwrap_or(10_000))?),
+            },
             redis_url: o.redis_url.or(file.redis.url).filter(|u| !u.is_empty()),
             redis_prefix: o.redis_prefix.or(file.redis.prefix).unwrap_or_default(),
             lock_ttl: duration("lock_ttl", o.lock_ttl.or(file.lock_ttl))?.unwrap_or(Duration::from_secs(30)),
@@ -366,6 +470,31 @@ fn resolve_user(user: UserConfig) -> Result<User, ConfigError> {
     Ok(User {
         name: user.name,
         secret,
+        roles: user.roles,
+        attributes: user.attributes,
+    })
+}
+
+fn resolve_role(name: &str, role: RoleConfig) -> Result<crate::governance::RoleGrants, ConfigError> {
+    use crate::governance::{Grant, RoleGrants, RowFilter};
+    let invalid = |reason: String| ConfigError::Invalid {
+        setting: "roles",
+        value: name.to_string(),
+        reason,
+    };
+    let mut row_filters = Vec::with_capacity(role.row_filters.len());
+    for (table, sql) in &role.row_filters {
+        row_filters.push(RowFilter::parse(table, sql).map_err(invalid)?);
+    }
+    Ok(RoleGrants {
+        read: Grant::parse(&role.read).map_err(invalid)?,
+        run: Grant::parse(&role.run).map_err(invalid)?,
+        landing: Grant::parse(&role.landing).map_err(invalid)?,
+        validate: Grant::parse(&role.validate).map_err(invalid)?,
+        unmask: role.unmask,
+        row_filters,
+        admin: role.admin,
+        audit: role.audit,
     })
 }
 

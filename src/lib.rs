@@ -10,6 +10,7 @@
 //! - [`app`]: wires storage → engine → pg; used by `main` and the tests.
 //! - [`pg`]: wire protocol only: listener, auth, sessions, SQLSTATE mapping.
 //! - [`engine`]: DataFusion session template and the `workbench` catalog.
+//! - [`governance`]: roles, grants, masks and row filters; who sees what.
 //! - [`functions`]: table functions (`run`, ...), one file each.
 //! - [`storage`]: Delta tables at `<lake>/<layer>/<table>` on object_store.
 //! - [`cache`]: Redis (or in-process) run locks, run events and result cache.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod meta;
 pub mod functions;
+pub mod governance;
 pub mod pg;
 pub mod pipeline;
 pub mod quality;

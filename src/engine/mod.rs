@@ -8,6 +8,7 @@ mod arithmetic;
 mod catalog_tables;
 mod coercion;
 mod executor;
+mod governed;
 mod information_schema;
 mod layer;
 mod limits;
@@ -24,10 +25,13 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role};
-use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_pg_catalog::pg_catalog::{PgCatalogSchemaProvider, PgCatalogStaticTables, setup_pg_catalog};
+
+use crate::governance::Access;
 
 pub use catalog_tables::SessionSettingsRows;
 pub use executor::{execute, off_connection, panic_message};
+pub use governed::governed_view;
 pub use layer::LayerSchema;
 pub use limits::LimitError;
 pub use pg_catalog::type_modifier;
@@ -69,6 +73,8 @@ pub struct Engine {
     /// Functions listed in `pg_proc` beyond the built-ins.
     procs: catalog_tables::ProcEntries,
     catalog_text: pg_catalog::CatalogText,
+    /// `pg_catalog`'s fixed tables, shared by every connection's own `pg_catalog`.
+    static_tables: Arc<PgCatalogStaticTables>,
 }
 
 /// A function to list in the catalog (`pg_proc`, `\df`, JDBC `getFunctions`).
@@ -175,6 +181,7 @@ impl Engine {
         let server_pool = Arc::new(GreedyMemoryPool::new(
             options.server_memory_limit.map_or(usize::MAX, |limit| limit as usize),
         ));
+        let static_tables = Arc::new(PgCatalogStaticTables::try_new().map_err(setup)?);
         Ok(Engine {
             template: ctx,
             server_pool,
@@ -182,6 +189,7 @@ impl Engine {
             lake,
             procs,
             catalog_text,
+            static_tables,
         })
     }
 
@@ -215,7 +223,39 @@ impl Engine {
         &self.lake
     }
 
-    /// A fresh session for one client connection: same catalog and functions,
+    /// A session for one client connection: [`Engine::session`] whose
+    /// catalog (and `pg_catalog`, `information_schema` over it) shows what
+    /// `access` may see, as it may see it. `access` is also the session's
+    /// config extension, for table functions to check their grants.
+    pub fn client_session(&self, access: Arc<Access>) -> Result<SessionContext, EngineError> {
+        let setup = |e: datafusion::error::DataFusionError| EngineError::Setup(e.to_string());
+        let ctx = self.session();
+        let parser = Arc::new(self.template.state());
+        let shared = self.template.state().catalog_list().clone();
+        let view: Arc<dyn datafusion::catalog::CatalogProviderList> =
+            Arc::new(governed::GovernedList::new(shared.clone(), access.clone(), None, parser.clone()));
+        let upstream = PgCatalogSchemaProvider::try_new(
+            view.clone(),
+            self.static_tables.clone(),
+            Roles {
+                names: self.options.roles.clone(),
+            },
+        )
+        .map_err(setup)?;
+        let system = governed::SystemSchemas {
+            pg_catalog: Arc::new(pg_catalog::PgCatalogOverlay::new(Arc::new(upstream), view.clone(), self.procs.clone())),
+            information_schema: Arc::new(information_schema::InformationSchema::new(view)),
+        };
+        let list = Arc::new(governed::GovernedList::new(shared, access.clone(), Some(system), parser));
+        let state = SessionStateBuilder::new_from_existing(ctx.state())
+            .with_catalog_list(list)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.state_ref().write().config_mut().set_extension(access);
+        Ok(ctx)
+    }
+
+    /// A fresh session with the whole catalog: same catalog and functions,
     /// its own memory pool and settings.
     pub fn session(&self) -> SessionContext {
         let template = self.template.state();

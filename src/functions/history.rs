@@ -26,6 +26,7 @@ impl TableFunctionImpl for History {
             return plan_err!("history() takes one argument: history('silver.sales')");
         };
         let (layer, name) = args::table("history", table)?;
+        super::Caller::of(a.session()).require_read(layer.as_str(), &name)?;
         Ok(Arc::new(RowsTable(HistoryTable {
             services: self.0.clone(),
             layer,

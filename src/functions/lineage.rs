@@ -33,6 +33,7 @@ impl TableFunctionImpl for Lineage {
             return plan_err!("lineage() takes a table, then optionally 'up' | 'down' | 'both' and a depth: lineage('gold.mart', 'up', 5)");
         }
         let (layer, name) = args::table("lineage", &exprs[0])?;
+        super::Caller::of(a.session()).require_read(layer.as_str(), &name)?;
         let direction = match exprs.get(1).map(|e| args::text("lineage", 2, e)).transpose()?.as_deref() {
             None | Some("up") => Direction::Up,
             Some("down") => Direction::Down,

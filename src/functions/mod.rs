@@ -13,9 +13,12 @@ mod validate;
 
 use std::sync::Arc;
 
+use datafusion::datasource::TableProvider;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionContext;
 
 use crate::engine::{Engine, FunctionDoc};
+use crate::governance::{Access, AccessError, Principal};
 use crate::meta::MetaStore;
 use crate::pipeline::Pipeline;
 use crate::storage::Lake;
@@ -33,6 +36,84 @@ pub struct Services {
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Services").field("lake", &self.lake.root()).finish()
+    }
+}
+
+/// Who called a table function, from the session it was planned in. The
+/// server's own sessions (pipelines, `workbench query`) carry no [`Access`]
+/// and see everything; a client's session carries its connection's.
+#[derive(Clone)]
+pub struct Caller {
+    access: Option<Arc<Access>>,
+    /// Parses mask expressions and row filters for [`Caller::govern`].
+    parser: Option<Arc<datafusion::execution::session_state::SessionState>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller").field("user", &self.access.as_ref().map(|a| a.user())).finish()
+    }
+}
+
+impl Caller {
+    pub fn of(session: &dyn datafusion::catalog::Session) -> Caller {
+        let access = session.config().get_extension::<Access>();
+        let parser = access.as_ref().and_then(|_| {
+            session
+                .as_any()
+                .downcast_ref::<datafusion::execution::session_state::SessionState>()
+                .map(|s| Arc::new(s.clone()))
+        });
+        Caller { access, parser }
+    }
+
+    /// `Ok` when the caller may do `what` (42501 otherwise).
+    pub fn require(&self, what: impl Into<String>, check: impl FnOnce(&Principal) -> bool) -> Result<()> {
+        match &self.access {
+            None => Ok(()),
+            Some(access) => access.require(what, check).map_err(|e| DataFusionError::External(Box::new(e))),
+        }
+    }
+
+    /// `Ok` when the caller may read `layer.table`, else 42501 naming it.
+    pub fn require_read(&self, schema: &str, table: &str) -> Result<()> {
+        let Some(access) = &self.access else { return Ok(()) };
+        match access.principal() {
+            Some(p) if p.can_read(schema, table) => Ok(()),
+            _ => Err(DataFusionError::External(Box::new(AccessError::Table {
+                table: format!("{schema}.{table}"),
+                user: access.user(),
+            }))),
+        }
+    }
+
+    /// `table` (rows of `schema.name`, or rows shaped like them) as the
+    /// caller may see it: filtered and masked as a query would see it.
+    pub fn govern(&self, table: Arc<dyn TableProvider>, schema: &str, name: &str) -> Result<Arc<dyn TableProvider>> {
+        let (Some(access), Some(parser)) = (&self.access, &self.parser) else {
+            return Ok(table);
+        };
+        let Some(principal) = access.principal() else {
+            return Err(DataFusionError::External(Box::new(AccessError::Table {
+                table: format!("{schema}.{name}"),
+                user: String::new(),
+            })));
+        };
+        let policy = principal.table_policy(schema, name);
+        if policy.is_clear() {
+            return Ok(table);
+        }
+        crate::engine::governed_view(table, schema, name, &policy, principal.policy().mask_key(), parser)
+    }
+
+    /// A frame over `layer.name` as the caller may see it, in `ctx` (an
+    /// internal session).
+    pub async fn frame(&self, ctx: &SessionContext, layer: crate::storage::Layer, name: &str) -> Result<datafusion::dataframe::DataFrame> {
+        let schema = layer.as_str();
+        let Some(table) = ctx.table_provider(format!("{schema}.{name}").as_str()).await.ok() else {
+            return ctx.table(format!("{schema}.{name}").as_str()).await;
+        };
+        ctx.read_table(self.govern(table, schema, name)?)
     }
 }
 

@@ -29,6 +29,8 @@ impl TableFunctionImpl for Preview {
         let Some(pipeline) = self.0.pipeline.clone() else {
             return plan_err!("preview() needs the server to be started with a specs directory (--specs)");
         };
+        let caller = super::Caller::of(a.session());
+        caller.require(format!("the landing files of dataset {dataset}"), |p| p.can_read_landing(&dataset))?;
         // The rows' shape comes from the file and the rules, so the preview is
         // computed while planning (on the server's multi-threaded runtime).
         let handle = tokio::runtime::Handle::try_current()
@@ -43,6 +45,7 @@ impl TableFunctionImpl for Preview {
         let Some(schema) = batches.first().map(|b| b.schema()) else {
             return plan_err!("preview(): the file has no rows");
         };
-        Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+        // The rows a run would write to silver, shown as silver would be.
+        caller.govern(Arc::new(MemTable::try_new(schema, vec![batches])?), "silver", &dataset)
     }
 }

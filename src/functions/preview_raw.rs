@@ -25,6 +25,18 @@ impl TableFunctionImpl for PreviewRaw {
         let Some(format) = sources::format_for_path(&path) else {
             return plan_err!("preview_raw(): cannot tell the format of '{path}'; use .csv, .tsv, .xlsx, .xls, .ods, .parquet, .json or .ndjson");
         };
+        // A landing file belongs to the datasets whose source glob matches
+        // it; the caller needs the landing grant of one of them.
+        let caller = super::Caller::of(a.session());
+        let owners: Vec<String> = self
+            .0
+            .pipeline
+            .as_ref()
+            .map(|p| p.project().datasets.iter().filter(|d| d.source.path.as_deref().is_some_and(|g| glob::Pattern::new(g).is_ok_and(|g| g.matches(&path)))).map(|d| d.name.clone()).collect())
+            .unwrap_or_default();
+        caller.require(format!("the landing file {path}"), |p| {
+            p.is_admin() || owners.iter().any(|d| p.can_read_landing(d))
+        })?;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| DataFusionError::Plan("preview_raw() needs the server's runtime".into()))?;
         let lake = self.0.lake.clone();
@@ -40,6 +52,11 @@ impl TableFunctionImpl for PreviewRaw {
         let (Some(schema), false) = (batches.first().map(|b| b.schema()), batches.iter().all(|b| b.num_rows() == 0)) else {
             return plan_err!("preview_raw(): {path} has no rows");
         };
-        Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+        // Raw rows are masked as the owning dataset's bronze table is.
+        let mut table: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, vec![batches])?);
+        for owner in &owners {
+            table = caller.govern(table, "bronze", owner)?;
+        }
+        Ok(table)
     }
 }

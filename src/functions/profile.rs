@@ -28,7 +28,10 @@ impl TableFunctionImpl for Profile {
             return plan_err!("profile() takes one argument: profile('silver.sales')");
         };
         let (layer, name) = args::table("profile", table)?;
+        let caller = super::Caller::of(a.session());
+        caller.require_read(layer.as_str(), &name)?;
         Ok(Arc::new(RowsTable(ProfileTable {
+            caller,
             services: self.0.clone(),
             layer,
             name,
@@ -38,6 +41,7 @@ impl TableFunctionImpl for Profile {
 
 #[derive(Debug)]
 struct ProfileTable {
+    caller: super::Caller,
     services: Services,
     layer: Layer,
     name: String,
@@ -94,7 +98,7 @@ impl Rows for ProfileTable {
 
     async fn rows(&self) -> Result<RecordBatch> {
         let ctx = self.services.engine.internal_session();
-        let df = ctx.table(format!("{}.{}", self.layer, self.name)).await?;
+        let df = self.caller.frame(&ctx, self.layer, &self.name).await?;
         let fields: Vec<(String, DataType)> = df
             .schema()
             .fields()

@@ -41,6 +41,15 @@ impl TableFunctionImpl for RunFunction {
             }
             datasets.push(name);
         }
+        let caller = super::Caller::of(args.session());
+        if datasets.is_empty() {
+            caller.require("run() of every dataset", |p| {
+                self.pipeline.project().datasets.iter().all(|d| p.can_run(&d.name))
+            })?;
+        }
+        for name in &datasets {
+            caller.require(format!("run() of dataset {name}"), |p| p.can_run(name))?;
+        }
         Ok(Arc::new(RowsTable(RunTable {
             pipeline: self.pipeline.clone(),
             datasets,

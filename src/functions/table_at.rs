@@ -22,6 +22,8 @@ impl TableFunctionImpl for TableAt {
             return plan_err!("table_at() takes a table and a version or timestamp: table_at('silver.sales', 3)");
         };
         let (layer, name) = args::table("table_at", table)?;
+        let caller = super::Caller::of(a.session());
+        caller.require_read(layer.as_str(), &name)?;
         let at = match when {
             Expr::Literal(ScalarValue::Utf8(Some(_)) | ScalarValue::Utf8View(Some(_)) | ScalarValue::LargeUtf8(Some(_)), _) => {
                 At::Timestamp(args::text("table_at", 2, when)?)
@@ -39,8 +41,8 @@ impl TableFunctionImpl for TableAt {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| DataFusionError::Plan("table_at() needs the server's runtime".into()))?;
         let lake = self.0.lake.clone();
-        tokio::task::block_in_place(|| {
-            handle.block_on(async move {
+        let table = tokio::task::block_in_place(|| {
+            handle.block_on(async {
                 let table = lake
                     .table_at(layer, &name, at)
                     .await
@@ -50,6 +52,8 @@ impl TableFunctionImpl for TableAt {
                     })?;
                 table.table_provider().await
             })
-        })
+        })?;
+        // Old versions are masked and filtered as the current one is.
+        caller.govern(table, layer.as_str(), &name)
     }
 }

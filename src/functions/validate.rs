@@ -28,6 +28,13 @@ impl TableFunctionImpl for Validate {
             return plan_err!("validate() takes a table and optionally a suite: validate('silver.sales') or validate('silver.sales', '- not_null: [id]')");
         }
         let (layer, name) = args::table("validate", &exprs[0])?;
+        let caller = super::Caller::of(a.session());
+        caller.require_read(layer.as_str(), &name)?;
+        if exprs.len() == 2 {
+            caller.require(format!("validate() of {layer}.{name} with an ad-hoc suite"), |p| {
+                p.can_validate(layer.as_str(), &name)
+            })?;
+        }
         let expectations: Vec<Expectation> = match exprs.get(1) {
             Some(suite) => crate::spec::parse_expectations(&args::text("validate", 2, suite)?)
                 .map_err(DataFusionError::Configuration)?,
@@ -54,6 +61,7 @@ impl TableFunctionImpl for Validate {
             checks.extend(quality::compile(e)?);
         }
         Ok(Arc::new(RowsTable(ValidateTable {
+            caller,
             services: self.0.clone(),
             layer,
             name,
@@ -64,6 +72,7 @@ impl TableFunctionImpl for Validate {
 
 #[derive(Debug)]
 struct ValidateTable {
+    caller: super::Caller,
     services: Services,
     layer: Layer,
     name: String,
@@ -110,7 +119,7 @@ impl Rows for ValidateTable {
     async fn rows(&self) -> Result<RecordBatch> {
         let ctx = self.services.engine.internal_session();
         let table = format!("{}.{}", self.layer, self.name);
-        let df = ctx.table(table.as_str()).await?;
+        let df = self.caller.frame(&ctx, self.layer, &self.name).await?;
         let view = quality::register_view(&ctx, df)?;
         let results = quality::evaluate_all(&ctx, &view, &self.checks).await?;
         for r in &results {

@@ -14,7 +14,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-pub use records::{DatasetRecord, FileRecord, LineageEdge, RunRecord, StepRecord, ValidationRecord};
+pub use records::{AuditRecord, DatasetRecord, FileRecord, LineageEdge, RunRecord, StepRecord, ValidationRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -57,11 +57,13 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/postgres/0001_metadata.sql")),
     (2, "openlineage", include_str!("../../migrations/postgres/0002_openlineage.sql")),
     (3, "heartbeat", include_str!("../../migrations/postgres/0003_heartbeat.sql")),
+    (4, "audit", include_str!("../../migrations/postgres/0004_audit.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql")),
     (2, "openlineage", include_str!("../../migrations/sqlite/0002_openlineage.sql")),
     (3, "heartbeat", include_str!("../../migrations/sqlite/0003_heartbeat.sql")),
+    (4, "audit", include_str!("../../migrations/sqlite/0004_audit.sql")),
 ];
 
 fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {

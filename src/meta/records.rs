@@ -80,6 +80,38 @@ pub struct ValidationRecord {
 }
 
 impl MetaStore {
+    /// Insert audit records in one transaction.
+    pub async fn record_audit(&self, records: &[AuditRecord]) -> Result<(), MetaError> {
+        const INSERT: &str = "INSERT INTO audit (at, user_name, roles, client_addr, application_name, kind, statement, \
+             tables_read, rows_returned, duration_ms, sqlstate) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+        macro_rules! insert_all {
+            ($pool:expr) => {
+                async {
+                    let mut tx = $pool.begin().await?;
+                    for r in records {
+                        sqlx::query(INSERT)
+                            .bind(r.at)
+                            .bind(&r.user_name)
+                            .bind(&r.roles)
+                            .bind(&r.client_addr)
+                            .bind(&r.application_name)
+                            .bind(&r.kind)
+                            .bind(&r.statement)
+                            .bind(&r.tables_read)
+                            .bind(r.rows_returned)
+                            .bind(r.duration_ms)
+                            .bind(&r.sqlstate)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                }
+            };
+        }
+        on_pool!(self, |pool| insert_all!(pool).await)?;
+        Ok(())
+    }
+
     pub async fn record_validation(&self, v: &ValidationRecord) -> Result<(), MetaError> {
         on_pool!(self, |pool| sqlx::query(
             "INSERT INTO validations (run_id, table_name, expectation, columns, success, element_count, unexpected_count, \
@@ -284,4 +316,22 @@ impl MetaStore {
         }
         Ok(())
     }
+}
+
+/// One audited event: a statement, a failed login, or a count of records
+/// the audit queue had to drop.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub at: DateTime<Utc>,
+    pub user_name: String,
+    pub roles: String,
+    pub client_addr: Option<String>,
+    pub application_name: Option<String>,
+    /// `statement`, `login_failed`, `cli_run` or `dropped`.
+    pub kind: String,
+    pub statement: Option<String>,
+    pub tables_read: Option<String>,
+    pub rows_returned: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub sqlstate: Option<String>,
 }

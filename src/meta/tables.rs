@@ -84,6 +84,15 @@ pub const TABLES: &[TableDef] = &[
         ],
         order_by: "validated_at",
     },
+    TableDef {
+        name: "audit",
+        columns: &[
+            ("id", Int), ("at", Timestamp), ("user_name", Text), ("roles", Text), ("client_addr", Text),
+            ("application_name", Text), ("kind", Text), ("statement", Text), ("tables_read", Text),
+            ("rows_returned", Int), ("duration_ms", Int), ("sqlstate", Text),
+        ],
+        order_by: "id",
+    },
 ];
 
 impl TableDef {

@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::governance::audit::{AuditIdentity, StatementAudit};
+
 /// Why a running query stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -27,6 +29,7 @@ struct Running {
     reason: Arc<Mutex<Option<StopReason>>>,
     sql: String,
     started: Instant,
+    audit: Option<Arc<StatementAudit>>,
 }
 
 /// One client connection.
@@ -38,6 +41,8 @@ pub struct Backend {
     secret: Mutex<Option<Vec<u8>>>,
     user: Mutex<Option<String>>,
     running: Mutex<Option<Running>>,
+    /// Set at login when the server keeps an audit trail.
+    audit: Mutex<Option<AuditIdentity>>,
     next_query: AtomicU64,
     /// Fires when the connection must close (terminate or shutdown).
     closed: CancellationToken,
@@ -61,9 +66,25 @@ pub struct QueryGuard {
     id: u64,
     pub token: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
+    /// This statement's audit record, submitted when the last holder drops it.
+    pub audit: Option<Arc<StatementAudit>>,
 }
 
 impl QueryGuard {
+    /// Count one row returned to the client.
+    pub fn row(&self) {
+        if let Some(audit) = &self.audit {
+            audit.row();
+        }
+    }
+
+    /// The statement failed with `sqlstate`.
+    pub fn failed(&self, sqlstate: &str) {
+        if let Some(audit) = &self.audit {
+            audit.failed(sqlstate);
+        }
+    }
+
     /// Why the query was stopped, once `token` has fired.
     pub fn stop_reason(&self) -> StopReason {
         self.reason
@@ -88,6 +109,19 @@ impl Backend {
         *self.secret.lock().expect("backend state poisoned") = Some(secret.to_vec());
     }
 
+    /// Audit this connection's statements as `identity`.
+    pub fn set_audit(&self, identity: AuditIdentity) {
+        *self.audit.lock().expect("backend state poisoned") = Some(identity);
+    }
+
+    /// Note tables the running statement reads, for its audit record.
+    pub fn note_tables(&self, tables: impl IntoIterator<Item = String>) {
+        let running = self.running.lock().expect("backend state poisoned");
+        if let Some(audit) = running.as_ref().and_then(|r| r.audit.as_ref()) {
+            audit.tables(tables);
+        }
+    }
+
     pub fn user(&self) -> Option<String> {
         self.user.lock().expect("backend state poisoned").clone()
     }
@@ -97,18 +131,26 @@ impl Backend {
         let id = self.next_query.fetch_add(1, Ordering::Relaxed);
         let token = self.closed.child_token();
         let reason = Arc::new(Mutex::new(None));
+        let audit = self
+            .audit
+            .lock()
+            .expect("backend state poisoned")
+            .clone()
+            .map(|identity| Arc::new(StatementAudit::new(identity, sql)));
         *self.running.lock().expect("backend state poisoned") = Some(Running {
             id,
             token: token.clone(),
             reason: reason.clone(),
             sql: sql.to_string(),
             started: Instant::now(),
+            audit: audit.clone(),
         });
         QueryGuard {
             backend: self.clone(),
             id,
             token,
             reason,
+            audit,
         }
     }
 
@@ -198,6 +240,7 @@ impl Backends {
             secret: Mutex::new(None),
             user: Mutex::new(None),
             running: Mutex::new(None),
+            audit: Mutex::new(None),
             next_query: AtomicU64::new(0),
             closed: CancellationToken::new(),
         });

@@ -17,6 +17,7 @@ pub const STACK_DEPTH: &str = "54001";
 pub const PROGRAM_LIMIT: &str = "54000";
 pub const NUMERIC_OUT_OF_RANGE: &str = "22003";
 pub const DIVISION_BY_ZERO: &str = "22012";
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 pub fn error(code: &str, message: impl Into<String>) -> ErrorInfo {
     ErrorInfo::new("ERROR".into(), code.into(), message.into())
@@ -70,6 +71,17 @@ pub fn normalize(err: &mut PgWireError) {
     };
     if let Some(info) = replacement {
         *err = user(info);
+    }
+}
+
+/// The SQLSTATE `err` reaches the client with (for the audit trail).
+pub fn sqlstate(err: &PgWireError) -> String {
+    match err {
+        PgWireError::UserError(info) => info.code.clone(),
+        PgWireError::ApiError(inner) => from_api_error(inner.as_ref()).code,
+        PgWireError::QueryCanceled => QUERY_CANCELED.into(),
+        PgWireError::InvalidPassword(_) => "28P01".into(),
+        _ => "08P01".into(),
     }
 }
 
@@ -127,6 +139,8 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
                     _ => "XX000",
                 };
                 error(code, pipeline.to_string())
+            } else if let Some(denied) = inner.downcast_ref::<crate::governance::AccessError>() {
+                with_hint(error(INSUFFICIENT_PRIVILEGE, denied.to_string()), denied.hint())
             } else if let Some(limit) = inner.downcast_ref::<crate::engine::LimitError>() {
                 with_hint(error(PROGRAM_LIMIT, limit.to_string()), "ask for a smaller value, or compute it in pieces")
             } else if let Some(df) = inner.downcast_ref::<DataFusionError>() {

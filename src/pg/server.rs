@@ -18,7 +18,9 @@ use super::handlers::{CancelByKey, ConnectionHandlers};
 use super::session::Session;
 use super::settings::Settings;
 use crate::engine::SessionSettingsRows;
-use super::startup::{Slots, Startup, UserStore};
+use super::startup::{Login, Slots, Startup, UserStore};
+use crate::governance::audit::Auditor;
+use crate::governance::{Access, Policy};
 use super::wire;
 use super::functions;
 use crate::engine::Engine;
@@ -38,6 +40,8 @@ pub struct PgServer {
     listener: TcpListener,
     engine: Arc<Engine>,
     users: Arc<UserStore>,
+    policy: Arc<Policy>,
+    auditor: Option<Arc<Auditor>>,
     backends: Arc<Backends>,
     options: ServerOptions,
 }
@@ -47,6 +51,8 @@ impl PgServer {
         addr: SocketAddr,
         engine: Arc<Engine>,
         users: Arc<UserStore>,
+        policy: Arc<Policy>,
+        auditor: Option<Arc<Auditor>>,
         options: ServerOptions,
     ) -> std::io::Result<PgServer> {
         let listener = TcpListener::bind(addr).await?;
@@ -54,6 +60,8 @@ impl PgServer {
             listener,
             engine,
             users,
+            policy,
+            auditor,
             backends: Arc::new(Backends::default()),
             options,
         })
@@ -97,6 +105,8 @@ impl PgServer {
             let connection = Connection {
                 engine: self.engine.clone(),
                 users: self.users.clone(),
+                policy: self.policy.clone(),
+                auditor: self.auditor.clone(),
                 backends: self.backends.clone(),
                 slots: slots.clone(),
                 options: self.options.clone(),
@@ -128,6 +138,9 @@ impl PgServer {
         if tokio::time::timeout(Duration::from_secs(5), connections.wait()).await.is_err() {
             tracing::warn!("some connections did not close within 5s of shutdown");
         }
+        if let Some(auditor) = &self.auditor {
+            auditor.close(Duration::from_secs(5)).await;
+        }
         tracing::info!("server stopped");
         Ok(())
     }
@@ -136,6 +149,8 @@ impl PgServer {
 struct Connection {
     engine: Arc<Engine>,
     users: Arc<UserStore>,
+    policy: Arc<Policy>,
+    auditor: Option<Arc<Auditor>>,
     backends: Arc<Backends>,
     slots: Arc<Semaphore>,
     options: ServerOptions,
@@ -147,6 +162,14 @@ impl Connection {
         let _ = socket.set_nodelay(true);
         let registration = self.backends.register(addr);
         let backend = registration.backend.clone();
+        let access = Arc::new(Access::default());
+        let ctx = match self.engine.client_session(access.clone()) {
+            Ok(ctx) => ctx,
+            Err(err) => {
+                tracing::error!(%err, "cannot set up a session: closing the connection");
+                return;
+            }
+        };
         let startup = Startup::new(
             backend.clone(),
             &self.users,
@@ -155,8 +178,12 @@ impl Connection {
                 max: self.options.max_connections,
                 stopping: self.stopping.clone(),
             },
+            Login {
+                access,
+                policy: self.policy.clone(),
+                auditor: self.auditor.clone(),
+            },
         );
-        let ctx = self.engine.session();
         let defaults = self
             .options
             .statement_timeout

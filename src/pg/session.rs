@@ -69,6 +69,7 @@ impl Session {
             settings: settings.clone(),
             hooks: hooks.clone(),
             inner: inner.query_parser(),
+            backend: backend.clone(),
         });
         Session {
             ctx,
@@ -149,6 +150,7 @@ impl Session {
         statement: &Statement,
         format: Format,
     ) -> PgWireResult<(QueryResponse, Arc<Schema>)> {
+        self.backend.note_tables(tables_read(&plan));
         let frame = self
             .ctx
             .execute_logical_plan(plan)
@@ -197,6 +199,27 @@ impl Session {
         }
         Ok(Response::Execution(pgwire::api::results::Tag::new("DECLARE CURSOR")))
     }
+}
+
+/// The tables `plan` scans, as `schema.table`, for the audit trail.
+fn tables_read(plan: &LogicalPlan) -> Vec<String> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut tables = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            tables.push(scan.table_name.to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    tables
+}
+
+/// The outcome of a statement, noted in its audit record.
+fn audited<T>(guard: &QueryGuard, result: PgWireResult<T>) -> PgWireResult<T> {
+    if let Err(err) = &result {
+        guard.failed(&errors::sqlstate(err));
+    }
+    result
 }
 
 /// Run `work` until it finishes, the query is cancelled, or its deadline
@@ -267,23 +290,32 @@ impl Stream for Guarded {
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {
             this.done = true;
-            return Poll::Ready(Some(Err(errors::canceled(this.guard.stop_reason()))));
+            let err = errors::canceled(this.guard.stop_reason());
+            this.guard.failed(&errors::sqlstate(&err));
+            return Poll::Ready(Some(Err(err)));
         }
         if let Some(sleep) = &mut this.sleep
             && sleep.as_mut().poll(cx).is_ready()
         {
             this.done = true;
+            this.guard.failed(errors::QUERY_CANCELED);
             return Poll::Ready(Some(Err(errors::statement_timeout())));
         }
         let rows = &mut this.rows;
         match std::panic::catch_unwind(AssertUnwindSafe(|| rows.as_mut().poll_next(cx))) {
+            Ok(Poll::Ready(Some(Ok(row)))) => {
+                this.guard.row();
+                Poll::Ready(Some(Ok(row)))
+            }
             Ok(Poll::Ready(Some(Err(err)))) => {
                 this.done = true;
+                this.guard.failed(&errors::sqlstate(&err));
                 Poll::Ready(Some(Err(err)))
             }
             Ok(other) => other,
             Err(panic) => {
                 this.done = true;
+                this.guard.failed(errors::INTERNAL);
                 tracing::error!(panic = %panic_message(&panic), "query panicked while executing the query");
                 Poll::Ready(Some(Err(errors::panicked("executing the query"))))
             }
@@ -305,9 +337,8 @@ impl SimpleQueryHandler for Session {
         let span = tracing::info_span!("query", pid = self.backend.pid, protocol = "simple");
         tracing::debug!(parent: &span, sql = %query, "query");
         let work = self.run_simple(client, query, &guard, deadline);
-        bounded(work, &guard, deadline, "planning the query")
-            .instrument(span)
-            .await
+        let result = bounded(work, &guard, deadline, "planning the query").instrument(span).await;
+        audited(&guard, result)
     }
 }
 
@@ -353,8 +384,22 @@ impl ExtendedQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let guard = Arc::new(self.backend.begin_query(&portal.statement.statement.0));
+        let result = self.run_portal(client, portal, max_rows, guard.clone()).await;
+        audited(&guard, result)
+    }
+}
+
+impl Session {
+    /// Execute a bound portal of the extended protocol.
+    async fn run_portal<C>(&self, client: &mut C, portal: &Portal<PreparedStatement>, max_rows: usize, guard: Arc<QueryGuard>) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PreparedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let (sql, parsed) = &portal.statement.statement;
-        let guard = Arc::new(self.backend.begin_query(sql));
         let deadline = self.deadline(client);
         if let Some((statement, plan)) = parsed
             && let Some(copy) = copy::parse(statement)
@@ -442,6 +487,8 @@ pub struct StatementParser {
     hooks: Vec<Arc<dyn QueryHook>>,
     /// datafusion-postgres' parser, for parameter and result types of a plan.
     inner: Arc<Parser>,
+    /// Statements refused at Parse are audited here; the rest where they run.
+    backend: Arc<Backend>,
 }
 
 impl StatementParser {
@@ -553,10 +600,14 @@ impl QueryParser for StatementParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        match AssertUnwindSafe(self.plan(client, sql)).catch_unwind().await {
+        let result = match AssertUnwindSafe(self.plan(client, sql)).catch_unwind().await {
             Ok(result) => result,
             Err(_) => Err(errors::panicked("planning the query")),
+        };
+        if let Err(err) = &result {
+            self.backend.begin_query(sql).failed(&errors::sqlstate(err));
         }
+        result
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {

@@ -26,6 +26,8 @@ use super::backends::Backend;
 use super::errors;
 use crate::config::{SCRAM_ITERATIONS, ScramSecret};
 use crate::engine::PG_VERSION;
+use crate::governance::audit::{AuditIdentity, Auditor};
+use crate::governance::{Access, Policy, Principal};
 
 /// Users that may log in, by name.
 #[derive(Debug, Default)]
@@ -116,14 +118,24 @@ pub struct Slots {
 
 pub struct Startup {
     backend: Arc<Backend>,
+    /// Who this connection is, set once it has logged in.
+    login: Login,
     method: Method,
     slots: Slots,
     /// This connection's slot, held until the connection ends.
     slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
+/// Where a successful login records its principal.
+pub struct Login {
+    pub access: Arc<Access>,
+    pub policy: Arc<Policy>,
+    /// Where statements and failed logins are audited, if anywhere.
+    pub auditor: Option<Arc<Auditor>>,
+}
+
 impl Startup {
-    pub fn new(backend: Arc<Backend>, users: &Arc<UserStore>, slots: Slots) -> Startup {
+    pub fn new(backend: Arc<Backend>, users: &Arc<UserStore>, slots: Slots, login: Login) -> Startup {
         let method = if users.is_empty() {
             Method::Trust(server_parameters())
         } else {
@@ -136,6 +148,7 @@ impl Startup {
         };
         Startup {
             backend,
+            login,
             method,
             slots,
             slot: Mutex::new(None),
@@ -172,10 +185,21 @@ fn refusal_error(refusal: Refusal) -> PgWireError {
     errors::user(info)
 }
 
-fn mark_authenticated<C: ClientInfo>(client: &C, backend: &Backend) {
+fn mark_authenticated<C: ClientInfo>(client: &C, backend: &Backend, login: &Login) {
     if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
         let (_, key) = client.pid_and_secret_key();
         let user = client.metadata().get("user").cloned().unwrap_or_default();
+        let principal = Principal::new(login.policy.clone(), &user);
+        if let Some(auditor) = &login.auditor {
+            backend.set_audit(AuditIdentity {
+                auditor: auditor.clone(),
+                user: user.clone(),
+                roles: principal.roles.join(","),
+                client_addr: backend.addr.ip().to_string(),
+                application_name: client.metadata().get("application_name").cloned(),
+            });
+        }
+        login.access.set(principal);
         backend.set_authenticated(&user, &key.to_bytes());
         tracing::info!(pid = backend.pid, user = %user, "client authenticated");
     }
@@ -200,13 +224,27 @@ impl StartupHandler for Startup {
                     let (pid, key) = FixedPid(self.backend.pid).generate(client);
                     client.set_pid_and_secret_key(pid, key);
                     finish_authentication(client, params).await?;
-                    mark_authenticated(client, &self.backend);
+                    mark_authenticated(client, &self.backend, &self.login);
                 }
                 Ok(())
             }
             Method::Scram(sasl) => {
-                sasl.on_startup(client, message).await?;
-                mark_authenticated(client, &self.backend);
+                if let Err(err) = sasl.on_startup(client, message).await {
+                    if let (PgWireError::InvalidPassword(_), Some(auditor)) = (&err, &self.login.auditor) {
+                        // SCRAM names the user of its own first message, which
+                        // libpq leaves empty: the startup message names them.
+                        let user = client.metadata().get("user").cloned().unwrap_or_default();
+                        AuditIdentity::login_failed(
+                            auditor,
+                            &user,
+                            self.backend.addr.ip().to_string(),
+                            client.metadata().get("application_name").cloned(),
+                            "28P01",
+                        );
+                    }
+                    return Err(err);
+                }
+                mark_authenticated(client, &self.backend, &self.login);
                 Ok(())
             }
         }

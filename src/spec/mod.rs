@@ -111,6 +111,61 @@ pub struct Spec {
     pub silver: Option<Silver>,
     /// Names of the gold models this spec declares.
     pub gold: Vec<String>,
+    /// Descriptions, tags and masks of its columns; they apply to the
+    /// dataset's bronze, silver and quarantine tables.
+    pub columns: Vec<ColumnPolicy>,
+}
+
+/// What a spec declares about one column: documentation and governance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnPolicy {
+    pub name: String,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub mask: Option<Mask>,
+}
+
+/// How a column is shown to roles that may not see it in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mask {
+    /// A keyed hash of the value (hex): stable, so masked columns still join.
+    Hash,
+    /// `********` in place of every non-NULL value.
+    Redact,
+    /// Only the last `n` characters, the rest as `*`.
+    Partial(usize),
+    /// NULL, with the column's type.
+    Null,
+    /// A SQL expression over the row, e.g. `left(rut, 2) || '***'`.
+    Expression(String),
+}
+
+impl Mask {
+    /// Parse what a spec writes after `mask:`.
+    pub fn parse(text: &str) -> Result<Mask, String> {
+        let trimmed = text.trim();
+        let lower = trimmed.to_ascii_lowercase();
+        match lower.as_str() {
+            "hash" => return Ok(Mask::Hash),
+            "redact" => return Ok(Mask::Redact),
+            "null" => return Ok(Mask::Null),
+            "" => return Err("empty mask".into()),
+            _ => {}
+        }
+        if let Some(inner) = lower.strip_prefix("partial(").and_then(|r| r.strip_suffix(')')) {
+            return inner
+                .trim()
+                .parse::<usize>()
+                .map(Mask::Partial)
+                .map_err(|_| format!("partial(n) takes the number of trailing characters to show, got '{trimmed}'"));
+        }
+        use datafusion::sql::sqlparser::{dialect::PostgreSqlDialect, parser::Parser};
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(trimmed)
+            .and_then(|mut p| p.parse_expr())
+            .map(|_| Mask::Expression(trimmed.to_string()))
+            .map_err(|e| format!("'{trimmed}' is neither hash, redact, partial(n), null nor a SQL expression: {e}"))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -352,4 +407,6 @@ pub struct GoldModel {
     pub location: Location,
     /// Tables it reads, as `layer.table`.
     pub reads: Vec<String>,
+    /// Descriptions, tags and masks of its output columns.
+    pub columns: Vec<ColumnPolicy>,
 }

@@ -24,6 +24,23 @@ pub struct RawSpec {
     pub silver: Option<Spanned<RawSilver>>,
     #[serde(default)]
     pub gold: Vec<Spanned<RawGoldModel>>,
+    /// Descriptions, tags and masks of the dataset's columns (by their silver name).
+    #[serde(default)]
+    pub columns: BTreeMap<String, Spanned<RawColumn>>,
+}
+
+/// What a spec says about one column.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawColumn {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// e.g. `[pii]`; roles `unmask` tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `hash`, `redact`, `partial(4)`, `null`, or a SQL expression over the row.
+    #[serde(default)]
+    pub mask: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +209,8 @@ pub struct RawGoldModel {
     pub sql: String,
     #[serde(default)]
     pub description: Option<String>,
+    #[serde(default)]
+    pub columns: BTreeMap<String, Spanned<RawColumn>>,
 }
 
 /// For policies whose choices include `null`: a YAML `null` there is the

@@ -153,6 +153,7 @@ impl Validator {
                 source: source?,
                 silver,
                 gold: gold.iter().map(|m| m.name.clone()).collect(),
+                columns: self.columns(&raw.columns),
             },
             gold,
         ))
@@ -490,6 +491,35 @@ impl Validator {
         Some(Expectation { kind, args, on_fail, mostly })
     }
 
+    fn columns(&mut self, raw: &std::collections::BTreeMap<String, Spanned<raw::RawColumn>>) -> Vec<ColumnPolicy> {
+        let mut columns = Vec::with_capacity(raw.len());
+        for (name, column) in raw {
+            let mask = column.value.mask.as_ref().and_then(|mask| match Mask::parse(&mask.value) {
+                Ok(parsed) => Some(parsed),
+                Err(message) => {
+                    self.error(
+                        self.at(mask),
+                        format!("column {name}: {message}"),
+                        "write mask: hash (joinable), redact, partial(4), null, or a SQL expression such as \"left(rut, 2) || '***'\"",
+                    );
+                    None
+                }
+            });
+            for tag in &column.value.tags {
+                if !is_identifier(tag) {
+                    self.error(self.at(column), format!("column {name}: tag '{tag}' is not a plain name"), "use lower-case letters, digits and underscores, e.g. tags: [pii]");
+                }
+            }
+            columns.push(ColumnPolicy {
+                name: name.clone(),
+                description: column.value.description.clone(),
+                tags: column.value.tags.clone(),
+                mask,
+            });
+        }
+        columns
+    }
+
     fn gold_model(&mut self, raw: &Spanned<raw::RawGoldModel>, dataset: &str) -> Option<GoldModel> {
         let location = self.at(raw);
         let m = &raw.value;
@@ -505,6 +535,7 @@ impl Validator {
                 dataset: Some(dataset.to_string()),
                 location,
                 reads,
+                columns: self.columns(&m.columns),
             }),
             Err(message) => {
                 self.error(location, format!("gold model {}: {message}", m.name), "the sql must be one SELECT reading bronze./silver./gold. tables");
@@ -574,7 +605,7 @@ fn load_sql_models(dir: &Path) -> Result<Vec<GoldModel>, Vec<SpecError>> {
             }
         };
         match model_reads(&sql) {
-            Ok(reads) => models.push(GoldModel { name, sql, description: None, dataset: None, location, reads }),
+            Ok(reads) => models.push(GoldModel { name, sql, description: None, dataset: None, location, reads, columns: vec![] }),
             Err(message) => errors.push(SpecError::new(location, message).hint("the file must hold one SELECT reading bronze./silver./gold. tables")),
         }
     }

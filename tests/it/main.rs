@@ -6,6 +6,7 @@ mod clients;
 mod coordination;
 mod encoding;
 mod functions;
+mod governance;
 mod hardening;
 mod metadata;
 mod pipeline;

@@ -6,11 +6,13 @@
 //! - [`tidy`]: helpers the silver rules use (`wb_parse_datetime`, `wb_is_blank`).
 //! - [`arith`]: integer arithmetic that raises overflow and float division
 //!   that raises division by zero, as PostgreSQL does.
+//! - [`mask`]: column masks (keyed hash, partial) the governance layer applies.
 //! - [`decimal`]: `wb_parse_decimal`, text to `decimal(p,s)` without a cast's
 //!   per-value allocation.
 
 pub mod arith;
 pub mod decimal;
+pub mod mask;
 pub mod pg;
 pub mod tidy;
 

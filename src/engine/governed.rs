@@ -1,0 +1,312 @@
+//! The catalog one client connection sees: the engine's catalog filtered and
+//! masked by the connection's [`Access`]. Tables it may not read are absent
+//! from every listing (`pg_class`, `information_schema`, `\dt`, JDBC
+//! metadata) and naming one is refused with 42501; tables it reads with masks
+//! or row filters are replaced, where they are scanned, by a view that
+//! filters the rows and masks the columns, so every path a query can take
+//! (joins, aggregates, COPY, cursors, binary results) sees only that view.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
+use datafusion::datasource::{TableProvider, TableType, provider_as_source};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast, lit, when};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::DATABASE;
+use crate::governance::{Access, AccessError, BoundFilter, Principal, TablePolicy};
+use crate::spec::Mask;
+
+/// Schemas whose tables are governed by read grants.
+const GOVERNED_SCHEMAS: &[&str] = &["bronze", "silver", "gold", "workbench"];
+
+/// This connection's own `pg_catalog` and `information_schema`, computed
+/// over the tables it may see.
+#[derive(Debug, Clone)]
+pub struct SystemSchemas {
+    pub pg_catalog: Arc<dyn SchemaProvider>,
+    pub information_schema: Arc<dyn SchemaProvider>,
+}
+
+/// The engine's catalog list as one connection sees it.
+#[derive(Debug)]
+pub struct GovernedList {
+    inner: Arc<dyn CatalogProviderList>,
+    access: Arc<Access>,
+    system: Option<SystemSchemas>,
+    /// Parses mask expressions and row filters.
+    parser: Arc<SessionState>,
+}
+
+impl GovernedList {
+    pub fn new(
+        inner: Arc<dyn CatalogProviderList>,
+        access: Arc<Access>,
+        system: Option<SystemSchemas>,
+        parser: Arc<SessionState>,
+    ) -> Self {
+        GovernedList {
+            inner,
+            access,
+            system,
+            parser,
+        }
+    }
+}
+
+impl CatalogProviderList for GovernedList {
+    fn register_catalog(&self, name: String, catalog: Arc<dyn CatalogProvider>) -> Option<Arc<dyn CatalogProvider>> {
+        self.inner.register_catalog(name, catalog)
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        self.inner.catalog_names()
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        let inner = self.inner.catalog(name)?;
+        if name != DATABASE {
+            return Some(inner);
+        }
+        Some(Arc::new(GovernedCatalog {
+            inner,
+            access: self.access.clone(),
+            system: self.system.clone(),
+            parser: self.parser.clone(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct GovernedCatalog {
+    inner: Arc<dyn CatalogProvider>,
+    access: Arc<Access>,
+    system: Option<SystemSchemas>,
+    parser: Arc<SessionState>,
+}
+
+impl CatalogProvider for GovernedCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.inner.schema_names()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if let Some(system) = &self.system {
+            match name {
+                "pg_catalog" => return Some(system.pg_catalog.clone()),
+                "information_schema" => return Some(system.information_schema.clone()),
+                _ => {}
+            }
+        }
+        let inner = self.inner.schema(name)?;
+        if !GOVERNED_SCHEMAS.contains(&name) {
+            return Some(inner);
+        }
+        Some(Arc::new(GovernedSchema {
+            name: name.to_string(),
+            inner,
+            access: self.access.clone(),
+            parser: self.parser.clone(),
+        }))
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> Result<Option<Arc<dyn SchemaProvider>>> {
+        self.inner.register_schema(name, schema)
+    }
+}
+
+#[derive(Debug)]
+struct GovernedSchema {
+    name: String,
+    inner: Arc<dyn SchemaProvider>,
+    access: Arc<Access>,
+    parser: Arc<SessionState>,
+}
+
+impl GovernedSchema {
+    fn readable(&self, table: &str) -> Option<Arc<Principal>> {
+        self.access.principal().filter(|p| p.can_read(&self.name, table))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for GovernedSchema {
+    fn table_names(&self) -> Vec<String> {
+        let Some(principal) = self.access.principal() else {
+            return vec![];
+        };
+        let mut names = self.inner.table_names();
+        names.retain(|t| principal.can_read(&self.name, t));
+        names
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(principal) = self.readable(name) else {
+            // As PostgreSQL: a table that exists but is not granted is named
+            // in a 42501; one that does not exist stays "not found".
+            return match self.inner.table(name).await? {
+                Some(_) => Err(DataFusionError::External(Box::new(AccessError::Table {
+                    table: format!("{}.{name}", self.name),
+                    user: self.access.user(),
+                }))),
+                None => Ok(None),
+            };
+        };
+        let Some(table) = self.inner.table(name).await? else {
+            return Ok(None);
+        };
+        let policy = principal.table_policy(&self.name, name);
+        if policy.is_clear() {
+            return Ok(Some(table));
+        }
+        governed_view(table, &self.name, name, &policy, principal.policy().mask_key(), &self.parser).map(Some)
+    }
+
+    async fn table_type(&self, name: &str) -> Result<Option<TableType>> {
+        if self.readable(name).is_none() {
+            return Ok(None);
+        }
+        self.inner.table_type(name).await
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.readable(name).is_some() && self.inner.table_exist(name)
+    }
+
+    fn register_table(&self, name: String, table: Arc<dyn TableProvider>) -> Result<Option<Arc<dyn TableProvider>>> {
+        self.inner.register_table(name, table)
+    }
+
+    fn deregister_table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        self.inner.deregister_table(name)
+    }
+}
+
+/// `table` as `policy` shows it: rows filtered, then columns masked. Also
+/// used by table functions that read a table another way (`table_at`).
+pub fn governed_view(
+    table: Arc<dyn TableProvider>,
+    schema: &str,
+    name: &str,
+    policy: &TablePolicy,
+    mask_key: &[u8],
+    parser: &SessionState,
+) -> Result<Arc<dyn TableProvider>> {
+    let reference = TableReference::partial(schema, name);
+    let stored = table.schema();
+    let mut builder = LogicalPlanBuilder::scan(reference.clone(), provider_as_source(table), None)?;
+    let df_schema = builder.schema().clone();
+    if let Some(filters) = &policy.row_filters {
+        let mut visible: Option<Expr> = None;
+        for filter in filters {
+            let condition = bind(parser.create_logical_expr(&filter.sql, &df_schema)?, filter)?;
+            visible = Some(match visible {
+                None => condition,
+                Some(other) => other.or(condition),
+            });
+        }
+        if let Some(visible) = visible {
+            // NULL (an attribute the user lacks) hides the row, as in SQL.
+            builder = builder.filter(visible)?;
+        }
+    }
+    if !policy.masks.is_empty() {
+        let mut columns = Vec::with_capacity(stored.fields().len());
+        for field in stored.fields() {
+            let column = Expr::Column(Column::new(Some(reference.clone()), field.name()));
+            let expr = match policy.masks.iter().find(|(c, _)| c == field.name()) {
+                None => column,
+                Some((_, mask)) => {
+                    mask_expr(mask, column, field.data_type(), mask_key, parser, &df_schema)?.alias(field.name())
+                }
+            };
+            columns.push(expr);
+        }
+        builder = builder.project(columns)?;
+    }
+    let plan = builder.build()?;
+    Ok(Arc::new(GovernedTable {
+        schema: Arc::new(plan.schema().as_arrow().clone()),
+        plan,
+    }))
+}
+
+/// Put the user's attribute values where the filter has `$n`.
+fn bind(expr: Expr, filter: &BoundFilter) -> Result<Expr> {
+    expr.transform(|e| match e {
+        Expr::Placeholder(p) => {
+            let index: usize = p.id.trim_start_matches('$').parse().map_err(|_| {
+                DataFusionError::Plan(format!("row filter placeholder {} is not $n", p.id))
+            })?;
+            let value = filter.values.get(index.wrapping_sub(1)).cloned().flatten();
+            Ok(Transformed::yes(lit(ScalarValue::Utf8(value))))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+fn mask_expr(
+    mask: &Mask,
+    column: Expr,
+    data_type: &DataType,
+    key: &[u8],
+    parser: &SessionState,
+    df_schema: &DFSchema,
+) -> Result<Expr> {
+    let text = || cast(column.clone(), DataType::Utf8);
+    Ok(match mask {
+        Mask::Hash => ScalarUDF::new_from_impl(workbench_udfs::mask::KeyedHash::new(key.to_vec())).call(vec![text()]),
+        Mask::Redact => when(column.clone().is_not_null(), lit("********")).otherwise(lit(ScalarValue::Utf8(None)))?,
+        Mask::Null => cast(lit(ScalarValue::Null), data_type.clone()),
+        Mask::Partial(shown) => {
+            ScalarUDF::new_from_impl(workbench_udfs::mask::Partial::new(*shown)).call(vec![text()])
+        }
+        Mask::Expression(sql) => parser.create_logical_expr(sql, df_schema)?,
+    })
+}
+
+/// A masked or filtered table: a view the planner inlines where the table
+/// is scanned, listed as the base table it stands for.
+#[derive(Debug)]
+struct GovernedTable {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for GovernedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn get_logical_plan(&self) -> Option<std::borrow::Cow<'_, LogicalPlan>> {
+        Some(std::borrow::Cow::Borrowed(&self.plan))
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Only reached when the planner did not inline the view.
+        let view = datafusion::datasource::ViewTable::new(self.plan.clone(), None);
+        view.scan(state, projection, filters, limit).await
+    }
+}
