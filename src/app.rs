@@ -43,6 +43,8 @@ pub enum AppError {
     Policy(#[from] crate::governance::PolicyError),
     #[error("masking key: {0}")]
     MaskingKey(String),
+    #[error(transparent)]
+    Tls(#[from] crate::pg::TlsError),
 }
 
 /// Roles and users from the config, column tags and masks from the specs.
@@ -382,15 +384,23 @@ impl App {
         } else {
             None
         };
+        let policy = Arc::new(build_policy(&config, &lake, pipeline.as_ref().map(|p| p.project()))?);
         let services = crate::functions::Services {
             lake: lake.clone(),
             meta: meta.clone(),
             engine: engine.clone(),
             pipeline: pipeline.clone(),
+            policy: policy.clone(),
         };
         engine.with_template(|ctx| crate::functions::register(ctx, services));
-        let policy = Arc::new(build_policy(&config, &lake, pipeline.as_ref().map(|p| p.project()))?);
         let auditor = config.audit_queue.map(|capacity| Auditor::start(meta.clone(), capacity));
+        let tls = match &config.tls {
+            Some(settings) => Some(crate::pg::Tls::load(&settings.cert, &settings.key, settings.mode)?),
+            None => None,
+        };
+        if tls.is_none() && !config.listen.ip().is_loopback() {
+            tracing::warn!(addr = %config.listen, "allow_plaintext: serving a non-loopback address WITHOUT TLS; query results and metadata cross the network in clear");
+        }
         let server = PgServer::bind(
             config.listen,
             engine.clone(),
@@ -403,6 +413,7 @@ impl App {
                 shutdown_timeout: config.shutdown_timeout,
                 authentication_timeout: config.authentication_timeout,
                 max_startup_connections: config.max_startup_connections,
+                tls,
             },
         )
         .await

@@ -66,6 +66,11 @@ pub struct FileConfig {
     /// `roles:` every user is an administrator.
     #[serde(default)]
     pub roles: BTreeMap<String, RoleConfig>,
+    /// TLS on the wire: `{ cert: server.crt, key: server.key, mode: required }`.
+    pub tls: Option<TlsFileConfig>,
+    /// Serve a non-loopback address without TLS (logged as a warning at
+    /// every start). Without it such a listen address needs `tls:`.
+    pub allow_plaintext: Option<bool>,
     /// Environment variable holding the key of the `hash` column mask
     /// (default: a random key kept in `<lake>/_workbench/mask.key`).
     pub masking_key_env: Option<String>,
@@ -91,6 +96,18 @@ pub struct RedisConfig {
     pub url: Option<String>,
     /// Prefix for every key Workbench writes (several deployments on one Redis).
     pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFileConfig {
+    /// PEM certificate chain, the server's certificate first. A relative
+    /// path is relative to the config file.
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// `required` (default: plaintext connections are refused) or `optional`.
+    pub mode: Option<String>,
 }
 
 /// The audit trail (`workbench.audit`): on unless `enabled: false`.
@@ -192,6 +209,13 @@ impl std::fmt::Debug for ScramSecret {
 }
 
 #[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub mode: crate::pg::TlsMode,
+}
+
+#[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
     pub secret: ScramSecret,
@@ -222,6 +246,10 @@ pub struct Config {
     pub metadata_url: Option<String>,
     /// Capacity of the audit queue; `None` when auditing is off.
     pub audit_queue: Option<usize>,
+    /// TLS certificate, key and mode; loaded when the server starts.
+    pub tls: Option<TlsSettings>,
+    /// Plaintext on a non-loopback address was explicitly allowed.
+    pub allow_plaintext: bool,
     /// Redis URL; `None` for in-process locks, events and cache.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -245,11 +273,16 @@ impl Config {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                yaml::from_str::<FileConfig>(&text).map_err(|err| ConfigError::Yaml {
+                let mut parsed = yaml::from_str::<FileConfig>(&text).map_err(|err| ConfigError::Yaml {
                     path: path.to_path_buf(),
                     position: err.position.map(|p| p.to_string()).unwrap_or_else(|| "1:1".into()),
                     message: err.message,
-                })?
+                })?;
+                if let (Some(tls), Some(dir)) = (&mut parsed.tls, path.parent()) {
+                    tls.cert = dir.join(&tls.cert);
+                    tls.key = dir.join(&tls.key);
+                }
+                parsed
             }
         };
         Config::build(file_config, overrides)
@@ -295,6 +328,35 @@ impl Config {
                 value: listen_text,
                 reason: "listening on a non-loopback address requires password authentication; \
                          add `users:` to the config file (create hashes with `workbench hash-password`)"
+                    .into(),
+            });
+        }
+        let tls = match file.tls {
+            None => None,
+            Some(tls) => Some(TlsSettings {
+                cert: tls.cert,
+                key: tls.key,
+                mode: match tls.mode.as_deref() {
+                    None | Some("required") => crate::pg::TlsMode::Required,
+                    Some("optional") => crate::pg::TlsMode::Optional,
+                    Some(other) => {
+                        return Err(ConfigError::Invalid {
+                            setting: "tls.mode",
+                            value: other.into(),
+                            reason: "expected `required` (plaintext refused) or `optional`".into(),
+                        });
+                    }
+                },
+            }),
+        };
+        let allow_plaintext = file.allow_plaintext.unwrap_or(false);
+        if !listen.ip().is_loopback() && tls.is_none() && !allow_plaintext {
+            return Err(ConfigError::Invalid {
+                setting: "listen",
+                value: listen_text,
+                reason: "listening on a non-loopback address sends query results in clear: add \
+                         `tls: { cert: server.crt, key: server.key }` to the config file, or set \
+                         `allow_plaintext: true` if a proxy or private network already encrypts the traffic"
                     .into(),
             });
         }
@@ -350,6 +412,8 @@ impl Config {
             storage_options: file.storage_options,
             debug_functions: file.debug_functions.unwrap_or(false),
             metadata_url: o.metadata_url.or(file.metadata.url).filter(|u| !u.is_empty()),
+            tls,
+            allow_plaintext,
             audit_queue: match file.audit.enabled {
                 Some(false) => None,
                 _ => Some(at_least_one("audit.queue", file.audit.queue.unwrap_or(10_000))?),

@@ -7,6 +7,7 @@
 mod arithmetic;
 mod catalog_tables;
 mod coercion;
+mod descriptions;
 mod executor;
 mod governed;
 mod information_schema;
@@ -242,8 +243,16 @@ impl Engine {
             },
         )
         .map_err(setup)?;
+        // This session's `obj_description`/`col_description`: the functions'
+        // descriptions, then its tables' as its `pg_class` hands out their oids.
+        let descriptions: workbench_udfs::pg::LookupTable = Arc::new(std::sync::RwLock::new(
+            self.catalog_text.descriptions.read().unwrap_or_else(|p| p.into_inner()).clone(),
+        ));
+        let docs = descriptions::SessionDocs::new(access.clone(), descriptions.clone(), view.clone());
         let system = governed::SystemSchemas {
-            pg_catalog: Arc::new(pg_catalog::PgCatalogOverlay::new(Arc::new(upstream), view.clone(), self.procs.clone())),
+            pg_catalog: Arc::new(
+                pg_catalog::PgCatalogOverlay::new(Arc::new(upstream), view.clone(), self.procs.clone()).with_docs(docs),
+            ),
             information_schema: Arc::new(information_schema::InformationSchema::new(view)),
         };
         let list = Arc::new(governed::GovernedList::new(shared, access.clone(), Some(system), parser));
@@ -252,6 +261,8 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.state_ref().write().config_mut().set_extension(access);
+        ctx.register_udf(workbench_udfs::pg::lookup("obj_description", 1, descriptions.clone()));
+        ctx.register_udf(workbench_udfs::pg::lookup("col_description", 2, descriptions));
         Ok(ctx)
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Int16Type, Int32Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int16Type, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, SchemaProvider, Session};
 use datafusion::datasource::{TableProvider, TableType, ViewTable, provider_as_source};
 use datafusion::error::Result;
@@ -18,6 +18,7 @@ use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableProviderFilterPush
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::col;
 
+use super::descriptions::{DescribedClasses, PgDescription, SessionDocs, int32, namespace_names, relation_names};
 use super::catalog_tables::{PgProc, PgSettings, PgType, ProcEntries, empty_with_arrays, scan_all, scan_batches};
 use crate::engine::DATABASE;
 
@@ -29,11 +30,35 @@ pub struct PgCatalogOverlay {
     inner: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
     procs: ProcEntries,
+    /// A client session's spec descriptions (none in the server's own sessions).
+    docs: Option<SessionDocs>,
 }
 
 impl PgCatalogOverlay {
     pub fn new(inner: Arc<dyn SchemaProvider>, catalogs: Arc<dyn CatalogProviderList>, procs: ProcEntries) -> Self {
-        PgCatalogOverlay { inner, catalogs, procs }
+        PgCatalogOverlay { inner, catalogs, procs, docs: None }
+    }
+
+    pub fn with_docs(mut self, docs: SessionDocs) -> Self {
+        self.docs = Some(docs);
+        self
+    }
+
+    /// `pg_class` with `reloptions`, describing tables as it is scanned.
+    fn classes(&self, base: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
+        let base = if base.schema().field_with_name("reloptions").is_err() {
+            with_null_reloptions(base)?
+        } else {
+            base
+        };
+        Ok(match &self.docs {
+            Some(docs) => Arc::new(DescribedClasses {
+                base,
+                pg_catalog: self.inner.clone(),
+                docs: docs.clone(),
+            }),
+            None => base,
+        })
     }
 }
 
@@ -52,9 +77,16 @@ impl SchemaProvider for PgCatalogOverlay {
             return Ok(None);
         };
         Ok(Some(match name {
-            "pg_class" if base.schema().field_with_name("reloptions").is_err() => {
-                with_null_reloptions(base)?
-            }
+            "pg_class" => self.classes(base)?,
+            "pg_description" => match (&self.docs, self.inner.table("pg_class").await?) {
+                (Some(docs), Some(classes)) => Arc::new(PgDescription {
+                    base,
+                    classes,
+                    pg_catalog: self.inner.clone(),
+                    docs: docs.clone(),
+                }),
+                _ => base,
+            },
             "pg_attribute" => Arc::new(AttributeTypmods {
                 base,
                 pg_catalog: self.inner.clone(),
@@ -102,34 +134,12 @@ struct AttributeTypmods {
 impl AttributeTypmods {
     /// (table oid) → (schema, table) from pg_class and pg_namespace.
     async fn relations(&self, session: &dyn Session) -> Result<HashMap<i32, (String, String)>> {
-        let mut namespaces = HashMap::new();
-        if let Some(ns) = self.pg_catalog.table("pg_namespace").await? {
-            for batch in scan_all(&ns, session).await? {
-                let oids = int32(&batch, "oid");
-                let names = batch.column_by_name("nspname").map(|c| c.as_string::<i32>().clone());
-                if let (Some(oids), Some(names)) = (oids, names) {
-                    for i in 0..batch.num_rows() {
-                        namespaces.insert(oids.value(i), names.value(i).to_string());
-                    }
-                }
-            }
-        }
-        let mut relations = HashMap::new();
-        if let Some(classes) = self.pg_catalog.table("pg_class").await? {
-            for batch in scan_all(&classes, session).await? {
-                let oids = int32(&batch, "oid");
-                let spaces = int32(&batch, "relnamespace");
-                let names = batch.column_by_name("relname").map(|c| c.as_string::<i32>().clone());
-                if let (Some(oids), Some(spaces), Some(names)) = (oids, spaces, names) {
-                    for i in 0..batch.num_rows() {
-                        if let Some(schema) = namespaces.get(&spaces.value(i)) {
-                            relations.insert(oids.value(i), (schema.clone(), names.value(i).to_string()));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(relations)
+        let namespaces = namespace_names(&self.pg_catalog, session).await?;
+        let classes = match self.pg_catalog.table("pg_class").await? {
+            Some(classes) => scan_all(&classes, session).await?,
+            None => vec![],
+        };
+        Ok(relation_names(&classes, &namespaces))
     }
 
     async fn column_type(&self, schema: &str, table: &str, attnum: i16) -> Option<DataType> {
@@ -137,17 +147,6 @@ impl AttributeTypmods {
         let provider = catalog.schema(schema)?.table(table).await.ok()??;
         let index = usize::try_from(attnum).ok()?.checked_sub(1)?;
         provider.schema().fields().get(index).map(|f| f.data_type().clone())
-    }
-}
-
-fn int32(batch: &RecordBatch, name: &str) -> Option<Int32Array> {
-    let column = batch.column_by_name(name)?;
-    match column.data_type() {
-        DataType::Int32 => Some(column.as_primitive::<Int32Type>().clone()),
-        DataType::UInt32 | DataType::Int64 => datafusion::arrow::compute::cast(column, &DataType::Int32)
-            .ok()
-            .map(|c| c.as_primitive::<Int32Type>().clone()),
-        _ => None,
     }
 }
 

@@ -8,6 +8,7 @@ mod preview;
 mod preview_raw;
 mod profile;
 mod run;
+mod search;
 mod table_at;
 mod validate;
 
@@ -31,6 +32,8 @@ pub struct Services {
     pub engine: Arc<Engine>,
     /// Absent when the server runs without specs.
     pub pipeline: Option<Arc<Pipeline>>,
+    /// Grants, and what the specs say of each table (for `search`).
+    pub policy: Arc<crate::governance::Policy>,
 }
 
 impl std::fmt::Debug for Services {
@@ -72,6 +75,14 @@ impl Caller {
         match &self.access {
             None => Ok(()),
             Some(access) => access.require(what, check).map_err(|e| DataFusionError::External(Box::new(e))),
+        }
+    }
+
+    /// Whether the caller may read `schema.table` (the server's own sessions may).
+    pub fn can_read(&self, schema: &str, table: &str) -> bool {
+        match &self.access {
+            None => true,
+            Some(access) => access.principal().is_some_and(|p| p.can_read(schema, table)),
         }
     }
 
@@ -200,6 +211,12 @@ const DOCS: &[FunctionDoc] = &[
         description: "The Delta commits of a table joined with the runs that made them.",
     },
     FunctionDoc {
+        name: "search",
+        args: &[("text", "text")],
+        optional: 0,
+        description: "Tables and columns whose name, description, tags or owner contain a text (only what you may read).",
+    },
+    FunctionDoc {
         name: "table_at",
         args: &[("table_name", "text"), ("version_or_time", "text")],
         optional: 0,
@@ -224,5 +241,6 @@ pub fn register(ctx: &SessionContext, services: Services) {
     ctx.register_udtf("table_at", Arc::new(table_at::TableAt(services.clone())));
     ctx.register_udtf("lineage", Arc::new(lineage::Lineage(services.clone())));
     ctx.register_udtf("validate", Arc::new(validate::Validate(services.clone())));
+    ctx.register_udtf("search", Arc::new(search::Search(services.clone())));
     ctx.register_udtf("profile", Arc::new(profile::Profile(services)));
 }

@@ -12,7 +12,7 @@ mod policy;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-pub use policy::{Grant, Policy, PolicyError, RoleGrants, RowFilter, UserGrants};
+pub use policy::{Grant, Policy, PolicyError, RoleGrants, RowFilter, TableDoc, UserGrants};
 
 use crate::spec::Mask;
 

@@ -99,6 +99,28 @@ pub struct RoleGrants {
     pub audit: bool,
 }
 
+/// What a spec says of one of the tables it makes.
+#[derive(Debug, Clone, Default)]
+pub struct TableDoc {
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    /// The dataset (or gold model) that makes it.
+    pub dataset: String,
+}
+
+impl TableDoc {
+    /// The text `obj_description` and `\dt+` show: the description, then
+    /// who owns the data.
+    pub fn text(&self) -> Option<String> {
+        match (&self.description, &self.owner) {
+            (Some(d), Some(o)) => Some(format!("{d} (owner: {o})")),
+            (Some(d), None) => Some(d.clone()),
+            (None, Some(o)) => Some(format!("owner: {o}")),
+            (None, None) => None,
+        }
+    }
+}
+
 /// A configured user's roles and attributes.
 #[derive(Debug, Clone, Default)]
 pub struct UserGrants {
@@ -113,6 +135,8 @@ pub struct Policy {
     users: HashMap<String, UserGrants>,
     /// `schema.table` → its columns' tags and masks.
     columns: HashMap<String, Vec<ColumnPolicy>>,
+    /// `schema.table` → its description and owner from the spec.
+    tables: HashMap<String, TableDoc>,
     /// Key of the `hash` mask.
     mask_key: Vec<u8>,
 }
@@ -142,6 +166,7 @@ impl Policy {
             roles,
             users,
             columns: HashMap::new(),
+            tables: HashMap::new(),
             mask_key,
         })
     }
@@ -151,6 +176,18 @@ impl Policy {
     /// `rename`, to its bronze table; a gold model's to the model.
     pub fn with_project(mut self, project: &Project) -> Policy {
         for dataset in &project.datasets {
+            let doc = TableDoc {
+                description: dataset.description.clone(),
+                owner: dataset.owner.clone(),
+                dataset: dataset.name.clone(),
+            };
+            for table in [
+                format!("bronze.{}", dataset.name),
+                format!("silver.{}", dataset.name),
+                format!("silver.{}__quarantine", dataset.name),
+            ] {
+                self.tables.insert(table, doc.clone());
+            }
             if dataset.columns.is_empty() {
                 continue;
             }
@@ -183,6 +220,15 @@ impl Policy {
             self.columns.insert(format!("bronze.{}", dataset.name), bronze);
         }
         for model in &project.gold {
+            let owner = model.dataset.as_ref().and_then(|d| project.datasets.iter().find(|s| &s.name == d));
+            self.tables.insert(
+                format!("gold.{}", model.name),
+                TableDoc {
+                    description: model.description.clone(),
+                    owner: owner.and_then(|s| s.owner.clone()),
+                    dataset: model.dataset.clone().unwrap_or_else(|| model.name.clone()),
+                },
+            );
             if !model.columns.is_empty() {
                 self.columns.insert(format!("gold.{}", model.name), model.columns.clone());
             }
@@ -205,6 +251,11 @@ impl Policy {
 
     pub fn columns(&self, schema: &str, table: &str) -> &[ColumnPolicy] {
         self.columns.get(&format!("{schema}.{table}")).map_or(&[], Vec::as_slice)
+    }
+
+    /// What the specs say of `schema.table`, if a spec declares it.
+    pub fn table_doc(&self, schema: &str, table: &str) -> Option<&TableDoc> {
+        self.tables.get(&format!("{schema}.{table}"))
     }
 
     /// Every table's column policies (for catalog descriptions and `search`).

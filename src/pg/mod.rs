@@ -20,8 +20,10 @@ mod session;
 mod settings;
 mod startup;
 mod statements;
+mod tls;
 mod wire;
 
 pub use backends::{BackendInfo, Backends};
 pub use server::{PgServer, ServerOptions};
 pub use startup::UserStore;
+pub use tls::{Tls, TlsError, TlsMode};

@@ -21,6 +21,7 @@ use crate::engine::SessionSettingsRows;
 use super::startup::{Login, Slots, Startup, UserStore};
 use crate::governance::audit::Auditor;
 use crate::governance::{Access, Policy};
+use super::tls::Tls;
 use super::wire;
 use super::functions;
 use crate::engine::Engine;
@@ -34,6 +35,8 @@ pub struct ServerOptions {
     pub authentication_timeout: Duration,
     /// How many connections may be logging in at once.
     pub max_startup_connections: usize,
+    /// TLS, when configured.
+    pub tls: Option<Tls>,
 }
 
 pub struct PgServer {
@@ -204,7 +207,7 @@ impl Connection {
         });
         let closed = backend.closed();
         let mut login_slot = Some(login_slot);
-        let process = wire::serve(socket, handlers, self.options.authentication_timeout, move || {
+        let process = wire::serve(socket, handlers, self.options.tls.clone(), self.options.authentication_timeout, move || {
             login_slot.take();
         });
         tokio::pin!(process);

@@ -21,6 +21,7 @@ use pgwire::tokio::server::{negotiate_tls, process_error, process_message};
 use tokio::net::TcpStream;
 
 use super::errors;
+use super::tls::{Tls, TlsMode};
 
 /// What ended the loop, for the connection's log line.
 #[derive(Debug)]
@@ -41,6 +42,7 @@ pub enum Ended {
 pub async fn serve<H: PgWireServerHandlers>(
     tcp: TcpStream,
     handlers: H,
+    tls: Option<Tls>,
     authentication_timeout: Duration,
     mut on_login: impl FnMut(),
 ) -> Ended {
@@ -55,7 +57,7 @@ pub async fn serve<H: PgWireServerHandlers>(
     tokio::pin!(login_deadline);
     let mut socket = tokio::select! {
         _ = &mut login_deadline => return Ended::StartupTimeout,
-        negotiated = negotiate_tls(tcp, None) => match negotiated {
+        negotiated = negotiate_tls(tcp, tls.as_ref().map(|t| t.acceptor.clone())) => match negotiated {
             Ok(Some(socket)) => socket,
             Ok(None) => return Ended::ProtocolViolation("TLS requested directly but not configured".into()),
             Err(err) => return Ended::Io(err),
@@ -99,6 +101,17 @@ pub async fn serve<H: PgWireServerHandlers>(
         };
         if matches!(message, PgWireFrontendMessage::Terminate(_)) {
             return Ended::Client;
+        }
+        if let PgWireFrontendMessage::Startup(_) = message
+            && tls.as_ref().is_some_and(|t| t.mode == TlsMode::Required)
+            && !socket.is_secure()
+        {
+            let info = errors::with_hint(
+                errors::fatal("28000", "this server accepts only TLS connections; the connection was refused"),
+                "connect with TLS: sslmode=require or verify-full (psql, psycopg), ssl=true (pgjdbc), ssl='require' (asyncpg)",
+            );
+            let _ = send_fatal(&mut socket, info).await;
+            return Ended::Fatal("plaintext connection refused: TLS is required".into());
         }
         let is_extended = match socket.state() {
             PgWireConnectionState::CopyInProgress(extended) => extended,

@@ -21,6 +21,12 @@ struct Governed {
 const PASSWORD: &str = "salar de atacama";
 
 fn governed() -> Governed {
+    governed_with(|_| String::new())
+}
+
+/// The governed server, with more config from `extra(lake)` (written into
+/// the lake before the server starts).
+fn governed_with(extra: impl FnOnce(&std::path::Path) -> String) -> Governed {
     let lake = tempfile::TempDir::new().unwrap();
     let specs = tempfile::TempDir::new().unwrap();
     let landing = lake.path().join("landing/suppliers");
@@ -70,7 +76,7 @@ roles:
     let server = Server::start_at(
         lake.path(),
         ServerOptions {
-            config_yaml: config,
+            config_yaml: config + &extra(lake.path()),
             args: vec!["--specs".into(), specs.path().display().to_string()],
         },
     );
@@ -359,4 +365,257 @@ async fn every_statement_and_failed_login_is_audited() {
     assert_eq!(failed, vec!["127.0.0.1|28P01"]);
     // Analysts do not read the audit trail.
     denied(&maria, "SELECT * FROM workbench.audit").await;
+}
+
+/// pgjdbc as `user`: the lines GovernanceCheck.java prints.
+fn pgjdbc_as(g: &Governed, user: &str) -> Vec<String> {
+    let jar = std::env::var("WORKBENCH_PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());
+    let out = Command::new("java")
+        .args(["-cp", &jar, "GovernanceCheck.java", user, PASSWORD, &g.server.port().to_string()])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients"))
+        .output()
+        .expect("java");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && stdout.contains("all checks passed"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout.lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn pgjdbc_as_analyst_and_engineer() {
+    let g = governed();
+    let maria = pgjdbc_as(&g, "maria");
+    let tables: Vec<&String> = maria.iter().filter(|l| l.starts_with("table ")).collect();
+    assert_eq!(
+        tables,
+        vec!["table gold.supplier_totals remarks=owner: finanzas", "table silver.suppliers remarks=Proveedores del ERP (owner: finanzas)"],
+        "{maria:?}"
+    );
+    assert!(maria.contains(&"column rut remarks=RUT del proveedor (tags: pii)".to_string()), "{maria:?}");
+    assert!(maria.contains(&"column email remarks=tags: pii".to_string()), "{maria:?}");
+    // Both passes (text, then server-prepared binary) masked and filtered.
+    let rows: Vec<&String> = maria.iter().filter(|l| l.starts_with("row ")).collect();
+    assert_eq!(rows.len(), 4, "{maria:?}");
+    for row in &rows {
+        let fields: Vec<&str> = row.splitn(3, ' ').nth(2).unwrap().split('|').collect();
+        assert!(is_hash(fields[0]), "{row}");
+        assert!(fields[1].starts_with('*') && !fields[1].contains("contacto"), "{row}");
+        assert_eq!(fields[2], "norte", "{row}");
+    }
+    assert!(maria.iter().any(|l| l.starts_with("bronze refused 42501") && l.contains("bronze.suppliers")), "{maria:?}");
+
+    let etl = pgjdbc_as(&g, "etl");
+    assert_eq!(etl.iter().filter(|l| l.starts_with("table ")).count(), 3, "{etl:?}");
+    assert!(etl.iter().any(|l| l.starts_with("row 1 ") && l.contains(SECRET_RUT)), "{etl:?}");
+    assert!(etl.iter().any(|l| l.contains(SUR_RUT)), "{etl:?}");
+    assert!(etl.contains(&"bronze readable".to_string()), "{etl:?}");
+}
+
+#[tokio::test]
+async fn descriptions_reach_psql_sqlalchemy_and_search() {
+    let g = governed();
+    let psql = |user: &str, command: &str| {
+        let out = Command::new("psql")
+            .args(["-X", "-h", "127.0.0.1", "-U", user, "-d", "workbench", "-p"])
+            .arg(g.server.port().to_string())
+            .args(["-c", command])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tables = psql("maria", "\\dt+ silver.*");
+    assert!(tables.contains("Proveedores del ERP (owner: finanzas)"), "{tables}");
+    let sizes = psql("maria", "SELECT pg_size_pretty(1024::bigint), pg_size_pretty(123456789::bigint), 'pg_class'::regclass = 'pg_catalog.pg_class'::regclass");
+    assert!(sizes.contains("1024 bytes") && sizes.contains("118 MB") && sizes.contains("| t"), "{sizes}");
+    let columns = psql("maria", "\\d+ silver.suppliers");
+    assert!(columns.contains("RUT del proveedor (tags: pii)"), "{columns}");
+
+    let maria = client(&g, "maria").await;
+    let described = simple(
+        &maria,
+        "SELECT obj_description(c.oid, 'pg_class'), col_description(c.oid, 1) FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'silver' AND c.relname = 'suppliers'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(described, vec!["Proveedores del ERP (owner: finanzas)|RUT del proveedor (tags: pii)"]);
+
+    // SQLAlchemy's inspector (what Superset's dataset editor reads).
+    let script = format!(
+        "import sqlalchemy as sa\n\
+         e = sa.create_engine('postgresql+psycopg2://maria:{PASSWORD}@127.0.0.1:{}/workbench')\n\
+         i = sa.inspect(e)\n\
+         print('table', i.get_table_comment('suppliers', schema='silver')['text'])\n\
+         for c in i.get_columns('suppliers', schema='silver'):\n    print('column', c['name'], c.get('comment'))\n",
+        g.server.port()
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("table Proveedores del ERP (owner: finanzas)"), "{report}");
+    assert!(report.contains("column rut RUT del proveedor (tags: pii)"), "{report}");
+    assert!(report.contains("column name None"), "{report}");
+
+    // search() finds by description, tag and name, only among readable tables.
+    let found = simple(&maria, "SELECT kind, table_name, coalesce(column_name, '-'), matched FROM search('pii') ORDER BY 2, 3").await.unwrap();
+    assert_eq!(found, vec!["column|silver.suppliers|email|tags", "column|silver.suppliers|rut|tags"]);
+    let found = simple(&maria, "SELECT table_name, coalesce(column_name, '-') FROM search('PROVEEDOR') ORDER BY 1, 2").await.unwrap();
+    assert_eq!(found, vec!["silver.suppliers|-", "silver.suppliers|rut"]);
+    let etl = client(&g, "etl").await;
+    let found = simple(&etl, "SELECT DISTINCT table_name FROM search('rut') ORDER BY 1").await.unwrap();
+    assert_eq!(found, vec!["bronze.suppliers", "silver.suppliers"]);
+    let found = simple(&etl, "SELECT count(*) FROM search('finanzas')").await.unwrap();
+    assert_eq!(found, vec!["3"], "bronze, silver and gold tables of the dataset owned by finanzas");
+    let err = simple(&etl, "SELECT * FROM search('  ')").await.unwrap_err();
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("empty")), "{err:?}");
+}
+
+// --- TLS -------------------------------------------------------------------
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it,
+/// made with openssl in `<lake>/certs`. Returns the CA file.
+fn make_certificates(lake: &std::path::Path) -> std::path::PathBuf {
+    let dir = lake.join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    for args in [
+        [&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=Workbench test CA"]].concat(),
+        [&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat(),
+        vec![
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+            "server.crt", "-days", "2", "-extfile", "server.ext",
+        ],
+    ] {
+        let out = Command::new("openssl").args(&args).current_dir(&dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    dir.join("ca.crt")
+}
+
+/// psql as `user` with a libpq connection string's TLS settings.
+fn psql_tls(g: &Governed, user: &str, ssl: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .arg("-X")
+        .arg(format!("host=localhost port={} dbname=workbench user={user} {ssl}", g.server.port()))
+        .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLCERT", "/nonexistent")
+        .output()
+        .expect("psql")
+}
+
+fn tls_server(mode: &str) -> (Governed, std::path::PathBuf) {
+    let mut ca = None;
+    let g = governed_with(|lake| {
+        ca = Some(make_certificates(lake));
+        // Relative paths: resolved against the config file's directory.
+        format!("tls: {{ cert: certs/server.crt, key: certs/server.key, mode: {mode} }}\n")
+    });
+    (g, ca.unwrap())
+}
+
+#[tokio::test]
+async fn tls_required_verify_full_for_psql_psycopg_asyncpg_pgjdbc() {
+    let (g, ca) = tls_server("required");
+    let ca_arg = format!("sslrootcert={}", ca.display());
+
+    let ok = psql_tls(&g, "etl", &format!("sslmode=verify-full {ca_arg}"), "SELECT count(*) FROM silver.suppliers");
+    assert!(ok.status.success(), "psql verify-full: {}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "3");
+    let info = psql_tls(&g, "etl", &format!("sslmode=verify-full {ca_arg}"), "\\conninfo");
+    let info_text = String::from_utf8_lossy(&info.stdout);
+    assert!(info_text.contains("SSL connection (protocol: TLSv1."), "{info_text}");
+
+    // Plaintext is refused with a message that says what to do.
+    let plain = psql_tls(&g, "etl", "sslmode=disable", "SELECT 1");
+    assert!(!plain.status.success());
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(err.contains("accepts only TLS") && err.contains("sslmode=require"), "{err}");
+    // A client that does not trust the CA stops before sending anything.
+    let untrusted = psql_tls(&g, "etl", "sslmode=verify-full sslrootcert=/etc/ssl/certs/ca-certificates.crt", "SELECT 1");
+    assert!(!untrusted.status.success());
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("certificate verify failed"));
+    // Under TLS the password and the grants work as before.
+    let refused = psql_tls(&g, "maria", &format!("sslmode=verify-full {ca_arg}"), "SELECT * FROM bronze.suppliers");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("permission denied"), "{refused:?}");
+    let wrong = Command::new("psql")
+        .arg("-X")
+        .arg(format!("host=localhost port={} dbname=workbench user=etl sslmode=verify-full {ca_arg}", g.server.port()))
+        .args(["-c", "SELECT 1"])
+        .env("PGPASSWORD", "not the password")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"));
+
+    let python = Command::new("python3")
+        .arg("tls_check.py")
+        .arg(&ca)
+        .args(["etl", PASSWORD, &g.server.port().to_string()])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients"))
+        .output()
+        .expect("python3");
+    let report = String::from_utf8_lossy(&python.stdout);
+    assert!(python.status.success() && report.contains("all checks passed"), "{report}\n{}", String::from_utf8_lossy(&python.stderr));
+
+    let jar = std::env::var("WORKBENCH_PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());
+    let java = Command::new("java")
+        .args(["-cp", &jar, "TlsCheck.java"])
+        .arg(&ca)
+        .args(["etl", PASSWORD, &g.server.port().to_string()])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients"))
+        .output()
+        .expect("java");
+    let report = String::from_utf8_lossy(&java.stdout);
+    assert!(java.status.success() && report.contains("all checks passed"), "{report}\n{}", String::from_utf8_lossy(&java.stderr));
+
+    // Neither the key nor the password reached the log.
+    let log = g.server.log_text();
+    let key = std::fs::read_to_string(g.server.lake().join("certs/server.key")).unwrap();
+    let key_body = key.lines().nth(1).unwrap();
+    assert!(!log.contains(key_body) && !log.contains(PASSWORD), "{log}");
+}
+
+#[tokio::test]
+async fn tls_optional_serves_both_and_beyond_loopback_needs_tls() {
+    let (g, ca) = tls_server("optional");
+    for ssl in ["sslmode=disable".to_string(), format!("sslmode=verify-full sslrootcert={}", ca.display())] {
+        let out = psql_tls(&g, "etl", &ssl, "SELECT count(*) FROM silver.suppliers");
+        assert!(out.status.success(), "{ssl}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3", "{ssl}");
+    }
+    let plain_info = psql_tls(&g, "etl", "sslmode=disable", "\\conninfo");
+    assert!(!String::from_utf8_lossy(&plain_info.stdout).contains("SSL connection"));
+
+    // A non-loopback address without TLS is refused at startup, naming the fix.
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("workbench.yaml");
+    std::fs::write(&config, format!("users:\n  - {{ name: etl, password_hash: \"{}\" }}\n", hash_password(PASSWORD))).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--lake"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls:") && err.contains("allow_plaintext"), "{err}");
+    // A bad certificate path is a startup error that names the file.
+    std::fs::write(&config, "tls: { cert: missing.crt, key: missing.key }\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--lake"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls.cert") && err.contains("missing.crt"), "{err}");
 }

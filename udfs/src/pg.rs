@@ -449,8 +449,36 @@ pub fn fixed_catalog_functions() -> Vec<ScalarUDF> {
                 })))
             }),
         ),
+        // Sizes are not tracked per relation oid: unknown, as for a foreign table.
+        row_function("pg_table_size", &[1], DataType::Int64, Volatility::Stable, Arc::new(|_| Ok(ScalarValue::Int64(None)))),
+        row_function(
+            "pg_size_pretty",
+            &[1],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(|args| Ok(ScalarValue::Utf8(scalar_i64(&args[0]).map(size_pretty)))),
+        ),
         expandarray(),
     ]
+}
+
+/// `pg_size_pretty(bigint)` as PostgreSQL prints it: bytes below 10 kB,
+/// then the largest unit that keeps the number under 20480, half rounded up.
+fn size_pretty(bytes: i64) -> String {
+    const LIMIT: i64 = 10 * 1024;
+    if bytes.abs() < LIMIT {
+        return format!("{bytes} bytes");
+    }
+    let half_rounded = |x: i64| (x + if x < 0 { -1 } else { 1 }) / 2;
+    // One extra bit kept for rounding.
+    let mut size = bytes >> 9;
+    for unit in ["kB", "MB", "GB", "TB"] {
+        if size.abs() < LIMIT * 2 - 1 || unit == "TB" {
+            return format!("{} {unit}", half_rounded(size));
+        }
+        size >>= 10;
+    }
+    unreachable!("the loop returns at TB")
 }
 
 /// Postgres' quoting and formatting of text: `quote_literal`,

@@ -122,6 +122,34 @@ pub fn table_visibility(expr: &mut Expr) {
     *expr = replacement;
 }
 
+/// The lookup datafusion-pg-catalog plans for `'name'::regclass` looks an
+/// unqualified name up in `current_schema()` only; PostgreSQL searches
+/// `pg_catalog` first, so `'pg_class'::regclass` (pgjdbc's join to
+/// `pg_description`) must find the catalog table. Search both, the catalog
+/// first, as PostgreSQL does.
+pub fn regclass_search_path(query: &mut datafusion::sql::sqlparser::ast::Query) {
+    const UNQUALIFIED: &str = "n.nspname = current_schema()";
+    let text = query.to_string();
+    if query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || !text.starts_with("SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n")
+        || !text.contains("parse_ident(")
+        || !text.contains(UNQUALIFIED)
+    {
+        return;
+    }
+    let fixed = format!(
+        "{} ORDER BY n.nspname = 'pg_catalog' DESC LIMIT 1",
+        text.replace(UNQUALIFIED, "n.nspname IN ('pg_catalog', current_schema())")
+    );
+    if let Ok(parsed) = datafusion::sql::sqlparser::parser::Parser::new(&datafusion::sql::sqlparser::dialect::PostgreSqlDialect {})
+        .try_with_sql(&fixed)
+        .and_then(|mut p| p.parse_query())
+    {
+        *query = *parsed;
+    }
+}
+
 /// In `ORDER BY`, where DataFusion cannot run subqueries, order
 /// `e::regclass::text` (and the other lookups) by the oid `e` itself.
 pub fn order_by_oid(query: &mut datafusion::sql::sqlparser::ast::Query) {

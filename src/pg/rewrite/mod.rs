@@ -43,6 +43,7 @@ impl VisitorMut for Rules {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        casts::regclass_search_path(query);
         casts::order_by_oid(query);
         casts::label_oid_casts(query);
         ControlFlow::Continue(())
