@@ -8,7 +8,7 @@
 //! table's oid to ask about got it from that scan first.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array, RecordBatch, StringArray};
@@ -37,22 +37,113 @@ pub struct SessionDocs {
     lookup: LookupTable,
     /// The session's (governed) catalogs, for column positions.
     catalogs: Arc<dyn CatalogProviderList>,
+    /// Oids this session's `pg_class` and `pg_namespace` handed out, for
+    /// the privilege functions.
+    oids: Arc<RwLock<Oids>>,
+}
+
+#[derive(Debug, Default)]
+struct Oids {
+    relations: HashMap<i32, (String, String)>,
+    namespaces: HashMap<i32, String>,
 }
 
 impl SessionDocs {
     pub fn new(access: Arc<Access>, lookup: LookupTable, catalogs: Arc<dyn CatalogProviderList>) -> SessionDocs {
-        SessionDocs { access, lookup, catalogs }
+        SessionDocs {
+            access,
+            lookup,
+            catalogs,
+            oids: Default::default(),
+        }
+    }
+
+    pub fn principal(&self) -> Option<Arc<crate::governance::Principal>> {
+        self.access.principal()
+    }
+
+    pub fn same_session(&self, other: &SessionDocs) -> bool {
+        Arc::ptr_eq(&self.oids, &other.oids)
+    }
+
+    /// (schema, table) of a relation oid this session's `pg_class` handed out.
+    pub fn relation(&self, oid: i32) -> Option<(String, String)> {
+        self.oids.read().unwrap_or_else(|p| p.into_inner()).relations.get(&oid).cloned()
+    }
+
+    /// The schema of a namespace oid this session's `pg_namespace` handed out.
+    pub fn namespace(&self, oid: i32) -> Option<String> {
+        self.oids.read().unwrap_or_else(|p| p.into_inner()).namespaces.get(&oid).cloned()
+    }
+
+    /// An unqualified table name: the first lake or metadata schema (in
+    /// search order) that has it, among the tables this session sees.
+    pub fn unqualified(&self, table: &str) -> Option<(String, String)> {
+        let catalog = self.catalogs.catalog(DATABASE)?;
+        ["silver", "gold", "bronze", "workbench"]
+            .into_iter()
+            .find(|schema| catalog.schema(schema).is_some_and(|s| s.table_exist(table)))
+            .map(|schema| (schema.to_string(), table.to_string()))
+    }
+
+    /// `relacl` of the lake and metadata tables in `classes`, as PostgreSQL
+    /// prints it: `maria=r/workbench` for every configured user who may
+    /// read the table (`=r/workbench`, everyone, when no roles are enforced).
+    fn with_acl(&self, classes: RecordBatch) -> Result<RecordBatch> {
+        use datafusion::arrow::array::{ListBuilder, StringBuilder};
+        let (Some(index), Some(oids), Some(principal)) =
+            (classes.schema().index_of("relacl").ok(), int32(&classes, "oid"), self.access.principal())
+        else {
+            return Ok(classes);
+        };
+        let policy = principal.policy().clone();
+        let readers: Vec<crate::governance::Principal> = policy
+            .user_names()
+            .into_iter()
+            .map(|u| crate::governance::Principal::new(policy.clone(), u))
+            .collect();
+        let relations = self.oids.read().unwrap_or_else(|p| p.into_inner()).relations.clone();
+        let mut acl = ListBuilder::new(StringBuilder::new());
+        for i in 0..classes.num_rows() {
+            match relations.get(&oids.value(i)) {
+                Some((schema, table)) if matches!(schema.as_str(), "bronze" | "silver" | "gold" | "workbench") => {
+                    if !policy.enforced() {
+                        acl.values().append_value("=r/workbench");
+                    }
+                    for reader in readers.iter().filter(|r| policy.enforced() && r.can_read(schema, table)) {
+                        acl.values().append_value(format!("{}=r/workbench", reader.user));
+                    }
+                    acl.append(true);
+                }
+                _ => acl.append(false),
+            }
+        }
+        let mut columns = classes.columns().to_vec();
+        let field = classes.schema().field(index).clone();
+        columns[index] = datafusion::arrow::compute::cast(&(Arc::new(acl.finish()) as ArrayRef), field.data_type())?;
+        Ok(RecordBatch::try_new(classes.schema(), columns)?)
+    }
+
+    fn learn_namespaces(&self, namespaces: &HashMap<i32, String>) {
+        let mut oids = self.oids.write().unwrap_or_else(|p| p.into_inner());
+        oids.namespaces.extend(namespaces.iter().map(|(k, v)| (*k, v.clone())));
     }
 
     /// `(oid, objsubid, text)` for every described table in `classes` (rows
     /// of this session's `pg_class`) and its described columns; the lookup
     /// behind `obj_description`/`col_description` learns them too.
     async fn describe(&self, classes: &[RecordBatch], pg_catalog: &Arc<dyn SchemaProvider>, session: &dyn Session) -> Result<Vec<(i32, i32, String)>> {
+        let namespaces = namespace_names(pg_catalog, session).await?;
+        let relations = relation_names(classes, &namespaces);
+        {
+            self.learn_namespaces(&namespaces);
+            let mut oids = self.oids.write().unwrap_or_else(|p| p.into_inner());
+            oids.relations.extend(relations.iter().map(|(k, v)| (*k, v.clone())));
+        }
         let Some(principal) = self.access.principal() else { return Ok(vec![]) };
         let policy = principal.policy().clone();
-        let namespaces = namespace_names(pg_catalog, session).await?;
         let mut rows = Vec::new();
-        for (oid, (schema, table)) in relation_names(classes, &namespaces) {
+        for (oid, (schema, table)) in relations {
             if let Some(text) = policy.table_doc(&schema, &table).and_then(|d| d.text()) {
                 rows.push((oid, 0, text));
             }
@@ -161,6 +252,7 @@ impl TableProvider for DescribedClasses {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batches = scan_all(&self.base, session).await?;
         self.docs.describe(&batches, &self.pg_catalog, session).await?;
+        let batches = batches.into_iter().map(|b| self.docs.with_acl(b)).collect::<Result<Vec<_>>>()?;
         scan_batches(self.schema(), batches, session, projection, filters, limit).await
     }
 }
@@ -219,6 +311,44 @@ impl TableProvider for PgDescription {
                 .collect::<Result<Vec<_>>>()?;
             batches.push(RecordBatch::try_new(schema, columns)?);
         }
+        scan_batches(self.schema(), batches, session, projection, filters, limit).await
+    }
+}
+
+/// `pg_namespace`, teaching the session its schema oids as it is scanned.
+#[derive(Debug)]
+pub struct ObservedNamespaces {
+    pub base: Arc<dyn TableProvider>,
+    pub docs: SessionDocs,
+}
+
+#[async_trait]
+impl TableProvider for ObservedNamespaces {
+    fn schema(&self) -> SchemaRef {
+        self.base.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = scan_all(&self.base, session).await?;
+        let mut names = HashMap::new();
+        for batch in &batches {
+            if let (Some(oids), Some(nspnames)) = (int32(batch, "oid"), text(batch, "nspname")) {
+                for i in 0..batch.num_rows() {
+                    names.insert(oids.value(i), nspnames.value(i).to_string());
+                }
+            }
+        }
+        self.docs.learn_namespaces(&names);
         scan_batches(self.schema(), batches, session, projection, filters, limit).await
     }
 }

@@ -36,11 +36,13 @@ impl InformationSchema {
 #[async_trait]
 impl SchemaProvider for InformationSchema {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        names.extend(PRIVILEGE_VIEWS.iter().map(|v| v.to_string()));
+        names
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        self.inner.table_exist(name) || PRIVILEGE_VIEWS.iter().any(|v| v.eq_ignore_ascii_case(name))
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -49,7 +51,85 @@ impl SchemaProvider for InformationSchema {
                 catalogs: self.catalogs.clone(),
             })));
         }
+        if PRIVILEGE_VIEWS.iter().any(|v| v.eq_ignore_ascii_case(name)) {
+            return Ok(Some(Arc::new(TablePrivileges {
+                catalogs: self.catalogs.clone(),
+            })));
+        }
         self.inner.table(name).await
+    }
+}
+
+/// `table_privileges` and `role_table_grants`: the `SELECT` the session's
+/// user holds on every table it sees (it sees exactly what it may read).
+const PRIVILEGE_VIEWS: [&str; 2] = ["table_privileges", "role_table_grants"];
+
+#[derive(Debug)]
+struct TablePrivileges {
+    catalogs: Arc<dyn CatalogProviderList>,
+}
+
+fn privileges_schema() -> SchemaRef {
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        text("grantor"),
+        text("grantee"),
+        text("table_catalog"),
+        text("table_schema"),
+        text("table_name"),
+        text("privilege_type"),
+        text("is_grantable"),
+        text("with_hierarchy"),
+    ]))
+}
+
+#[async_trait]
+impl TableProvider for TablePrivileges {
+    fn schema(&self) -> SchemaRef {
+        privileges_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let grantee = session
+            .config()
+            .get_extension::<crate::governance::Access>()
+            .map(|a| a.user())
+            .unwrap_or_else(|| "workbench".into());
+        let mut tables = Vec::new();
+        if let Some(catalog) = self.catalogs.catalog(DATABASE) {
+            for schema_name in catalog.schema_names() {
+                if matches!(schema_name.as_str(), "pg_catalog" | "information_schema") {
+                    continue;
+                }
+                let Some(schema) = catalog.schema(&schema_name) else { continue };
+                tables.extend(schema.table_names().into_iter().map(|t| (schema_name.clone(), t)));
+            }
+        }
+        tables.sort();
+        let n = tables.len();
+        let constant = |v: &str| Arc::new(StringArray::from(vec![v; n])) as ArrayRef;
+        let columns = vec![
+            constant("workbench"),
+            constant(&grantee),
+            constant(DATABASE),
+            Arc::new(StringArray::from_iter_values(tables.iter().map(|t| t.0.as_str()))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(tables.iter().map(|t| t.1.as_str()))) as ArrayRef,
+            constant("SELECT"),
+            constant("NO"),
+            constant("YES"),
+        ];
+        let batch = RecordBatch::try_new(privileges_schema(), columns)?;
+        super::catalog_tables::scan_batches(privileges_schema(), vec![batch], session, projection, filters, limit).await
     }
 }
 

@@ -15,6 +15,7 @@ mod layer;
 mod limits;
 mod metadata;
 mod pg_catalog;
+mod privileges;
 
 use std::sync::Arc;
 
@@ -166,6 +167,9 @@ impl Engine {
             ctx.register_udf(udf);
         }
         ctx.register_udf(workbench_udfs::pg::version(version_string()));
+        if let Some(builtin) = ctx.state().scalar_functions().get("array_to_string").cloned() {
+            ctx.register_udf(workbench_udfs::pg::null_tolerant(builtin.as_ref().clone()));
+        }
         if options.debug_functions {
             ctx.register_udf(debug_panic_udf());
         }
@@ -249,6 +253,7 @@ impl Engine {
             self.catalog_text.descriptions.read().unwrap_or_else(|p| p.into_inner()).clone(),
         ));
         let docs = descriptions::SessionDocs::new(access.clone(), descriptions.clone(), view.clone());
+        let privilege_functions = privileges::functions(&docs);
         let system = governed::SystemSchemas {
             pg_catalog: Arc::new(
                 pg_catalog::PgCatalogOverlay::new(Arc::new(upstream), view.clone(), self.procs.clone()).with_docs(docs),
@@ -263,6 +268,9 @@ impl Engine {
         ctx.state_ref().write().config_mut().set_extension(access);
         ctx.register_udf(workbench_udfs::pg::lookup("obj_description", 1, descriptions.clone()));
         ctx.register_udf(workbench_udfs::pg::lookup("col_description", 2, descriptions));
+        for udf in privilege_functions {
+            ctx.register_udf(udf);
+        }
         Ok(ctx)
     }
 

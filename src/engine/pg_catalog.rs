@@ -18,7 +18,7 @@ use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableProviderFilterPush
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::col;
 
-use super::descriptions::{DescribedClasses, PgDescription, SessionDocs, int32, namespace_names, relation_names};
+use super::descriptions::{DescribedClasses, ObservedNamespaces, PgDescription, SessionDocs, int32, namespace_names, relation_names};
 use super::catalog_tables::{PgProc, PgSettings, PgType, ProcEntries, empty_with_arrays, scan_all, scan_batches};
 use crate::engine::DATABASE;
 
@@ -46,7 +46,7 @@ impl PgCatalogOverlay {
 
     /// `pg_class` with `reloptions`, describing tables as it is scanned.
     fn classes(&self, base: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
-        let base = if base.schema().field_with_name("reloptions").is_err() {
+        let base = if base.schema().field_with_name("reloptions").is_err() || base.schema().field_with_name("relacl").is_err() {
             with_null_reloptions(base)?
         } else {
             base
@@ -78,6 +78,10 @@ impl SchemaProvider for PgCatalogOverlay {
         };
         Ok(Some(match name {
             "pg_class" => self.classes(base)?,
+            "pg_namespace" => match &self.docs {
+                Some(docs) => Arc::new(ObservedNamespaces { base, docs: docs.clone() }),
+                None => base,
+            },
             "pg_description" => match (&self.docs, self.inner.table("pg_class").await?) {
                 (Some(docs), Some(classes)) => Arc::new(PgDescription {
                     base,
@@ -108,6 +112,8 @@ impl SchemaProvider for PgCatalogOverlay {
     }
 }
 
+/// `pg_class` with the `reloptions` and `relacl` columns it lacks, NULL
+/// (a client session's [`DescribedClasses`] fills `relacl`).
 fn with_null_reloptions(base: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
     let mut columns: Vec<Expr> = base
         .schema()
@@ -116,7 +122,11 @@ fn with_null_reloptions(base: Arc<dyn TableProvider>) -> Result<Arc<dyn TablePro
         .map(|f| col(format!("\"{}\"", f.name())))
         .collect();
     let text_array = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
-    columns.push(cast(lit(datafusion::common::ScalarValue::Null), text_array).alias("reloptions"));
+    for missing in ["reloptions", "relacl"] {
+        if base.schema().field_with_name(missing).is_err() {
+            columns.push(cast(lit(datafusion::common::ScalarValue::Null), text_array.clone()).alias(missing));
+        }
+    }
     let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(base), None)?
         .project(columns)?
         .build()?;
@@ -152,8 +162,18 @@ impl AttributeTypmods {
 
 #[async_trait]
 impl TableProvider for AttributeTypmods {
+    /// The base schema with `attacl` as an array, as psql's `\dp` reads it.
     fn schema(&self) -> SchemaRef {
-        self.base.schema()
+        let base = self.base.schema();
+        let fields: Vec<Field> = base
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "attacl" => Field::new("attacl", DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))), true),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
     }
 
     fn table_type(&self) -> TableType {
@@ -225,7 +245,24 @@ impl TableProvider for AttributeTypmods {
         } else {
             fixed = batches;
         }
-        scan_batches(self.schema(), fixed, session, projection, filters, limit).await
+        // No column carries its own grants: every `attacl` is NULL.
+        let schema = self.schema();
+        let fixed = fixed
+            .into_iter()
+            .map(|batch| {
+                let columns = schema
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .map(|(field, column)| match field.name().as_str() {
+                        "attacl" => datafusion::arrow::array::new_null_array(field.data_type(), batch.num_rows()),
+                        _ => column.clone(),
+                    })
+                    .collect();
+                Ok(RecordBatch::try_new(schema.clone(), columns)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        scan_batches(schema, fixed, session, projection, filters, limit).await
     }
 }
 

@@ -117,6 +117,15 @@ impl Principal {
         self.grants().any(|g| g.read.matches(&format!("{schema}.{table}")))
     }
 
+    /// May use `schema` (`has_schema_privilege(s, 'USAGE')`): the catalog
+    /// schemas always; a lake or metadata schema when a read grant reaches it.
+    pub fn can_use_schema(&self, schema: &str) -> bool {
+        if self.is_admin() || matches!(schema, "pg_catalog" | "information_schema" | "public") {
+            return true;
+        }
+        (schema == "workbench" && self.can_audit()) || self.grants().any(|g| g.read.reaches_schema(schema))
+    }
+
     /// May start a run of `dataset` (`run()`, the CLI).
     pub fn can_run(&self, dataset: &str) -> bool {
         self.is_admin() || self.grants().any(|g| g.run.matches(dataset))

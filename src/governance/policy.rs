@@ -29,6 +29,15 @@ impl Grant {
     pub fn matches(&self, name: &str) -> bool {
         self.0.iter().any(|p| p.matches(name))
     }
+
+    /// Whether some `schema.<table>` could match: a pattern without a dot
+    /// (`*`) or whose part before the first dot matches `schema`.
+    pub fn reaches_schema(&self, schema: &str) -> bool {
+        self.0.iter().any(|p| match p.as_str().split_once('.') {
+            None => p.matches(schema) || p.as_str().contains('*'),
+            Some((head, _)) => glob::Pattern::new(head).is_ok_and(|h| h.matches(schema)),
+        })
+    }
 }
 
 /// A role's row filter for the tables `table` matches.
@@ -243,6 +252,13 @@ impl Policy {
 
     pub fn role(&self, name: &str) -> Option<&RoleGrants> {
         self.roles.get(name)
+    }
+
+    /// The configured users' names, sorted.
+    pub fn user_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.users.keys().map(String::as_str).collect();
+        names.sort();
+        names
     }
 
     pub fn user(&self, name: &str) -> Option<&UserGrants> {

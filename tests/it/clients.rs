@@ -212,6 +212,9 @@ async fn psql_meta_commands() {
         ("\\d+ silver.orders", &["numeric(12,2)", "Storage"]),
         ("\\df validate", &["validate", "SETOF record", "table_name text"]),
         ("\\du", &["workbench"]),
+        // No roles configured: everyone reads every table.
+        ("\\dp silver.*", &["orders", "=r/workbench"]),
+        ("\\dt+ silver.*", &["orders", "Description"]),
         ("\\dT", &["List of data types"]),
         ("\\conninfo", &["You are connected to database \"workbench\" as user \"workbench\""]),
     ];

@@ -367,6 +367,64 @@ async fn every_statement_and_failed_login_is_audited() {
     denied(&maria, "SELECT * FROM workbench.audit").await;
 }
 
+#[tokio::test]
+async fn privilege_functions_and_views_tell_the_truth() {
+    let g = governed();
+    let maria = client(&g, "maria").await;
+    let ask = |sql: &'static str| {
+        let maria = &maria;
+        async move { simple(maria, sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")).join(",") }
+    };
+    assert_eq!(
+        ask("SELECT has_table_privilege('silver.suppliers', 'SELECT'), has_table_privilege('bronze.suppliers', 'SELECT'), \
+             has_table_privilege('silver.suppliers', 'INSERT'), has_table_privilege('silver.suppliers', 'select, update'), \
+             has_table_privilege('silver.suppliers', 'SELECT WITH GRANT OPTION')").await,
+        "t|f|f|t|f"
+    );
+    // Asked about another user, and by oid as catalog browsers do.
+    assert_eq!(
+        ask("SELECT has_table_privilege('etl', 'bronze.suppliers', 'SELECT'), has_table_privilege('audra', 'silver.suppliers', 'SELECT')").await,
+        "t|f"
+    );
+    assert_eq!(
+        ask("SELECT c.relname, has_table_privilege(c.oid, 'SELECT'), has_any_column_privilege(c.oid, 'SELECT') FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'silver' ORDER BY 1").await,
+        "suppliers|t|t"
+    );
+    assert_eq!(
+        ask("SELECT has_schema_privilege('gold', 'USAGE'), has_schema_privilege('silver', 'USAGE'), has_schema_privilege('bronze', 'USAGE'), \
+             has_schema_privilege('workbench', 'USAGE'), has_schema_privilege('gold', 'CREATE')").await,
+        "t|t|f|f|f"
+    );
+    assert_eq!(
+        ask("SELECT string_agg(nspname, ' ' ORDER BY nspname) FROM pg_catalog.pg_namespace \
+             WHERE nspname IN ('bronze','silver','gold','workbench') AND has_schema_privilege(oid, 'USAGE')").await,
+        "gold silver"
+    );
+    let err = simple(&maria, "SELECT has_table_privilege('silver.suppliers', 'READ')").await.unwrap_err();
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("unrecognized privilege type")), "{err:?}");
+    assert_eq!(
+        ask("SELECT grantee, table_schema, table_name, privilege_type FROM information_schema.table_privileges \
+             WHERE table_schema IN ('bronze','silver','gold','workbench') ORDER BY 2, 3").await,
+        "maria|gold|supplier_totals|SELECT,maria|silver|suppliers|SELECT"
+    );
+    let audra = client(&g, "audra").await;
+    let audit = simple(&audra, "SELECT has_table_privilege('workbench.audit', 'SELECT'), has_schema_privilege('workbench', 'USAGE')").await.unwrap();
+    assert_eq!(audit, vec!["t|t"]);
+
+    // psql \dp lists what maria may read, and the grant.
+    let out = Command::new("psql")
+        .args(["-X", "-h", "127.0.0.1", "-U", "maria", "-d", "workbench", "-p"])
+        .arg(g.server.port().to_string())
+        .args(["-c", "\\dp silver.*"])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("suppliers") && stdout.contains("maria=r/workbench"), "{stdout}");
+}
+
 /// pgjdbc as `user`: the lines GovernanceCheck.java prints.
 fn pgjdbc_as(g: &Governed, user: &str) -> Vec<String> {
     let jar = std::env::var("WORKBENCH_PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());

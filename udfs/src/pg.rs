@@ -619,3 +619,47 @@ fn json_value(value: &ScalarValue) -> String {
         v => json_string(&scalar_text(v).unwrap_or_default()),
     }
 }
+
+/// `inner` (an array function such as `array_to_string`) that answers NULL
+/// when its array argument is an untyped NULL. DataFusion's optimizer turns
+/// an `ARRAY(SELECT ...)` over an empty catalog table (psql `\dp` reads
+/// `pg_policy`) into a bare NULL after types were checked, which the
+/// built-in rejects at run time ("expects list as first argument").
+pub fn null_tolerant(inner: ScalarUDF) -> ScalarUDF {
+    ScalarUDF::new_from_impl(NullTolerant { inner: Shared(Arc::new(inner)) })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullTolerant {
+    inner: Shared<ScalarUDF>,
+}
+
+impl ScalarUDFImpl for NullTolerant {
+    fn name(&self) -> &str {
+        self.inner.0.name()
+    }
+    /// The same aliases, so no name still reaches the built-in (a session
+    /// rebuilt from this one re-registers every function under all its names).
+    fn aliases(&self) -> &[String] {
+        self.inner.0.aliases()
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.0.signature()
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.0.coerce_types(arg_types)
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.0.return_type(arg_types)
+    }
+    fn return_field_from_args(&self, args: datafusion::logical_expr::ReturnFieldArgs) -> Result<datafusion::arrow::datatypes::FieldRef> {
+        self.inner.0.return_field_from_args(args)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if args.args.first().is_some_and(|a| a.data_type() == DataType::Null) {
+            let null = ScalarValue::try_from(args.return_field.data_type())?;
+            return Ok(ColumnarValue::Scalar(null));
+        }
+        self.inner.0.invoke_with_args(args)
+    }
+}
