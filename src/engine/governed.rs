@@ -238,6 +238,7 @@ pub fn governed_view(
     Ok(Arc::new(GovernedTable {
         schema: Arc::new(plan.schema().as_arrow().clone()),
         plan,
+        filtered: policy.row_filters.is_some(),
     }))
 }
 
@@ -276,12 +277,20 @@ fn mask_expr(
     })
 }
 
-/// A masked or filtered table: a view the planner inlines where the table
-/// is scanned, listed as the base table it stands for.
+/// A masked or filtered table, listed as the base table it stands for.
+///
+/// A masked-only table is a view the planner inlines: a query's filters
+/// that move below the mask are rewritten over the masked expressions.
+/// A row-filtered one is not inlined, and its plan is sealed by a
+/// [`RowFilterBarrier`]: the optimizers would otherwise merge the query's
+/// predicates with the row filter or push them into the scan below it,
+/// where a predicate that fails (a division by zero on a hidden row) tells
+/// the caller that the row exists.
 #[derive(Debug)]
 struct GovernedTable {
     plan: LogicalPlan,
     schema: SchemaRef,
+    filtered: bool,
 }
 
 #[async_trait]
@@ -295,7 +304,7 @@ impl TableProvider for GovernedTable {
     }
 
     fn get_logical_plan(&self) -> Option<std::borrow::Cow<'_, LogicalPlan>> {
-        Some(std::borrow::Cow::Borrowed(&self.plan))
+        (!self.filtered).then_some(std::borrow::Cow::Borrowed(&self.plan))
     }
 
     async fn scan(
@@ -305,8 +314,69 @@ impl TableProvider for GovernedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        // Only reached when the planner did not inline the view.
         let view = datafusion::datasource::ViewTable::new(self.plan.clone(), None);
-        view.scan(state, projection, filters, limit).await
+        let plan = view.scan(state, projection, filters, limit).await?;
+        Ok(if self.filtered { Arc::new(RowFilterBarrier::new(plan)) } else { plan })
+    }
+}
+
+/// Passes its input through unchanged and takes no filter from above, so
+/// no predicate of the query runs on a row the row filter has not passed.
+#[derive(Debug)]
+struct RowFilterBarrier {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl RowFilterBarrier {
+    fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+        RowFilterBarrier { input }
+    }
+}
+
+impl datafusion::physical_plan::DisplayAs for RowFilterBarrier {
+    fn fmt_as(&self, _: datafusion::physical_plan::DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "RowFilterBarrier")
+    }
+}
+
+impl ExecutionPlan for RowFilterBarrier {
+    fn name(&self) -> &str {
+        "RowFilterBarrier"
+    }
+
+    fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
+        self.input.properties()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_plan::PhysicalExpr>,
+        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.pop() {
+            Some(input) if children.is_empty() => Ok(Arc::new(RowFilterBarrier::new(input))),
+            _ => Err(DataFusionError::Internal("RowFilterBarrier takes one input".into())),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream> {
+        self.input.execute(partition, context)
     }
 }

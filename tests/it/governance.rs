@@ -218,6 +218,26 @@ async fn masks_and_row_filters_hold_on_every_path() {
             }
         }
     }
+    // Errors as an oracle: a predicate that fails on a hidden row or on the
+    // clear value must never run on them.
+    let oracles = [
+        "SELECT count(*) FROM silver.suppliers WHERE 1 / (CASE WHEN region = 'sur' THEN 0 ELSE 1 END) = 1",
+        "SELECT count(*) FROM silver.suppliers WHERE amount / (CASE WHEN region = 'sur' THEN 0 ELSE 1 END) > 0 AND region <> 'x'",
+        // Only the hidden row has amount 300; a cheaper column than the filter's.
+        "SELECT count(*) FROM silver.suppliers WHERE 1 / (CASE WHEN amount = 300 THEN 0 ELSE 1 END) = 1",
+        "SELECT count(*) FROM silver.suppliers WHERE 1 / (amount - 300) <> 7",
+        "SELECT count(*) FROM (SELECT * FROM silver.suppliers) s WHERE 1 / (CASE WHEN region = 'sur' THEN 0 ELSE 1 END) = 1",
+        "SELECT count(*) FROM silver.suppliers s JOIN silver.suppliers t ON s.name = t.name WHERE 1 / (CASE WHEN s.region = 'sur' THEN 0 ELSE 1 END) = 1",
+        "SELECT count(*) FROM silver.suppliers s WHERE EXISTS (SELECT 1 FROM silver.suppliers t WHERE t.name = s.name AND 1 / (CASE WHEN t.region = 'sur' THEN 0 ELSE 1 END) = 1)",
+        "SELECT count(*) FROM silver.suppliers WHERE 1 / (CASE WHEN rut = '76.543.210-K' THEN 0 ELSE 1 END) = 1",
+        "SELECT count(*) FROM silver.suppliers WHERE 1 / (CASE WHEN email LIKE 'contacto@%' THEN 0 ELSE 1 END) = 1",
+    ];
+    for sql in oracles {
+        match simple(&maria, sql).await {
+            Ok(rows) => assert_eq!(rows, vec!["2"], "{sql}"),
+            Err(err) => leaks.push(format!("{sql} → error (a hidden value decided it): {err:?}")),
+        }
+    }
     // Errors that echo values echo the masked one.
     if let Err(err) = simple(&maria, "SELECT rut::int FROM silver.suppliers").await {
         let text = format!("{err:?}");
