@@ -198,7 +198,7 @@ pub struct PgProc {
 #[async_trait]
 impl TableProvider for PgProc {
     fn schema(&self) -> SchemaRef {
-        nullable(&self.base.schema())
+        proc_schema(&self.base.schema())
     }
 
     fn table_type(&self) -> TableType {
@@ -219,6 +219,44 @@ impl TableProvider for PgProc {
         let batches = pg_proc(&self.base, &self.entries, public.unwrap_or(PUBLIC_OID), session).await?;
         scan_batches(self.schema(), batches, session, projection, filters, limit).await
     }
+}
+
+/// `pg_proc` as served: every column nullable, `proargnames` a `text[]`
+/// (pgcli zips it with the argument types; pgjdbc reads it with getArray).
+fn proc_schema(base: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        nullable(base)
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "proargnames" => Field::new("proargnames", text_array_type(), true),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn text_array_type() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+}
+
+/// `{a,b}` (how the static catalog stores a `text[]`) → `["a", "b"]`.
+fn text_arrays<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    use datafusion::arrow::array::{ListBuilder, StringBuilder};
+    let mut builder = ListBuilder::new(StringBuilder::new());
+    for value in values {
+        match value {
+            None => builder.append(false),
+            Some(text) => {
+                let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+                for item in inner.split(',').filter(|i| !i.is_empty()) {
+                    builder.values().append_value(item.trim().trim_matches('"'));
+                }
+                builder.append(true);
+            }
+        }
+    }
+    Arc::new(builder.finish())
 }
 
 fn nullable(schema: &SchemaRef) -> SchemaRef {
@@ -243,11 +281,25 @@ async fn pg_proc(
     session: &dyn Session,
 ) -> Result<Vec<RecordBatch>> {
     let mut batches = scan_all(base, session).await?;
-    let schema = nullable(&base.schema());
+    let schema = proc_schema(&base.schema());
     batches = batches
         .into_iter()
-        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
-        .collect::<std::result::Result<_, _>>()?;
+        .map(|b| {
+            let columns = schema
+                .fields()
+                .iter()
+                .zip(b.columns())
+                .map(|(field, column)| match field.name().as_str() {
+                    "proargnames" if column.data_type() != field.data_type() => {
+                        let text = datafusion::arrow::compute::cast(column, &DataType::Utf8)?;
+                        Ok(text_arrays(datafusion::arrow::array::AsArray::as_string::<i32>(&text).iter()))
+                    }
+                    _ => Ok(column.clone()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        })
+        .collect::<Result<_>>()?;
     let entries = entries.read().unwrap_or_else(|p| p.into_inner()).clone();
     if !entries.is_empty() {
         batches.push(proc_batch(&schema, &entries, namespace)?);
@@ -281,10 +333,16 @@ fn proc_batch(schema: &SchemaRef, rows: &[ProcEntry], namespace: i32) -> Result<
             "pronargdefaults" => Arc::new(Int16Array::from(vec![0; n])),
             "prorettype" => Arc::new(Int32Array::from(vec![RECORD_OID; n])),
             "proargtypes" => text(&|e| Some(e.args.iter().map(|(_, t)| t.to_string()).collect::<Vec<_>>().join(" "))),
-            "proargnames" => text(&|e| {
-                (!e.args.is_empty())
-                    .then(|| format!("{{{}}}", e.args.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")))
-            }),
+            "proargnames" => {
+                let names: Vec<Option<String>> = rows
+                    .iter()
+                    .map(|e| {
+                        (!e.args.is_empty())
+                            .then(|| format!("{{{}}}", e.args.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")))
+                    })
+                    .collect();
+                text_arrays(names.iter().map(|n| n.as_deref()))
+            }
             "prosrc" => text(&|e| Some(e.name.clone())),
             _ => new_null_array(field.data_type(), n),
         };

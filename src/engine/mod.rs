@@ -170,6 +170,9 @@ impl Engine {
         if let Some(builtin) = ctx.state().scalar_functions().get("array_to_string").cloned() {
             ctx.register_udf(workbench_udfs::pg::null_tolerant(builtin.as_ref().clone()));
         }
+        if let Some(upstream) = ctx.state().scalar_functions().get("format_type").cloned() {
+            ctx.register_udf(workbench_udfs::pg::with_pseudo_types(upstream.as_ref().clone()));
+        }
         if options.debug_functions {
             ctx.register_udf(debug_panic_udf());
         }

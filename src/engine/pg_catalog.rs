@@ -318,7 +318,7 @@ impl CatalogText {
                 }
                 let names: Vec<&str> = r[4]
                     .as_deref()
-                    .map(|n| n.trim_matches(|c| c == '{' || c == '}').split(',').collect())
+                    .map(|n| n.trim_matches(|c| matches!(c, '{' | '}' | '[' | ']')).split(',').map(str::trim).collect())
                     .unwrap_or_default();
                 let args: Vec<String> = r[3]
                     .as_deref()

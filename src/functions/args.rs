@@ -42,3 +42,18 @@ pub fn table(function: &str, expr: &Expr) -> Result<(Layer, String)> {
         None => plan_err!("{function}(): '{layer}' is not a layer; use bronze, silver or gold (e.g. 'silver.{table}')"),
     }
 }
+
+/// Optional argument `index`: absent, or NULL (which a named call such as
+/// `lineage('gold.x', depth => 3)` passes for the arguments it skips), means
+/// the default.
+pub fn optional(exprs: &[Expr], index: usize) -> Option<&Expr> {
+    fn is_null(expr: &Expr) -> bool {
+        match expr {
+            Expr::Literal(value, _) => value.is_null(),
+            Expr::Cast(cast) => is_null(&cast.expr),
+            Expr::TryCast(cast) => is_null(&cast.expr),
+            _ => false,
+        }
+    }
+    exprs.get(index).filter(|e| !is_null(e))
+}

@@ -34,13 +34,13 @@ impl TableFunctionImpl for Lineage {
         }
         let (layer, name) = args::table("lineage", &exprs[0])?;
         super::Caller::of(a.session()).require_read(layer.as_str(), &name)?;
-        let direction = match exprs.get(1).map(|e| args::text("lineage", 2, e)).transpose()?.as_deref() {
+        let direction = match args::optional(exprs, 1).map(|e| args::text("lineage", 2, e)).transpose()?.as_deref() {
             None | Some("up") => Direction::Up,
             Some("down") => Direction::Down,
             Some("both") => Direction::Both,
             Some(other) => return plan_err!("lineage(): direction must be 'up', 'down' or 'both', got '{other}'"),
         };
-        let depth = exprs.get(2).map(|e| args::integer("lineage", 3, e)).transpose()?.unwrap_or(10);
+        let depth = args::optional(exprs, 2).map(|e| args::integer("lineage", 3, e)).transpose()?.unwrap_or(10);
         if depth < 1 {
             return plan_err!("lineage(): depth must be at least 1, got {depth}");
         }

@@ -166,6 +166,12 @@ impl<R: Rows> datafusion::datasource::TableProvider for RowsTable<R> {
     }
 }
 
+/// The parameter names of table function `name`, in order (for calls with
+/// named arguments: `lineage('gold.x', direction => 'down')`).
+pub fn parameter_names(name: &str) -> Option<Vec<&'static str>> {
+    DOCS.iter().find(|d| d.name.eq_ignore_ascii_case(name)).map(|d| d.args.iter().map(|(n, _)| *n).collect())
+}
+
 /// How the table functions appear in `pg_proc` (`\df`, JDBC `getFunctions`).
 const DOCS: &[FunctionDoc] = &[
     FunctionDoc {

@@ -21,8 +21,8 @@ impl TableFunctionImpl for Preview {
             return plan_err!("preview() takes a dataset, then optionally a landing file and a row limit: preview('sales', 'landing/sales/new.csv', 100)");
         }
         let dataset = args::text("preview", 1, &exprs[0])?;
-        let path = exprs.get(1).map(|e| args::text("preview", 2, e)).transpose()?;
-        let limit = exprs.get(2).map(|e| args::integer("preview", 3, e)).transpose()?.unwrap_or(1000);
+        let path = args::optional(exprs, 1).map(|e| args::text("preview", 2, e)).transpose()?;
+        let limit = args::optional(exprs, 2).map(|e| args::integer("preview", 3, e)).transpose()?.unwrap_or(1000);
         if limit < 1 {
             return plan_err!("preview(): the limit must be at least 1, got {limit}");
         }

@@ -21,7 +21,7 @@ impl TableFunctionImpl for PreviewRaw {
             return plan_err!("preview_raw() takes a landing file and optionally a row limit: preview_raw('landing/sales/jan.csv', 100)");
         }
         let path = args::text("preview_raw", 1, &exprs[0])?.trim_start_matches('/').to_string();
-        let limit = exprs.get(1).map(|e| args::integer("preview_raw", 2, e)).transpose()?.unwrap_or(1000).max(1) as usize;
+        let limit = args::optional(exprs, 1).map(|e| args::integer("preview_raw", 2, e)).transpose()?.unwrap_or(1000).max(1) as usize;
         let Some(format) = sources::format_for_path(&path) else {
             return plan_err!("preview_raw(): cannot tell the format of '{path}'; use .csv, .tsv, .xlsx, .xls, .ods, .parquet, .json or .ndjson");
         };

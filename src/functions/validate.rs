@@ -30,12 +30,12 @@ impl TableFunctionImpl for Validate {
         let (layer, name) = args::table("validate", &exprs[0])?;
         let caller = super::Caller::of(a.session());
         caller.require_read(layer.as_str(), &name)?;
-        if exprs.len() == 2 {
+        if args::optional(exprs, 1).is_some() {
             caller.require(format!("validate() of {layer}.{name} with an ad-hoc suite"), |p| {
                 p.can_validate(layer.as_str(), &name)
             })?;
         }
-        let expectations: Vec<Expectation> = match exprs.get(1) {
+        let expectations: Vec<Expectation> = match args::optional(exprs, 1) {
             Some(suite) => crate::spec::parse_expectations(&args::text("validate", 2, suite)?)
                 .map_err(DataFusionError::Configuration)?,
             None => {

@@ -471,6 +471,8 @@ impl Session {
 fn parse_with(compat: &PostgresCompatibilityParser, sql: &str) -> PgWireResult<Vec<Statement>> {
     let mut statements = compat.parse(sql).map_err(|e| PgWireError::ApiError(Box::new(e)))?;
     for statement in &mut statements {
+        rewrite::positional(statement, &crate::functions::parameter_names)
+            .map_err(|message| PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new("ERROR".into(), "42883".into(), message))))?;
         rewrite::rewrite(statement);
         depth::check(statement)?;
     }
@@ -567,6 +569,29 @@ impl StatementParser {
     }
 }
 
+/// Positions (0-based) of the untyped parameters that are a `LIMIT` or
+/// `OFFSET` anywhere in `plan`, subqueries included.
+fn limit_parameters(plan: &LogicalPlan) -> Vec<usize> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::Expr;
+    let mut found = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Limit(limit) = node {
+            for expr in [&limit.skip, &limit.fetch].into_iter().flatten() {
+                if let Expr::Placeholder(p) = expr.as_ref()
+                    && p.field.is_none()
+                    && let Ok(n) = p.id.trim_start_matches('$').parse::<usize>()
+                    && n > 0
+                {
+                    found.push(n - 1);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 impl StatementParser {
     /// The values bound to `portal`, decoded with the types the client was
     /// told (or sent) and converted to the types the plan expects.
@@ -616,7 +641,19 @@ impl QueryParser for StatementParser {
         {
             return Ok(vec![Type::UNKNOWN; late_bind::parameter_count(&statement)]);
         }
-        self.inner.get_parameter_types(stmt)
+        let mut types = self.inner.get_parameter_types(stmt)?;
+        if let Some((_, plan)) = &stmt.1 {
+            // DataFusion leaves `LIMIT $1` / `OFFSET $1` untyped (and the
+            // client would be told text): they are bigint, as in PostgreSQL.
+            for index in limit_parameters(plan) {
+                if let Some(t) = types.get_mut(index)
+                    && (*t == Type::TEXT || *t == Type::UNKNOWN || *t == Type::VARCHAR)
+                {
+                    *t = Type::INT8;
+                }
+            }
+        }
+        Ok(types)
     }
 
     fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {

@@ -127,7 +127,12 @@ impl SessionStatementHook {
                 }
             }
             Set::SetTimeZone { local, value } => {
-                changed.push(self.settings.set("TimeZone", &value_text(value), *local).map_err(setting_error)?);
+                // `SET TIME ZONE "Asia/Shanghai"`: a quoted name, not a quoted identifier list.
+                let zone = match value {
+                    Expr::Identifier(ident) => ident.value.clone(),
+                    other => value_text(other),
+                };
+                changed.push(self.settings.set("TimeZone", &zone, *local).map_err(setting_error)?);
             }
             Set::SetNames { charset_name, .. } => {
                 changed.push(self.settings.set("client_encoding", &charset_name.value, false).map_err(setting_error)?);
@@ -150,8 +155,32 @@ impl SessionStatementHook {
                     }
                 }
             }
-            Set::SetRole { .. } | Set::SetSessionAuthorization(_) => {
-                // Roles carry no privileges here: everyone may read everything.
+            Set::SetRole { role_name, .. } => {
+                // A user's privileges are the union of their configured roles;
+                // switching to another role or user is not offered.
+                let user = ctx.state().config().get_extension::<crate::governance::Access>().map(|a| a.user());
+                if let Some(role) = role_name
+                    && Some(&role.value) != user.as_ref()
+                    && !role.value.eq_ignore_ascii_case("none")
+                {
+                    return Err(with_hint(
+                        "0A000",
+                        format!("SET ROLE {} is not supported", role.value),
+                        "a user's privileges are the union of the roles the config gives them; connect as another user instead",
+                    ));
+                }
+            }
+            Set::SetSessionAuthorization(param) => {
+                let user = ctx.state().config().get_extension::<crate::governance::Access>().map(|a| a.user());
+                if let datafusion::sql::sqlparser::ast::SetSessionAuthorizationParamKind::User(name) = &param.kind
+                    && Some(&name.value) != user.as_ref()
+                {
+                    return Err(with_hint(
+                        "42501",
+                        format!("permission denied to set session authorization to {}", name.value),
+                        "connect as that user instead",
+                    ));
+                }
             }
             Set::MultipleAssignments { assignments } => {
                 for assignment in assignments {
@@ -367,6 +396,12 @@ fn text_rows(fields: Arc<Vec<FieldInfo>>, rows: Vec<Vec<String>>) -> QueryRespon
 
 fn setting_error(err: SettingError) -> PgWireError {
     user_error(err.sqlstate(), err.to_string())
+}
+
+fn with_hint(code: &str, message: String, hint: &str) -> PgWireError {
+    let mut info = ErrorInfo::new("ERROR".into(), code.into(), message);
+    info.hint = Some(hint.into());
+    PgWireError::UserError(Box::new(info))
 }
 
 fn user_error(code: &str, message: String) -> PgWireError {

@@ -53,6 +53,18 @@ def _():
     expect(got == 10, got)
 
 
+@check("LIMIT and OFFSET parameters are bigint")
+def _():
+    stmt = run(conn.prepare("select id from silver.orders order by id limit $1 offset $2"))
+    types = [t.name for t in stmt.get_parameters()]
+    expect(types == ["int8", "int8"], types)
+    rows = run(stmt.fetch(3, 2))
+    first = run(conn.fetchval("select min(id) from silver.orders"))
+    expect([r["id"] for r in rows] == [first + 2, first + 3, first + 4], rows)
+    got = run(conn.fetch("select * from (select id from silver.orders order by id limit $1) s", 2))
+    expect(len(got) == 2, got)
+
+
 @check("cursor in a transaction")
 def _():
     async def go():

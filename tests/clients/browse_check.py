@@ -120,13 +120,20 @@ def _():
         "WHERE ( t.typrelid = 0 OR ( SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid ) ) "
         "AND NOT EXISTS( SELECT 1 FROM pg_catalog.pg_type el WHERE el.oid = t.typelem AND el.typarray = t.oid ) "
         "AND n.nspname <> 'pg_catalog' AND n.nspname <> 'information_schema' ORDER BY 1, 2")
+    # pgcli's function listing, verbatim (pgcli/pgexecute.py).
     rows = text_query(
         "SELECT n.nspname schema_name, p.proname func_name, p.proargnames, "
-        "p.prorettype::regtype::text return_type, p.prokind = 'a' is_aggregate, p.prokind = 'w' is_window, "
-        "p.proretset is_set_returning, pg_get_expr(proargdefaults, 0) AS arg_defaults "
+        "COALESCE(proallargtypes::regtype[], proargtypes::regtype[])::text[], p.proargmodes, "
+        "prorettype::regtype::text return_type, p.prokind = 'a' is_aggregate, p.prokind = 'w' is_window, "
+        "p.proretset is_set_returning, d.deptype = 'e' is_extension, pg_get_expr(proargdefaults, 0) AS arg_defaults "
         "FROM pg_catalog.pg_proc p INNER JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+        "LEFT JOIN pg_depend d ON d.objid = p.oid and d.deptype = 'e' "
         "WHERE p.prorettype::regtype != 'trigger'::regtype ORDER BY 1, 2")
-    expect(any(r[1] == "validate" for r in rows), [r[1] for r in rows][:20])
+    lineage = [r for r in rows if r[1] == "lineage" and len(r[3]) == 3]
+    expect(len(lineage) == 1, [r for r in rows if r[1] == "lineage"])
+    _, _, names, types, _, returns = lineage[0][:6]
+    expect(names == ["table_name", "direction", "depth"] and types == ["text", "text", "integer"], lineage[0])
+    expect(returns == "record", returns)
 
 
 # --- Grafana -----------------------------------------------------------------

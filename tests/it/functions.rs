@@ -71,9 +71,24 @@ async fn lineage_reaches_bronze_and_the_sources() {
     assert_eq!(down, ["1|silver.gl_entries", "2|gold.fact_ledger_monthly"]);
     let shallow = rows(&server, "SELECT count(*) FROM lineage('gold.fact_ledger_monthly', 'up', 1) WHERE from_column IS NULL").await;
     assert_eq!(shallow, ["2"]);
+    // Named arguments, as PostgreSQL takes them; a skipped optional one keeps its default.
+    let by_name = rows(&server, "SELECT DISTINCT depth, to_table FROM lineage('bronze.gl_entries', direction => 'down') ORDER BY 1").await;
+    assert_eq!(by_name, down);
+    let skipped = rows(&server, "SELECT count(*) FROM lineage(table_name := 'gold.fact_ledger_monthly', depth => 1) WHERE from_column IS NULL").await;
+    assert_eq!(skipped, shallow);
     let client = server.connect().await;
     let err = client.simple_query("SELECT * FROM lineage('gold.fact_ledger_monthly', 'sideways')").await.unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("'up', 'down' or 'both'"));
+    for (sql, message) in [
+        ("SELECT * FROM lineage('gold.fact_ledger_monthly', way => 'up')", "has no argument named way (its arguments: table_name, direction, depth)"),
+        ("SELECT * FROM lineage(direction => 'up', 'gold.x')", "positional argument 2 follows a named argument"),
+        ("SELECT * FROM lineage(depth => 2)", "argument table_name is required"),
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "42883", "{sql}");
+        assert!(db.message().contains(message), "{sql}: {}", db.message());
+    }
 }
 
 #[tokio::test]

@@ -319,3 +319,27 @@ async fn copy_to_stdout_in_text_csv_and_binary() {
     assert_eq!(data.len(), 19 + 2 * (2 + 4 + 8) + 2);
     assert_eq!(&data[data.len() - 2..], &[0xff, 0xff]);
 }
+
+#[tokio::test]
+async fn set_time_zone_with_a_quoted_name_and_set_role() {
+    let server = Server::start();
+    let client = server.connect().await;
+    for (set, zone) in [
+        ("SET TIME ZONE \"Asia/Shanghai\"", "Asia/Shanghai"),
+        ("SET TIME ZONE 'America/Santiago'", "America/Santiago"),
+        ("SET TIME ZONE LOCAL", "UTC"),
+    ] {
+        client.simple_query(set).await.unwrap_or_else(|e| panic!("{set}: {e:?}"));
+        let row = client.query_one("SELECT current_setting('TimeZone')", &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), zone, "{set}");
+    }
+    let err = client.simple_query("SET TIME ZONE \"Mars/Olympus\"").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "22023", "{err:?}");
+    // Privileges come from the config's roles; switching role is refused, not ignored.
+    client.simple_query("SET ROLE workbench").await.unwrap();
+    client.simple_query("SET ROLE NONE").await.unwrap();
+    let err = client.simple_query("SET ROLE analyst").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000");
+    let err = client.simple_query("SET SESSION AUTHORIZATION maria").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+}

@@ -663,3 +663,79 @@ impl ScalarUDFImpl for NullTolerant {
         self.inner.0.invoke_with_args(args)
     }
 }
+
+/// `format_type` (`inner`) that also names the pseudo-types a function
+/// returns or takes (`record`, `void`, `trigger`, ...), which the static
+/// `pg_type` lacks and `inner` prints as `oid(2249)`.
+pub fn with_pseudo_types(inner: ScalarUDF) -> ScalarUDF {
+    ScalarUDF::new_from_impl(PseudoTypes { inner: Shared(Arc::new(inner)) })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PseudoTypes {
+    inner: Shared<ScalarUDF>,
+}
+
+fn pseudo_type(oid: i64) -> Option<&'static str> {
+    Some(match oid {
+        705 => "unknown",
+        2249 => "record",
+        2275 => "cstring",
+        2276 => "\"any\"",
+        2277 => "anyarray",
+        2278 => "void",
+        2279 => "trigger",
+        2281 => "internal",
+        2283 => "anyelement",
+        2287 => "record[]",
+        3838 => "event_trigger",
+        _ => return None,
+    })
+}
+
+impl ScalarUDFImpl for PseudoTypes {
+    fn name(&self) -> &str {
+        self.inner.0.name()
+    }
+    fn aliases(&self) -> &[String] {
+        self.inner.0.aliases()
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.0.signature()
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.0.coerce_types(arg_types)
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.0.return_type(arg_types)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{AsArray, StringArray};
+        let rows = args.number_rows;
+        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let oids = args.args.first().map(|a| a.to_array(rows)).transpose()?;
+        let named = self.inner.0.invoke_with_args(args)?;
+        let Some(oids) = oids else { return Ok(named) };
+        let oids = datafusion::arrow::compute::cast(&oids, &DataType::Int64)?;
+        let oids = oids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let names = named.to_array(rows)?;
+        let names = datafusion::arrow::compute::cast(&names, &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let fixed: StringArray = (0..rows)
+            .map(|i| {
+                let pseudo = (!oids.is_null(i)).then(|| pseudo_type(oids.value(i))).flatten();
+                match pseudo {
+                    Some(name) if names.is_null(i) || names.value(i).starts_with("oid(") || names.value(i) == "???" => {
+                        Some(name.to_string())
+                    }
+                    _ => (!names.is_null(i)).then(|| names.value(i).to_string()),
+                }
+            })
+            .collect();
+        let fixed: ArrayRef = Arc::new(fixed);
+        if all_scalar {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&fixed, 0)?));
+        }
+        Ok(ColumnarValue::Array(fixed))
+    }
+}

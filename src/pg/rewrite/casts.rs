@@ -78,6 +78,86 @@ fn substitute(template: &mut Expr, value: &Expr) {
     let _ = template.visit(&mut Fill(value));
 }
 
+/// `v::regtype[]::text[]`, where `v` is an `oidvector` (`pg_proc.proargtypes`,
+/// served as text `25 25 23`), and the `COALESCE` of such casts pgcli lists
+/// functions with: `COALESCE(proallargtypes::regtype[], proargtypes::regtype[])::text[]`
+/// → the array of type names, `{text,text,integer}`.
+pub fn type_name_arrays(expr: &mut Expr) {
+    let Expr::Cast { expr: inner, data_type, .. } = expr else { return };
+    if !array_of(data_type, is_text) {
+        return;
+    }
+    if let Some(names) = names_of(inner) {
+        *expr = names;
+    }
+}
+
+fn array_of(data_type: &DataType, element: fn(&DataType) -> bool) -> bool {
+    use datafusion::sql::sqlparser::ast::ArrayElemTypeDef;
+    match data_type {
+        DataType::Array(ArrayElemTypeDef::SquareBracket(inner, _) | ArrayElemTypeDef::AngleBracket(inner)) => element(inner),
+        _ => false,
+    }
+}
+
+fn names_of(expr: &Expr) -> Option<Expr> {
+    match expr {
+        Expr::Nested(inner) => names_of(inner),
+        Expr::Cast { expr: vector, data_type, .. }
+            if array_of(data_type, |t| oid_alias(t).as_deref() == Some("regtype")) =>
+        {
+            let mut elements = parse_expr(
+                "array_remove_all(string_to_array(trim(regexp_replace(CAST(__vector AS TEXT), '[\\[\\]{},]', ' ', 'g')), ' '), '')",
+            )?;
+            fill(&mut elements, "__vector", vector);
+            let lambda = Expr::Lambda(datafusion::sql::sqlparser::ast::LambdaFunction {
+                params: datafusion::sql::sqlparser::ast::OneOrManyWithParens::One(
+                    datafusion::sql::sqlparser::ast::LambdaFunctionParameter {
+                        name: datafusion::sql::sqlparser::ast::Ident::new("__wb_type"),
+                        data_type: None,
+                    },
+                ),
+                body: Box::new(parse_expr("format_type(CAST(__wb_type AS INT), NULL)")?),
+                syntax: datafusion::sql::sqlparser::ast::LambdaSyntax::Arrow,
+            });
+            let mut call = parse_expr("array_transform(__elements, __lambda)")?;
+            replace_args(&mut call, vec![elements, lambda]);
+            Some(call)
+        }
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("coalesce") => {
+            use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+            let FunctionArguments::List(list) = &f.args else { return None };
+            let mut mapped = Vec::with_capacity(list.args.len());
+            for arg in &list.args {
+                let FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) = arg else { return None };
+                mapped.push(names_of(e)?);
+            }
+            let mut call = expr.clone();
+            replace_args(&mut call, mapped);
+            Some(call)
+        }
+        _ => None,
+    }
+}
+
+/// Replace the identifier `name` anywhere in `template` by `value`.
+fn fill(template: &mut Expr, name: &str, value: &Expr) {
+    use datafusion::sql::sqlparser::ast::VisitMut;
+    struct Fill<'a>(&'a str, &'a Expr);
+    impl datafusion::sql::sqlparser::ast::VisitorMut for Fill<'_> {
+        type Break = ();
+        fn post_visit_expr(&mut self, expr: &mut Expr) -> std::ops::ControlFlow<()> {
+            if let Expr::Identifier(ident) = expr
+                && ident.value == self.0
+            {
+                *expr = Expr::Nested(Box::new(self.1.clone()));
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let _ = template.visit(&mut Fill(name, value));
+}
+
 fn is_text(data_type: &DataType) -> bool {
     match data_type {
         DataType::Text | DataType::Varchar(_) | DataType::CharacterVarying(_) | DataType::String(_) => true,

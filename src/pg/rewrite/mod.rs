@@ -18,6 +18,7 @@
 
 mod casts;
 mod datetime;
+mod named_args;
 mod or_list;
 mod srf;
 mod subquery;
@@ -31,6 +32,8 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+
+pub use named_args::positional;
 
 /// Apply every rule to `statement` in place.
 pub fn rewrite(statement: &mut Statement) {
@@ -57,6 +60,7 @@ impl VisitorMut for Rules {
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         like_escape(expr);
         array_constructor(expr);
+        casts::type_name_arrays(expr);
         casts::reverse_oid_cast(expr);
         casts::table_visibility(expr);
         datetime::interval_product(expr);
