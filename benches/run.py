@@ -137,9 +137,10 @@ def write_specs(data):
 class Server:
     """A `workbench serve` process; peak RSS is read from /proc."""
 
-    def __init__(self, binary, lake, specs):
+    def __init__(self, binary, lake, specs, port=PORT, config=None):
+        extra = ["--config", str(config)] if config else []
         self.proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", f"127.0.0.1:{PORT}", "--lake", str(lake), "--specs", str(specs)],
+            [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--lake", str(lake), "--specs", str(specs)] + extra,
             stdout=subprocess.PIPE, stderr=open(lake / "bench-server.log", "a"), text=True,
             env=dict(os.environ, RUST_LOG="warn"))
         line = self.proc.stdout.readline()
@@ -161,9 +162,9 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def wb_connect(**kw):
+def wb_connect(port=PORT, user="workbench", **kw):
     import psycopg
-    return psycopg.connect(host="127.0.0.1", port=PORT, user="workbench", dbname="workbench", autocommit=True, **kw)
+    return psycopg.connect(host="127.0.0.1", port=port, user=user, dbname="workbench", autocommit=True, **kw)
 
 
 # --- comparison ----------------------------------------------------------------------------
@@ -510,6 +511,97 @@ def case_concurrency(ctx):
     return results, []
 
 
+def case_governance(ctx):
+    """The same server with governance off (no users, audit off) and on (a
+    password login, a role with read grants, a hashed column in q2's output,
+    row filters on lineitem and orders, every statement audited): TPC-H and
+    the 16-client case, each pair in this run."""
+    data, binary, lake = ctx["data"], ctx["binary"], ctx["data"] / "lake"
+    # The masked column is declared in a copy of the specs.
+    governed_specs = data / "governed-specs"
+    shutil.rmtree(governed_specs, ignore_errors=True)
+    shutil.copytree(ctx["specs"], governed_specs)
+    supplier = governed_specs / "supplier.yaml"
+    supplier.write_text(supplier.read_text() + "columns:\n  s_phone: { tags: [pii], mask: hash }\n")
+    password = "bench governance"
+    hashed = subprocess.run([str(binary), "hash-password"], input=password + "\n", capture_output=True, text=True,
+                            check=True).stdout.strip()
+    off = data / "governance-off.yaml"
+    off.write_text("audit: { enabled: false }\n")
+    on = data / "governance-on.yaml"
+    on.write_text(
+        "users:\n"
+        f"  - {{ name: analyst, password_hash: \"{hashed}\", roles: [analyst], "
+        "attributes: { hidden_mode: NONE, hidden_status: X } }\n"
+        "roles:\n"
+        "  analyst:\n"
+        "    read: [\"silver.*\", \"gold.*\"]\n"
+        "    row_filters:\n"
+        "      silver.lineitem: \"l_shipmode <> {{ user.hidden_mode }}\"\n"
+        "      silver.orders: \"o_orderstatus <> {{ user.hidden_status }}\"\n")
+    files = sorted(QUERIES.glob("q*.sql"), key=lambda p: int(p.stem[1:]))
+    point = lambda k: ("SELECT * FROM silver.orders WHERE o_orderkey = %s", ((k * 7919) % 1_500_000 * 4 + 1,))
+    catalog = lambda k: ("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                         "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'v') ORDER BY 1",
+                         ("silver",))
+    port = PORT + 1
+    measured = {}
+    # The default server of the loop is not used by this case.
+    ctx["server"].stop()
+    for label, config, specs, login in (
+        ("off", off, ctx["specs"], dict(port=port)),
+        ("on", on, governed_specs, dict(port=port, user="analyst", password=password)),
+    ):
+        server = Server(binary, lake, specs, port=port, config=config)
+        try:
+            times = {}
+            with wb_connect(**login) as conn:
+                conn.execute("SET search_path TO silver")
+                for f in files:
+                    sql = f.read_text()
+                    best = None
+                    for _ in range(2):
+                        start = time.perf_counter()
+                        conn.execute(sql).fetchall()
+                        took = time.perf_counter() - start
+                        best = took if best is None else min(best, took)
+                    times[f.stem] = best
+            lat, err = hammer(lambda: wb_connect(**login), [point, catalog], ctx["seconds"], 16)
+            rss = server.peak_rss_mb()
+            measured[label] = dict(times=times, qps=len(lat) / ctx["seconds"], p99=percentile([s for _, s in lat], 99),
+                                   errors=err, rss=rss)
+            log(f"governance {label}: TPC-H {sum(times.values()):.2f}s, 16 clients {len(lat) / ctx['seconds']:.0f} q/s"
+                + (f", errors {err[:1]}" if err else ""))
+        finally:
+            server.stop()
+    audited = audit_rows(binary, lake, "analyst")
+    note_audit = f"; {audited} audit rows written by the governed server (all runs so far)" if audited is not None else ""
+    ctx["server"] = Server(binary, lake, ctx["specs"])
+    on, off = measured["on"], measured["off"]
+    total_on, total_off = sum(on["times"].values()), sum(off["times"].values())
+    slowest = max(files, key=lambda f: on["times"][f.stem] / off["times"][f.stem]).stem
+    return [
+        dict(case=f"TPC-H SF{ctx['sf']} total with governance on (s)", workbench=total_on, anchor=total_off,
+             anchor_name="the same server, governance off", ratio=total_on / total_off, lower_is_better=True,
+             rss_mb=on["rss"],
+             note=f"grants + hashed s_phone + row filters on lineitem and orders + audit; most affected {slowest} "
+                  f"({on['times'][slowest]:.2f}s vs {off['times'][slowest]:.2f}s){note_audit}"),
+        dict(case="16 clients with governance on: queries/s", workbench=on["qps"], anchor=off["qps"],
+             anchor_name="the same server, governance off", ratio=on["qps"] / off["qps"], lower_is_better=False,
+             rss_mb=on["rss"], note=f"p99 {on['p99'] * 1000:.1f} ms vs {off['p99'] * 1000:.1f} ms"
+                                    + (f"; errors: {on['errors'][:1]}" if on["errors"] else "")),
+    ], []
+
+
+def audit_rows(binary, lake, user):
+    """The audit rows `user` left, read in-process with the CLI."""
+    out = subprocess.run([str(binary), "query", "--lake", str(lake), "-c",
+                          f"SELECT count(*) AS n FROM workbench.audit WHERE user_name = '{user}'"],
+                         capture_output=True, text=True, env=dict(os.environ, RUST_LOG="error"))
+    numbers = [w for w in out.stdout.split() if w.isdigit()]
+    return int(numbers[-1]) if out.returncode == 0 and numbers else None
+
+
 # A query that computes for hours without reading a table (10^10 rows).
 HEAVY = ("SELECT count(*) FROM generate_series(1, 100000) a(x) CROSS JOIN generate_series(1, 100000) b(y) "
          "WHERE a.x + b.y = 7")
@@ -625,6 +717,7 @@ def case_soak(ctx):
 
 CASES = {
     "tpch": case_tpch,
+    "governance": case_governance,
     "stream": case_stream,
     "ingest": case_ingest,
     "preview": case_preview,

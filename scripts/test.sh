@@ -23,7 +23,11 @@ if ! command -v psql >/dev/null; then
   log "installing psql"
   apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
 fi
-if ! python3 -c 'import sqlalchemy, psycopg2, psycopg, asyncpg, pandas' 2>/dev/null; then
+if ! command -v odbcinst >/dev/null || ! odbcinst -q -d -n "PostgreSQL Unicode" >/dev/null 2>&1; then
+  log "installing psqlODBC (odbc-postgresql) and unixODBC"
+  apt-get update -qq && apt-get install -y -qq odbc-postgresql unixodbc unixodbc-dev >/dev/null
+fi
+if ! python3 -c 'import sqlalchemy, psycopg2, psycopg, asyncpg, pandas, pyodbc' 2>/dev/null; then
   log "installing Python client libraries"
   python3 -m pip install -q -r tests/clients/requirements.txt
 fi

@@ -239,6 +239,7 @@ pub fn governed_view(
         schema: Arc::new(plan.schema().as_arrow().clone()),
         plan,
         filtered: policy.row_filters.is_some(),
+        masked: policy.masks.iter().map(|(c, _)| c.clone()).collect(),
     }))
 }
 
@@ -291,6 +292,44 @@ struct GovernedTable {
     plan: LogicalPlan,
     schema: SchemaRef,
     filtered: bool,
+    /// Masked columns: a query's predicate on them is never pushed down.
+    masked: Vec<String>,
+}
+
+/// Whether `expr` can be evaluated on any row without failing and without
+/// touching a masked column: comparisons, `IN`, `BETWEEN`, `LIKE`, `IS NULL`
+/// of plain columns and constants, and `AND`/`OR`/`NOT` of those. Such a
+/// predicate may run below a row filter (and prune Parquet row groups): on a
+/// hidden row it only yields a value the row filter then discards.
+fn infallible(expr: &Expr, masked: &[String]) -> bool {
+    use datafusion::logical_expr::{Between, BinaryExpr, Like, Operator};
+    let operand = |e: &Expr| match e {
+        Expr::Column(c) => !masked.iter().any(|m| m == &c.name),
+        Expr::Literal(..) => true,
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
+        Expr::TryCast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
+        _ => false,
+    };
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Operator::And | Operator::Or => infallible(left, masked) && infallible(right, masked),
+            Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+            | Operator::IsDistinctFrom
+            | Operator::IsNotDistinctFrom => operand(left) && operand(right),
+            _ => false,
+        },
+        Expr::Not(inner) => infallible(inner, masked),
+        Expr::IsNull(e) | Expr::IsNotNull(e) => operand(e),
+        Expr::InList(list) => operand(&list.expr) && list.list.iter().all(|e| matches!(e, Expr::Literal(..))),
+        Expr::Between(Between { expr, low, high, .. }) => operand(expr) && operand(low) && operand(high),
+        Expr::Like(Like { expr, pattern, .. }) => operand(expr) && matches!(pattern.as_ref(), Expr::Literal(..)),
+        _ => false,
+    }
 }
 
 #[async_trait]
@@ -305,6 +344,16 @@ impl TableProvider for GovernedTable {
 
     fn get_logical_plan(&self) -> Option<std::borrow::Cow<'_, LogicalPlan>> {
         (!self.filtered).then_some(std::borrow::Cow::Borrowed(&self.plan))
+    }
+
+    /// Only predicates that cannot fail go inside the sealed view (where they
+    /// may reach the Parquet scan); the rest run above the barrier.
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        use datafusion::logical_expr::TableProviderFilterPushDown::{Inexact, Unsupported};
+        Ok(filters
+            .iter()
+            .map(|f| if self.filtered && infallible(f, &self.masked) { Inexact } else { Unsupported })
+            .collect())
     }
 
     async fn scan(

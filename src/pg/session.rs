@@ -118,9 +118,24 @@ impl Session {
                 responses.push(self.declare(client, stmts).await?);
                 continue;
             }
+            // SQL `DEALLOCATE` also closes statements prepared with the
+            // protocol's Parse, as in PostgreSQL (one namespace): psqlODBC
+            // deallocates its `_PLAN0x...` statements this way.
+            if let Statement::Deallocate { name, .. } = &statement
+                && client.portal_store().get_statement(&name.value).is_some()
+            {
+                client.portal_store().rm_statement(&name.value);
+                responses.push(Response::Execution(pgwire::api::results::Tag::new("DEALLOCATE")));
+                continue;
+            }
             for hook in &self.hooks {
                 if let Some(result) = hook.handle_simple_query(&statement, &self.ctx, client).await {
-                    responses.push(result?);
+                    let mut response = result?;
+                    // `FETCH 25`, as PostgreSQL tags it (psqlODBC's declare/fetch mode reads it).
+                    if let (Statement::Fetch { .. }, Response::Query(query)) = (&statement, &mut response) {
+                        query.set_command_tag("FETCH");
+                    }
+                    responses.push(response);
                     continue 'statements;
                 }
             }

@@ -155,6 +155,12 @@ async fn pgjdbc_metadata_prepared_cursors_cancel() {
 }
 
 #[tokio::test]
+async fn psqlodbc_catalog_parameters_and_declare_fetch() {
+    let server = bi_server().await;
+    run_client("psqlODBC", "python3", &["odbc_check.py"], &server);
+}
+
+#[tokio::test]
 async fn asyncpg_codecs_prepared_cursors_copy() {
     let server = bi_server().await;
     run_client("asyncpg", "python3", &["asyncpg_check.py"], &server);
