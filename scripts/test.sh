@@ -23,6 +23,10 @@ if ! command -v psql >/dev/null; then
   log "installing psql"
   apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
 fi
+if ! command -v openssl >/dev/null; then
+  log "installing openssl (the TLS tests make their own certificates)"
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
 if ! command -v odbcinst >/dev/null || ! odbcinst -q -d -n "PostgreSQL Unicode" >/dev/null 2>&1; then
   log "installing psqlODBC (odbc-postgresql) and unixODBC"
   apt-get update -qq && apt-get install -y -qq odbc-postgresql unixodbc unixodbc-dev >/dev/null
