@@ -398,7 +398,8 @@ impl App {
             Some(settings) => Some(crate::pg::Tls::load(&settings.cert, &settings.key, settings.mode)?),
             None => None,
         };
-        if tls.is_none() && !config.listen.ip().is_loopback() {
+        // Config::build refuses this combination unless allow_plaintext is set.
+        if config.allow_plaintext && tls.is_none() && !config.listen.ip().is_loopback() {
             tracing::warn!(addr = %config.listen, "allow_plaintext: serving a non-loopback address WITHOUT TLS; query results and metadata cross the network in clear");
         }
         let server = PgServer::bind(

@@ -71,6 +71,12 @@ impl SessionDocs {
         self.oids.read().unwrap_or_else(|p| p.into_inner()).relations.get(&oid).cloned()
     }
 
+    /// The oid this session's `pg_class` gave `schema.table`.
+    fn relation_oid(&self, schema: &str, table: &str) -> Option<i32> {
+        let oids = self.oids.read().unwrap_or_else(|p| p.into_inner());
+        oids.relations.iter().find(|(_, (s, t))| s == schema && t == table).map(|(oid, _)| *oid)
+    }
+
     /// The schema of a namespace oid this session's `pg_namespace` handed out.
     pub fn namespace(&self, oid: i32) -> Option<String> {
         self.oids.read().unwrap_or_else(|p| p.into_inner()).namespaces.get(&oid).cloned()
@@ -196,17 +202,23 @@ fn text(batch: &RecordBatch, name: &str) -> Option<StringArray> {
 
 /// `pg_namespace.oid` → `nspname`.
 pub async fn namespace_names(pg_catalog: &Arc<dyn SchemaProvider>, session: &dyn Session) -> Result<HashMap<i32, String>> {
+    Ok(match pg_catalog.table("pg_namespace").await? {
+        Some(ns) => namespaces_in(&scan_all(&ns, session).await?),
+        None => HashMap::new(),
+    })
+}
+
+/// `oid` → `nspname` for the rows of `pg_namespace` in `batches`.
+fn namespaces_in(batches: &[RecordBatch]) -> HashMap<i32, String> {
     let mut names = HashMap::new();
-    if let Some(ns) = pg_catalog.table("pg_namespace").await? {
-        for batch in scan_all(&ns, session).await? {
-            if let (Some(oids), Some(nspnames)) = (int32(&batch, "oid"), text(&batch, "nspname")) {
-                for i in 0..batch.num_rows() {
-                    names.insert(oids.value(i), nspnames.value(i).to_string());
-                }
+    for batch in batches {
+        if let (Some(oids), Some(nspnames)) = (int32(batch, "oid"), text(batch, "nspname")) {
+            for i in 0..batch.num_rows() {
+                names.insert(oids.value(i), nspnames.value(i).to_string());
             }
         }
     }
-    Ok(names)
+    names
 }
 
 /// `pg_class.oid` → (schema, table) for the rows of `classes`.
@@ -288,12 +300,9 @@ impl TableProvider for PgDescription {
         let classes = scan_all(&self.classes, session).await?;
         let rows = self.docs.describe(&classes, &self.pg_catalog, session).await?;
         if !rows.is_empty() {
-            // `'pg_class'::regclass` in this session (its oids are its own).
-            let namespaces = namespace_names(&self.pg_catalog, session).await?;
-            let pg_class = relation_names(&classes, &namespaces)
-                .into_iter()
-                .find(|(_, (schema, table))| schema == "pg_catalog" && table == "pg_class")
-                .map_or(PG_CLASS_OID, |(oid, _)| oid);
+            // `'pg_class'::regclass` in this session (its oids are its own),
+            // learnt by `describe` from the same scan.
+            let pg_class = self.docs.relation_oid("pg_catalog", "pg_class").unwrap_or(PG_CLASS_OID);
             let schema = self.schema();
             let columns = schema
                 .fields()
@@ -340,15 +349,7 @@ impl TableProvider for ObservedNamespaces {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batches = scan_all(&self.base, session).await?;
-        let mut names = HashMap::new();
-        for batch in &batches {
-            if let (Some(oids), Some(nspnames)) = (int32(batch, "oid"), text(batch, "nspname")) {
-                for i in 0..batch.num_rows() {
-                    names.insert(oids.value(i), nspnames.value(i).to_string());
-                }
-            }
-        }
-        self.docs.learn_namespaces(&names);
+        self.docs.learn_namespaces(&namespaces_in(&batches));
         scan_batches(self.schema(), batches, session, projection, filters, limit).await
     }
 }
