@@ -1,6 +1,7 @@
 //! `history('layer.table')`: the table's Delta commits, newest first
 //! (version, timestamp, operation, rows added / updated / removed), joined
-//! with the Workbench run that made each commit.
+//! with the Workbench run that made each commit. A caller whose row filter
+//! hides rows of the table sees the row counts as NULL: they count every row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,9 +27,11 @@ impl TableFunctionImpl for History {
             return plan_err!("history() takes one argument: history('silver.sales')");
         };
         let (layer, name) = args::table("history", table)?;
-        super::Caller::of(a.session()).require_read(layer.as_str(), &name)?;
+        let caller = super::Caller::of(a.session());
+        caller.require_read(layer.as_str(), &name)?;
         Ok(Arc::new(RowsTable(HistoryTable {
             services: self.0.clone(),
+            counts_hidden: caller.filters_rows(layer.as_str(), &name),
             layer,
             name,
         })))
@@ -40,6 +43,9 @@ struct HistoryTable {
     services: Services,
     layer: Layer,
     name: String,
+    /// The caller's row filter hides rows of the table: the commits' row
+    /// counts (which count hidden rows too) are shown as NULL.
+    counts_hidden: bool,
 }
 
 fn schema() -> SchemaRef {
@@ -103,6 +109,7 @@ impl Rows for HistoryTable {
         let run_of = |c: &crate::storage::CommitRecord, i: usize| {
             c.run_id.as_ref().and_then(|r| runs.get(r)).and_then(|r| if i == 0 { r.0.clone() } else { r.1.clone() })
         };
+        let count = |c: &crate::storage::CommitRecord, keys: &[&str]| if self.counts_hidden { None } else { metric(&c.metadata, keys) };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(commits.iter().map(|c| c.version))),
             Arc::new(TimestampMillisecondArray::from(commits.iter().map(|c| c.timestamp_ms).collect::<Vec<_>>()).with_timezone("UTC")),
@@ -110,14 +117,14 @@ impl Rows for HistoryTable {
             Arc::new(Int64Array::from(
                 commits
                     .iter()
-                    .map(|c| metric(&c.metadata, &["num_added_rows"]).or_else(|| metric(&c.metadata, &["num_target_rows_inserted"])))
+                    .map(|c| count(c, &["num_added_rows"]).or_else(|| count(c, &["num_target_rows_inserted"])))
                     .collect::<Vec<_>>(),
             )),
-            Arc::new(Int64Array::from(commits.iter().map(|c| metric(&c.metadata, &["num_target_rows_updated"])).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(commits.iter().map(|c| count(c, &["num_target_rows_updated"])).collect::<Vec<_>>())),
             Arc::new(Int64Array::from(
                 commits
                     .iter()
-                    .map(|c| metric(&c.metadata, &["num_removed_rows", "num_deleted_rows", "num_target_rows_deleted"]))
+                    .map(|c| count(c, &["num_removed_rows", "num_deleted_rows", "num_target_rows_deleted"]))
                     .collect::<Vec<_>>(),
             )),
             Arc::new(StringArray::from(commits.iter().map(|c| c.run_id.clone()).collect::<Vec<_>>())),

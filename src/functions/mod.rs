@@ -98,6 +98,13 @@ impl Caller {
         }
     }
 
+    /// Whether a row filter hides some rows of `schema.table` from the
+    /// caller: then counts of its rows (history's rows added) are not shown.
+    pub fn filters_rows(&self, schema: &str, table: &str) -> bool {
+        let Some(access) = &self.access else { return false };
+        access.principal().is_none_or(|p| p.table_policy(schema, table).row_filters.is_some())
+    }
+
     /// `table` (rows of `schema.name`, or rows shaped like them) as the
     /// caller may see it: filtered and masked as a query would see it.
     pub fn govern(&self, table: Arc<dyn TableProvider>, schema: &str, name: &str) -> Result<Arc<dyn TableProvider>> {

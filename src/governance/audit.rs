@@ -22,6 +22,8 @@ use crate::meta::{AuditRecord, MetaStore};
 
 /// Records written per transaction at most.
 const BATCH: usize = 500;
+/// How long the writer waits for more records after the first of a batch.
+const LINGER: Duration = Duration::from_millis(50);
 /// Attempts at writing one batch before its records count as dropped.
 const ATTEMPTS: u32 = 3;
 
@@ -95,6 +97,17 @@ async fn write_batches(
         };
         if received == 0 {
             return;
+        }
+        // Let a burst gather: one transaction for many statements costs the
+        // store (and the clients' cores) far less than one each.
+        if batch.len() < BATCH && !closing.is_cancelled() {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < BATCH {
+                match records.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {

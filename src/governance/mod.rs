@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 pub use policy::{Grant, Policy, PolicyError, RoleGrants, RowFilter, TableDoc, UserGrants};
 
-use crate::spec::Mask;
+use crate::spec::{Mask, QUARANTINE_SUFFIX};
 
 /// Refused: SQLSTATE 42501 (insufficient_privilege) for the client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -162,8 +162,19 @@ impl Principal {
         let qualified = format!("{schema}.{table}");
         let mut filters = Vec::new();
         let mut unrestricted = false;
+        // A dataset's quarantine table holds rows of its silver table: the
+        // silver table's filter binds it too, unless a filter names it.
+        let filtered_as = table
+            .strip_suffix(QUARANTINE_SUFFIX)
+            .filter(|_| schema == "silver")
+            .map(|base| format!("silver.{base}"));
         for grants in self.grants().filter(|g| g.read.matches(&qualified)) {
-            match grants.row_filters.iter().find(|f| f.table.matches(&qualified)) {
+            let filter = grants
+                .row_filters
+                .iter()
+                .find(|f| f.table.matches(&qualified))
+                .or_else(|| filtered_as.as_ref().and_then(|base| grants.row_filters.iter().find(|f| f.table.matches(base))));
+            match filter {
                 None => unrestricted = true,
                 Some(filter) => filters.push(BoundFilter {
                     sql: filter.sql.clone(),

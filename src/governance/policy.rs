@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::spec::{ColumnPolicy, Project, Rule};
+use crate::spec::{ColumnPolicy, Project, Rule, quarantine_table};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PolicyError {
@@ -193,7 +193,7 @@ impl Policy {
             for table in [
                 format!("bronze.{}", dataset.name),
                 format!("silver.{}", dataset.name),
-                format!("silver.{}__quarantine", dataset.name),
+                format!("silver.{}", quarantine_table(&dataset.name)),
             ] {
                 self.tables.insert(table, doc.clone());
             }
@@ -201,7 +201,7 @@ impl Policy {
                 continue;
             }
             self.columns.insert(format!("silver.{}", dataset.name), dataset.columns.clone());
-            self.columns.insert(format!("silver.{}__quarantine", dataset.name), dataset.columns.clone());
+            self.columns.insert(format!("silver.{}", quarantine_table(&dataset.name)), dataset.columns.clone());
             let renames: Vec<(String, String)> = dataset
                 .silver
                 .iter()

@@ -82,31 +82,40 @@ pub struct ValidationRecord {
 impl MetaStore {
     /// Insert audit records in one transaction.
     pub async fn record_audit(&self, records: &[AuditRecord]) -> Result<(), MetaError> {
-        const INSERT: &str = "INSERT INTO audit (at, user_name, roles, client_addr, application_name, kind, statement, \
-             tables_read, rows_returned, duration_ms, sqlstate) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+        // One multi-row INSERT per chunk, in one transaction: the audit writer
+        // hands over batches of up to hundreds of records. 11 values a row
+        // stays far below both stores' limits on bound parameters.
+        const ROWS_PER_INSERT: usize = 200;
         macro_rules! insert_all {
             ($pool:expr) => {
                 async {
                     let mut tx = $pool.begin().await?;
-                    for r in records {
-                        sqlx::query(INSERT)
-                            .bind(r.at)
-                            .bind(&r.user_name)
-                            .bind(&r.roles)
-                            .bind(&r.client_addr)
-                            .bind(&r.application_name)
-                            .bind(&r.kind)
-                            .bind(&r.statement)
-                            .bind(&r.tables_read)
-                            .bind(r.rows_returned)
-                            .bind(r.duration_ms)
-                            .bind(&r.sqlstate)
-                            .execute(&mut *tx)
-                            .await?;
+                    for chunk in records.chunks(ROWS_PER_INSERT) {
+                        let mut insert = sqlx::QueryBuilder::new(
+                            "INSERT INTO audit (at, user_name, roles, client_addr, application_name, kind, statement, \
+                             tables_read, rows_returned, duration_ms, sqlstate) ",
+                        );
+                        insert.push_values(chunk, |mut row, r| {
+                            row.push_bind(r.at)
+                                .push_bind(&r.user_name)
+                                .push_bind(&r.roles)
+                                .push_bind(&r.client_addr)
+                                .push_bind(&r.application_name)
+                                .push_bind(&r.kind)
+                                .push_bind(&r.statement)
+                                .push_bind(&r.tables_read)
+                                .push_bind(r.rows_returned)
+                                .push_bind(r.duration_ms)
+                                .push_bind(&r.sqlstate);
+                        });
+                        insert.build().execute(&mut *tx).await?;
                     }
                     tx.commit().await
                 }
             };
+        }
+        if records.is_empty() {
+            return Ok(());
         }
         on_pool!(self, |pool| insert_all!(pool).await)?;
         Ok(())

@@ -258,7 +258,7 @@ impl Pipeline {
                 .map_err(|e| step_error(&step, e.strip_backtrace()))?;
             if rows.iter().any(|b| b.num_rows() > 0) {
                 self.lake
-                    .write(Layer::Silver, &format!("{}__quarantine", spec.name), rows, WriteKind::Append, run_id, vec![])
+                    .write(Layer::Silver, &crate::spec::quarantine_table(&spec.name), rows, WriteKind::Append, run_id, vec![])
                     .await?;
             }
         }

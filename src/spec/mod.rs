@@ -116,6 +116,15 @@ pub struct Spec {
     pub columns: Vec<ColumnPolicy>,
 }
 
+/// The silver table that holds a dataset's quarantined rows is named
+/// `<dataset>` + this suffix.
+pub const QUARANTINE_SUFFIX: &str = "__quarantine";
+
+/// The name of `dataset`'s quarantine table (in the silver layer).
+pub fn quarantine_table(dataset: &str) -> String {
+    format!("{dataset}{QUARANTINE_SUFFIX}")
+}
+
 /// What a spec declares about one column: documentation and governance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnPolicy {

@@ -285,6 +285,115 @@ async fn masks_and_row_filters_hold_on_every_path() {
     assert_eq!(raw, vec!["3"]);
 }
 
+/// A role that reads every silver table, previews landing files and
+/// validates, without unmask and with a row filter on the dataset: its
+/// quarantine table, `history`, `preview` and `validate`'s samples are
+/// filtered and masked like the silver table itself.
+#[tokio::test]
+async fn quarantine_history_preview_and_samples_stay_governed() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    let landing = lake.path().join("landing/payments");
+    std::fs::create_dir_all(&landing).unwrap();
+    // Negative amounts are quarantined: one norte row, one (hidden) sur row.
+    std::fs::write(
+        landing.join("payments.csv"),
+        format!("rut,region,amount\n{SECRET_RUT},norte,-5\n11.111.111-1,norte,700\n{SUR_RUT},sur,-9\n22.222.222-2,sur,100\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        specs.path().join("payments.yaml"),
+        "name: payments\nsource: { format: csv, path: landing/payments/*.csv }\nsilver:\n  rules:\n    - type_cast: { amount: bigint }\n  expectations:\n    - between: { column: amount, min: 0, max: 100000 }\n      on_fail: quarantine\ncolumns:\n  rut: { tags: [pii], mask: hash }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["run", "--all", "--lake"]).arg(lake.path()).arg("--specs").arg(specs.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hash = hash_password(PASSWORD);
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions {
+            config_yaml: format!(
+                r#"users:
+  - {{ name: rosa, password_hash: "{hash}", roles: [reviewer], attributes: {{ region: norte }} }}
+  - {{ name: etl, password_hash: "{hash}", roles: [engineer] }}
+roles:
+  reviewer:
+    read: ["silver.*"]
+    landing: ["*"]
+    validate: ["*"]
+    row_filters: {{ silver.payments: "region = {{{{ user.region }}}}" }}
+  engineer: {{ read: ["*"], run: ["*"], landing: ["*"], validate: ["*"], unmask: [pii] }}
+"#
+            ),
+            args: vec!["--specs".into(), specs.path().display().to_string()],
+        },
+    );
+    let rosa = server.connect_as("rosa", Some(PASSWORD)).await.expect("login");
+    let etl = server.connect_as("etl", Some(PASSWORD)).await.expect("login");
+    let clear = |text: &str| text.contains(SECRET_RUT) || text.contains(SUR_RUT) || text.contains("sur") || text.contains("-9");
+
+    // The engineer sees both quarantined rows in clear; rosa only the norte one, hashed.
+    let all = simple(&etl, "SELECT rut, region, amount FROM silver.payments__quarantine ORDER BY amount").await.unwrap();
+    assert_eq!(all, vec![format!("{SUR_RUT}|sur|-9"), format!("{SECRET_RUT}|norte|-5")]);
+    let seen = simple(&rosa, "SELECT rut, region, amount, _failed_expectations FROM silver.payments__quarantine").await.unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let cols: Vec<&str> = seen[0].split('|').collect();
+    assert!(is_hash(cols[0]) && cols[1] == "norte" && cols[2] == "-5", "{seen:?}");
+    // The hash is the same in the quarantine table and in silver: they join.
+    let silver_hashes = simple(&rosa, "SELECT rut FROM silver.payments").await.unwrap();
+    assert_eq!(silver_hashes.len(), 1, "{silver_hashes:?}");
+    let joined = simple(&rosa, "SELECT count(*) FROM silver.payments__quarantine q JOIN silver.payments__quarantine r ON q.rut = r.rut").await.unwrap();
+    assert_eq!(joined, vec!["1"]);
+    let oracle = simple(&rosa, "SELECT count(*) FROM silver.payments__quarantine WHERE 1 / (CASE WHEN region = 'sur' THEN 0 ELSE 1 END) = 1").await;
+    assert_eq!(oracle.unwrap(), vec!["1"], "a hidden quarantined row decided the query");
+
+    // history: commits are listed, but row counts (which count hidden rows) are not.
+    let history = simple(&rosa, "SELECT version, rows_added IS NULL FROM history('silver.payments') ORDER BY version").await.unwrap();
+    assert!(!history.is_empty() && history.iter().all(|r| r.ends_with("|t")), "{history:?}");
+    let history = simple(&etl, "SELECT rows_added FROM history('silver.payments') ORDER BY version DESC LIMIT 1").await.unwrap();
+    assert_eq!(history, vec!["2"]);
+
+    let mut leaks = Vec::new();
+    let probes = [
+        // preview of the landing file: the tidy rows as silver would show them.
+        "SELECT * FROM preview('payments')".to_string(),
+        "SELECT * FROM preview('payments', 'landing/payments/payments.csv')".to_string(),
+        // validate's samples of failing values.
+        format!(
+            "SELECT expectation, unexpected_count, partial_unexpected_list FROM validate('silver.payments', '{}')",
+            "- regex: { column: rut, pattern: \"^X\" }\n- accepted_values: { column: region, values: [x] }\n- expression: \"amount > 1000\""
+        ),
+        format!(
+            "SELECT expectation, partial_unexpected_list FROM validate('silver.payments__quarantine', '{}')",
+            "- regex: { column: rut, pattern: \"^X\" }\n- accepted_values: { column: region, values: [x] }"
+        ),
+        "SELECT * FROM profile('silver.payments__quarantine')".to_string(),
+        "SELECT * FROM table_at('silver.payments__quarantine', 0)".to_string(),
+    ];
+    for sql in &probes {
+        match simple(&rosa, sql).await {
+            Ok(rows) if clear(&rows.join("\n")) => leaks.push(format!("{sql} → {}", rows.join("\n"))),
+            Ok(rows) => assert!(!rows.is_empty(), "{sql} returned nothing"),
+            Err(err) => leaks.push(format!("{sql} → error {err:?}")),
+        }
+    }
+    use futures::StreamExt;
+    let stream = rosa.copy_out("COPY silver.payments__quarantine TO STDOUT").await.unwrap();
+    let copied: String = stream.collect::<Vec<_>>().await.into_iter().map(|c| String::from_utf8_lossy(&c.unwrap()).into_owned()).collect();
+    assert_eq!(copied.lines().count(), 1, "{copied}");
+    if clear(&copied) {
+        leaks.push(format!("COPY → {copied}"));
+    }
+    assert!(leaks.is_empty(), "masked or filtered values came out:\n{}", leaks.join("\n"));
+    // validate counts only the rows rosa may see.
+    let counted = simple(&rosa, "SELECT element_count, unexpected_count FROM validate('silver.payments', '- accepted_values: { column: region, values: [x] }')").await.unwrap();
+    assert_eq!(counted, vec!["1|1"]);
+    // preview shows the norte rows only, rut hashed.
+    let preview = simple(&rosa, "SELECT rut, region FROM preview('payments')").await.unwrap();
+    assert_eq!(preview.len(), 2, "{preview:?}");
+    assert!(preview.iter().all(|r| is_hash(r.split('|').next().unwrap()) && r.ends_with("|norte")), "{preview:?}");
+}
+
 #[tokio::test]
 async fn psycopg2_sees_the_same_masked_view() {
     let g = governed();
