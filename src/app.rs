@@ -393,7 +393,7 @@ impl App {
             policy: policy.clone(),
         };
         engine.with_template(|ctx| crate::functions::register(ctx, services));
-        let auditor = config.audit_queue.map(|capacity| Auditor::start(meta.clone(), capacity));
+        let auditor = config.audit_queue.map(|capacity| Auditor::start(meta.clone(), capacity, config.audit_retention));
         let tls = match &config.tls {
             Some(settings) => Some(crate::pg::Tls::load(&settings.cert, &settings.key, settings.mode)?),
             None => None,

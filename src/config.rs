@@ -118,6 +118,9 @@ pub struct AuditConfig {
     /// Records that may wait for the metadata store before new ones are
     /// dropped (and counted). Default 10000.
     pub queue: Option<usize>,
+    /// How long records are kept (`400d`, `1y`); older ones are deleted
+    /// hourly. Default: kept forever.
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +249,8 @@ pub struct Config {
     pub metadata_url: Option<String>,
     /// Capacity of the audit queue; `None` when auditing is off.
     pub audit_queue: Option<usize>,
+    /// Audit records older than this are deleted; `None`: kept forever.
+    pub audit_retention: Option<Duration>,
     /// TLS certificate, key and mode; loaded when the server starts.
     pub tls: Option<TlsSettings>,
     /// Plaintext on a non-loopback address was explicitly allowed.
@@ -418,6 +423,7 @@ impl Config {
                 Some(false) => None,
                 _ => Some(at_least_one("audit.queue", file.audit.queue.unwrap_or(10_000))?),
             },
+            audit_retention: file.audit.retention.as_deref().map(audit_retention).transpose()?,
             redis_url: o.redis_url.or(file.redis.url).filter(|u| !u.is_empty()),
             redis_prefix: o.redis_prefix.or(file.redis.prefix).unwrap_or_default(),
             lock_ttl: duration("lock_ttl", o.lock_ttl.or(file.lock_ttl))?.unwrap_or(Duration::from_secs(30)),
@@ -477,6 +483,21 @@ fn at_least_one(setting: &'static str, n: usize) -> Result<usize, ConfigError> {
         });
     }
     Ok(n)
+}
+
+/// `audit.retention`: a duration with its unit, at least an hour (a bare
+/// number would be milliseconds, and would empty the trail).
+fn audit_retention(text: &str) -> Result<Duration, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        setting: "audit.retention",
+        value: text.into(),
+        reason,
+    };
+    let retention = humantime::parse_duration(text.trim()).map_err(|err| invalid(format!("{err}; write e.g. 400d or 1y")))?;
+    if retention < Duration::from_secs(3600) {
+        return Err(invalid("must be at least 1h: audit records are pruned hourly".into()));
+    }
+    Ok(retention)
 }
 
 fn parse_duration(setting: &'static str, text: &str) -> Result<Duration, ConfigError> {

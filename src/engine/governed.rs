@@ -17,7 +17,10 @@ use datafusion::datasource::{TableProvider, TableType, provider_as_source};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast, lit, when};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{Column as PhysicalColumn, DynamicFilterPhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter_pushdown::{ChildFilterDescription, FilterDescription, FilterPushdownPhase};
 
 use super::DATABASE;
 use crate::governance::{Access, AccessError, BoundFilter, Principal, TablePolicy};
@@ -204,43 +207,75 @@ pub fn governed_view(
 ) -> Result<Arc<dyn TableProvider>> {
     let reference = TableReference::partial(schema, name);
     let stored = table.schema();
-    let mut builder = LogicalPlanBuilder::scan(reference.clone(), provider_as_source(table), None)?;
-    let df_schema = builder.schema().clone();
-    if let Some(filters) = &policy.row_filters {
-        let mut visible: Option<Expr> = None;
-        for filter in filters {
-            let condition = bind(parser.create_logical_expr(&filter.sql, &df_schema)?, filter)?;
-            visible = Some(match visible {
-                None => condition,
-                Some(other) => other.or(condition),
-            });
-        }
-        if let Some(visible) = visible {
-            // NULL (an attribute the user lacks) hides the row, as in SQL.
-            builder = builder.filter(visible)?;
-        }
+    let scan = LogicalPlanBuilder::scan(reference.clone(), provider_as_source(table), None)?.build()?;
+    let df_schema = scan.schema().clone();
+    let mut visible: Option<Expr> = None;
+    for filter in policy.row_filters.iter().flatten() {
+        let condition = bind(parser.create_logical_expr(&filter.sql, &df_schema)?, filter)?;
+        visible = Some(match visible {
+            None => condition,
+            Some(other) => other.or(condition),
+        });
     }
+    let mut masked = Vec::with_capacity(policy.masks.len());
+    let mut columns = Vec::new();
     if !policy.masks.is_empty() {
-        let mut columns = Vec::with_capacity(stored.fields().len());
         for field in stored.fields() {
             let column = Expr::Column(Column::new(Some(reference.clone()), field.name()));
-            let expr = match policy.masks.iter().find(|(c, _)| c == field.name()) {
+            columns.push(match policy.masks.iter().find(|(c, _)| c == field.name()) {
                 None => column,
-                Some((_, mask)) => {
+                Some((column_name, mask)) => {
+                    masked.push(column_name.clone());
                     mask_expr(mask, column, field.data_type(), mask_key, parser, &df_schema)?.alias(field.name())
                 }
-            };
-            columns.push(expr);
+            });
         }
-        builder = builder.project(columns)?;
     }
-    let plan = builder.build()?;
+    let view = View {
+        scan,
+        // NULL (an attribute the user lacks) hides the row, as in SQL; a
+        // filter list that binds nothing hides every row.
+        visible: match (&policy.row_filters, visible) {
+            (None, _) => None,
+            (Some(_), Some(visible)) => Some(visible),
+            (Some(_), None) => Some(lit(false)),
+        },
+        masks: (!columns.is_empty()).then_some(columns),
+    };
+    let plan = view.plan(&[])?;
     Ok(Arc::new(GovernedTable {
         schema: Arc::new(plan.schema().as_arrow().clone()),
         plan,
-        filtered: policy.row_filters.is_some(),
-        masked: policy.masks.iter().map(|(c, _)| c.clone()).collect(),
+        view,
+        masked,
     }))
+}
+
+/// The parts of a governed table's plan: the scan of the stored table, the
+/// row filter over it, the masks over that.
+#[derive(Debug)]
+struct View {
+    scan: LogicalPlan,
+    visible: Option<Expr>,
+    masks: Option<Vec<Expr>>,
+}
+
+impl View {
+    /// The view, with `first` (predicates that cannot fail) checked ahead of
+    /// the row filter in the same conjunction: the Parquet reader evaluates
+    /// a conjunction in order, so a selective key predicate narrows the rows
+    /// before the filter's columns are decoded.
+    fn plan(&self, first: &[Expr]) -> Result<LogicalPlan> {
+        let mut builder = LogicalPlanBuilder::from(self.scan.clone());
+        let predicate = first.iter().cloned().chain(self.visible.clone()).reduce(Expr::and);
+        if let Some(predicate) = predicate {
+            builder = builder.filter(predicate)?;
+        }
+        if let Some(masks) = &self.masks {
+            builder = builder.project(masks.clone())?;
+        }
+        builder.build()
+    }
 }
 
 /// Put the user's attribute values where the filter has `$n`.
@@ -289,11 +324,18 @@ fn mask_expr(
 /// the caller that the row exists.
 #[derive(Debug)]
 struct GovernedTable {
+    /// The whole view (what a masked-only table is inlined as).
     plan: LogicalPlan,
+    view: View,
     schema: SchemaRef,
-    filtered: bool,
     /// Masked columns: a query's predicate on them is never pushed down.
     masked: Vec<String>,
+}
+
+impl GovernedTable {
+    fn filtered(&self) -> bool {
+        self.view.visible.is_some()
+    }
 }
 
 /// Whether `expr` can be evaluated on any row without failing and without
@@ -343,16 +385,17 @@ impl TableProvider for GovernedTable {
     }
 
     fn get_logical_plan(&self) -> Option<std::borrow::Cow<'_, LogicalPlan>> {
-        (!self.filtered).then_some(std::borrow::Cow::Borrowed(&self.plan))
+        (!self.filtered()).then_some(std::borrow::Cow::Borrowed(&self.plan))
     }
 
     /// Only predicates that cannot fail go inside the sealed view (where they
     /// may reach the Parquet scan); the rest run above the barrier.
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
-        use datafusion::logical_expr::TableProviderFilterPushDown::{Inexact, Unsupported};
+        use datafusion::logical_expr::TableProviderFilterPushDown::{Exact, Unsupported};
+        // The sealed view applies them itself, so they need no second pass above it.
         Ok(filters
             .iter()
-            .map(|f| if self.filtered && infallible(f, &self.masked) { Inexact } else { Unsupported })
+            .map(|f| if self.filtered() && infallible(f, &self.masked) { Exact } else { Unsupported })
             .collect())
     }
 
@@ -363,10 +406,21 @@ impl TableProvider for GovernedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let view = datafusion::datasource::ViewTable::new(self.plan.clone(), None);
-        let plan = view.scan(state, projection, filters, limit).await?;
-        Ok(if self.filtered { Arc::new(RowFilterBarrier::new(plan)) } else { plan })
+        if !self.filtered() {
+            let view = datafusion::datasource::ViewTable::new(self.plan.clone(), None);
+            return view.scan(state, projection, filters, limit).await;
+        }
+        // `filters` are only the infallible ones (supports_filters_pushdown).
+        let view = datafusion::datasource::ViewTable::new(self.view.plan(filters)?, None);
+        let plan = view.scan(state, projection, &[], limit).await?;
+        Ok(Arc::new(RowFilterBarrier::new(plan)))
     }
+}
+
+/// A join's or TopK's runtime filter whose inputs are plain columns.
+fn runtime_filter_on_columns(filter: &Arc<dyn PhysicalExpr>) -> bool {
+    filter.downcast_ref::<DynamicFilterPhysicalExpr>().is_some()
+        && filter.children().iter().all(|c| c.is::<PhysicalColumn>())
 }
 
 /// Passes its input through unchanged and takes no filter from above, so
@@ -412,6 +466,31 @@ impl ExecutionPlan for RowFilterBarrier {
 
     fn maintains_input_order(&self) -> Vec<bool> {
         vec![true]
+    }
+
+    /// No filter of the query's passes, with one exception: the filters a
+    /// hash join or a TopK computes while running (bounds and hash lookups
+    /// of the other side's keys) over plain columns. They compare values and
+    /// cannot fail, so on a hidden row they only yield a result the row
+    /// filter discards, and they let a join skip most of a fact table.
+    fn gather_filters_for_pushdown(
+        &self,
+        phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> Result<FilterDescription> {
+        if phase != FilterPushdownPhase::Post {
+            return Ok(FilterDescription::all_unsupported(&parent_filters, &self.children()));
+        }
+        // What is not offered is replaced by a stand-in the child cannot
+        // take (its column is not in the child's schema): it stays "not
+        // pushed" in its place, as the optimizer matches results by position.
+        let sealed: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new("workbench: sealed by the row filter", usize::MAX));
+        let offered: Vec<Arc<dyn PhysicalExpr>> = parent_filters
+            .iter()
+            .map(|f| if runtime_filter_on_columns(f) { f.clone() } else { sealed.clone() })
+            .collect();
+        Ok(FilterDescription::new().with_child(ChildFilterDescription::from_child(&offered, &self.input)?))
     }
 
     fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {

@@ -38,17 +38,23 @@ pub struct Auditor {
 
 impl Auditor {
     /// Start the writer task; at most `capacity` records wait in memory.
-    pub fn start(meta: Arc<MetaStore>, capacity: usize) -> Arc<Auditor> {
+    /// With a `retention`, records older than it are deleted at start and
+    /// hourly, and each deletion leaves a `pruned` record.
+    pub fn start(meta: Arc<MetaStore>, capacity: usize, retention: Option<Duration>) -> Arc<Auditor> {
         let (queue, records) = mpsc::channel(capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let closing = CancellationToken::new();
-        let writer = tokio::spawn(write_batches(meta, records, dropped.clone(), closing.clone()));
-        Arc::new(Auditor {
+        let writer = tokio::spawn(write_batches(meta.clone(), records, dropped.clone(), closing.clone()));
+        let auditor = Arc::new(Auditor {
             queue,
             dropped,
-            closing,
+            closing: closing.clone(),
             writer: Mutex::new(Some(writer)),
-        })
+        });
+        if let Some(retention) = retention {
+            tokio::spawn(prune(meta, Arc::downgrade(&auditor), retention, closing));
+        }
+        auditor
     }
 
     /// Queue `record`; never waits. A full queue drops it and counts it.
@@ -138,6 +144,60 @@ async fn write_batches(
             }
         }
         batch.clear();
+    }
+}
+
+/// `400d`, `36h`: a retention as its config is usually written.
+fn whole_units(retention: Duration) -> String {
+    let secs = retention.as_secs();
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        _ => humantime::format_duration(retention).to_string(),
+    }
+}
+
+/// How often records past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Delete records older than `retention`, now and every [`PRUNE_EVERY`],
+/// until the server closes. Replicas sharing a store may prune at the same
+/// time: each deletes what is still there.
+async fn prune(meta: Arc<MetaStore>, auditor: std::sync::Weak<Auditor>, retention: Duration, closing: CancellationToken) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = closing.cancelled() => return,
+        }
+        let Some(age) = chrono::Duration::from_std(retention).ok() else { return };
+        let cutoff = Utc::now() - age;
+        match meta.prune_audit(cutoff).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(deleted, %cutoff, "deleted audit records past their retention");
+                let Some(auditor) = auditor.upgrade() else { return };
+                auditor.submit(AuditRecord {
+                    at: Utc::now(),
+                    user_name: "workbench".into(),
+                    roles: String::new(),
+                    client_addr: None,
+                    application_name: None,
+                    kind: "pruned".into(),
+                    statement: Some(format!(
+                        "{deleted} audit record(s) older than {} deleted (audit.retention {})",
+                        cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        whole_units(retention)
+                    )),
+                    tables_read: None,
+                    rows_returned: Some(deleted as i64),
+                    duration_ms: None,
+                    sqlstate: None,
+                });
+            }
+            Err(err) => tracing::warn!(%err, "cannot delete audit records past their retention; trying again in an hour"),
+        }
     }
 }
 

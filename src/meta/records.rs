@@ -121,6 +121,16 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Delete audit records older than `cutoff`; returns how many.
+    pub async fn prune_audit(&self, cutoff: chrono::DateTime<Utc>) -> Result<u64, MetaError> {
+        let done = on_pool!(self, |pool| sqlx::query("DELETE FROM audit WHERE at < $1")
+            .bind(cutoff)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done)
+    }
+
     pub async fn record_validation(&self, v: &ValidationRecord) -> Result<(), MetaError> {
         on_pool!(self, |pool| sqlx::query(
             "INSERT INTO validations (run_id, table_name, expectation, columns, success, element_count, unexpected_count, \

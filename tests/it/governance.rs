@@ -16,6 +16,21 @@ struct Governed {
     server: Server,
     _lake: tempfile::TempDir,
     _specs: tempfile::TempDir,
+    /// The users and roles of the config.
+    config: String,
+}
+
+impl Governed {
+    /// Another server on the same lake, specs and users, with more config.
+    fn another(&self, extra: &str) -> Server {
+        Server::start_at(
+            self._lake.path(),
+            ServerOptions {
+                config_yaml: format!("{}{extra}", self.config),
+                args: vec!["--specs".into(), self._specs.path().display().to_string()],
+            },
+        )
+    }
 }
 
 const PASSWORD: &str = "salar de atacama";
@@ -76,7 +91,7 @@ roles:
     let server = Server::start_at(
         lake.path(),
         ServerOptions {
-            config_yaml: config + &extra(lake.path()),
+            config_yaml: config.clone() + &extra(lake.path()),
             args: vec!["--specs".into(), specs.path().display().to_string()],
         },
     );
@@ -84,6 +99,7 @@ roles:
         server,
         _lake: lake,
         _specs: specs,
+        config,
     }
 }
 
@@ -238,6 +254,23 @@ async fn masks_and_row_filters_hold_on_every_path() {
             Err(err) => leaks.push(format!("{sql} → error (a hidden value decided it): {err:?}")),
         }
     }
+    // Join keys and TopK orderings computed from the row: the runtime filters
+    // a join or a TopK pushes down reach inside the seal only over plain columns.
+    let runtime = [
+        ("SELECT count(*) FROM gold.supplier_totals t JOIN silver.suppliers s ON t.total = CAST(CASE WHEN s.region = 'sur' THEN 'x' ELSE '1' END AS bigint)", "0"),
+        ("SELECT count(*) FROM (SELECT name FROM silver.suppliers ORDER BY 1 / (CASE WHEN region = 'sur' THEN 0 ELSE 1 END), name LIMIT 1) x", "1"),
+        ("SELECT count(*) FROM silver.suppliers s JOIN gold.supplier_totals t ON s.region = t.region", "2"),
+    ];
+    for (sql, expected) in runtime {
+        match simple(&maria, sql).await {
+            Ok(rows) => assert_eq!(rows, vec![expected], "{sql}"),
+            Err(err) => leaks.push(format!("{sql} → error (a hidden value decided it): {err:?}")),
+        }
+    }
+    // ... and the plain-column one does reach the scan inside the seal.
+    let plan = simple(&maria, "EXPLAIN SELECT s.name FROM gold.supplier_totals t JOIN silver.suppliers s ON t.region = s.region").await.unwrap().join("\n");
+    let sealed = plan.split("RowFilterBarrier").nth(1).unwrap_or_default();
+    assert!(sealed.contains("DynamicFilter"), "the join's runtime filter stopped at the seal:\n{plan}");
     // Errors that echo values echo the masked one.
     if let Err(err) = simple(&maria, "SELECT rut::int FROM silver.suppliers").await {
         let text = format!("{err:?}");
@@ -494,6 +527,44 @@ async fn every_statement_and_failed_login_is_audited() {
     assert_eq!(failed, vec!["127.0.0.1|28P01"]);
     // Analysts do not read the audit trail.
     denied(&maria, "SELECT * FROM workbench.audit").await;
+}
+
+/// `audit.retention` deletes records older than it when the server starts
+/// (then hourly), keeps the rest, and leaves a `pruned` record saying so.
+#[tokio::test]
+async fn audit_retention_prunes_old_records() {
+    let g = governed();
+    let maria = client(&g, "maria").await;
+    for sql in ["SELECT count(*) FROM silver.suppliers", "SELECT max(amount) FROM silver.suppliers"] {
+        simple(&maria, sql).await.unwrap();
+    }
+    let audra = client(&g, "audra").await;
+    eventually(&audra, "SELECT 1 FROM workbench.audit WHERE statement = 'SELECT max(amount) FROM silver.suppliers'").await;
+    // Two years pass for the first statement's record.
+    let db = g._lake.path().join("_workbench/metadata.db");
+    let aged = Command::new("python3")
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); n = c.execute(\"UPDATE audit SET at = '2024-01-02T03:04:05+00:00' WHERE statement = 'SELECT count(*) FROM silver.suppliers'\").rowcount; c.commit(); print(n)"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&aged.stdout).trim(), "1", "{}", String::from_utf8_lossy(&aged.stderr));
+
+    let pruning = g.another("audit: { retention: 400d }\n");
+    let audra = pruning.connect_as("audra", Some(PASSWORD)).await.expect("login");
+    let pruned = eventually(&audra, "SELECT user_name, rows_returned, statement FROM workbench.audit WHERE kind = 'pruned'").await;
+    assert_eq!(pruned.len(), 1, "{pruned:?}");
+    assert!(pruned[0].starts_with("workbench|1|1 audit record(s) older than") && pruned[0].ends_with("(audit.retention 400d)"), "{pruned:?}");
+    let left = simple(&audra, "SELECT statement FROM workbench.audit WHERE user_name = 'maria' ORDER BY id").await.unwrap();
+    assert_eq!(left, vec!["SELECT max(amount) FROM silver.suppliers"]);
+
+    // A retention without a unit, or shorter than the pruning interval, is refused at start.
+    for bad in ["400", "10m"] {
+        let lake = tempfile::TempDir::new().unwrap();
+        std::fs::write(lake.path().join("bad.yaml"), format!("audit: {{ retention: {bad} }}\n")).unwrap();
+        let out = Command::new(BIN).args(["check", "--config"]).arg(lake.path().join("bad.yaml")).arg("--lake").arg(lake.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("audit.retention"), "{bad}: {stderr}");
+    }
 }
 
 #[tokio::test]
