@@ -344,6 +344,9 @@ pub struct App {
     lake: Arc<Lake>,
     engine: Arc<Engine>,
     pipeline: Option<Arc<Pipeline>>,
+    /// Runs scheduled datasets; `None` without specs, without schedules or
+    /// with `--no-scheduler`.
+    scheduler: Option<crate::scheduler::Scheduler>,
 }
 
 impl App {
@@ -423,12 +426,16 @@ impl App {
             source,
         })?;
         let addr = server.local_addr().map_err(AppError::Serve)?;
+        let scheduler = pipeline
+            .clone()
+            .and_then(|pipeline| crate::scheduler::Scheduler::new(pipeline, meta.clone()));
         Ok(App {
             server,
             addr,
             lake,
             engine,
             pipeline,
+            scheduler,
         })
     }
 
@@ -449,9 +456,18 @@ impl App {
         self.server.backends()
     }
 
+    /// Serve without running scheduled datasets (`serve --no-scheduler`).
+    pub fn without_scheduler(mut self) -> App {
+        self.scheduler = None;
+        self
+    }
+
     /// Serve until `shutdown` fires, then shut down gracefully.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AppError> {
         tracing::info!(addr = %self.addr, lake = %self.lake.root(), "workbench listening");
+        if let Some(scheduler) = self.scheduler.take() {
+            tokio::spawn(scheduler.run(shutdown.clone()));
+        }
         if let Some(pipeline) = self.pipeline.clone() {
             // First start on a fresh lake: build what is missing, in the background.
             tokio::spawn(async move {

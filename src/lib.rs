@@ -29,5 +29,6 @@ pub mod governance;
 pub mod pg;
 pub mod pipeline;
 pub mod quality;
+pub mod scheduler;
 pub mod spec;
 pub mod storage;

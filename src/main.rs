@@ -149,6 +149,9 @@ struct ServeArgs {
     /// How long a new connection may take to log in [default: 10s]
     #[arg(long, env = "WORKBENCH_AUTHENTICATION_TIMEOUT")]
     authentication_timeout: Option<String>,
+    /// Do not run scheduled datasets on this replica (others still do)
+    #[arg(long)]
+    no_scheduler: bool,
 }
 
 impl ServeArgs {
@@ -223,9 +226,11 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            let scheduler = !args.no_scheduler;
             let config = args.config()?;
             init_telemetry();
             let app = App::build(config).await?;
+            let app = if scheduler { app } else { app.without_scheduler() };
             // A machine-readable line scripts and tests can wait for.
             println!("workbench listening on {}", app.addr());
             app.run(shutdown_signal()).await?;
@@ -275,6 +280,7 @@ async fn run() -> anyhow::Result<()> {
                 window: workbench::pipeline::DateWindow { start: args.from, end: args.to },
                 trigger: "cli".into(),
                 wait: args.wait.map(Into::into),
+                ..Default::default()
             };
             let report = workbench::app::run(&config, &args.datasets, &options).await?;
             print!("{}", workbench::app::format_report(&report));

@@ -1,7 +1,8 @@
 //! The `workbench` schema: the metadata store's tables, read-only, with
 //! equality filters on text columns pushed down to the store.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -19,21 +20,34 @@ use crate::meta::tables::{Kind, TABLES, TableDef};
 #[derive(Debug)]
 pub struct MetadataSchema {
     store: Arc<MetaStore>,
+    /// Tables computed by layers above (`workbench.schedules`), registered
+    /// once at start-up.
+    computed: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
 }
 
 impl MetadataSchema {
     pub fn new(store: Arc<MetaStore>) -> Self {
-        MetadataSchema { store }
+        MetadataSchema {
+            store,
+            computed: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    fn computed(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn TableProvider>>> {
+        self.computed.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
 impl SchemaProvider for MetadataSchema {
     fn table_names(&self) -> Vec<String> {
-        TABLES.iter().map(|t| t.name.to_string()).collect()
+        TABLES.iter().map(|t| t.name.to_string()).chain(self.computed().keys().cloned()).collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(table) = self.computed().get(name) {
+            return Ok(Some(table.clone()));
+        }
         Ok(TABLES.iter().find(|t| t.name == name).map(|def| {
             Arc::new(MetadataTable {
                 store: self.store.clone(),
@@ -43,7 +57,15 @@ impl SchemaProvider for MetadataSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        TABLES.iter().any(|t| t.name == name)
+        TABLES.iter().any(|t| t.name == name) || self.computed().contains_key(name)
+    }
+
+    /// Only computed tables are registered; the store's own are fixed.
+    fn register_table(&self, name: String, table: Arc<dyn TableProvider>) -> Result<Option<Arc<dyn TableProvider>>> {
+        if TABLES.iter().any(|t| t.name == name) {
+            return Err(DataFusionError::Plan(format!("workbench.{name} is a metadata table and cannot be replaced")));
+        }
+        Ok(self.computed.write().unwrap_or_else(|p| p.into_inner()).insert(name, table))
     }
 }
 

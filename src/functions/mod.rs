@@ -8,6 +8,7 @@ mod preview;
 mod preview_raw;
 mod profile;
 mod run;
+mod schedules;
 mod search;
 mod table_at;
 mod validate;
@@ -246,6 +247,13 @@ pub fn register(ctx: &SessionContext, services: Services) {
         .collect();
     services.engine.document_functions(&documented);
     if let Some(pipeline) = &services.pipeline {
+        let schedules = schedules::Schedules {
+            pipeline: pipeline.clone(),
+            meta: services.meta.clone(),
+        };
+        if let Err(err) = ctx.register_table("workbench.schedules", Arc::new(RowsTable(schedules))) {
+            tracing::warn!(%err, "workbench.schedules is not available");
+        }
         ctx.register_udtf("run", Arc::new(run::RunFunction::new(pipeline.clone())));
         ctx.register_udtf("preview", Arc::new(preview::Preview(services.clone())));
     }

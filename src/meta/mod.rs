@@ -14,7 +14,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-pub use records::{AuditRecord, DatasetRecord, FileRecord, LineageEdge, RunRecord, StepRecord, ValidationRecord};
+pub use records::{AuditRecord, DatasetRecord, FileRecord, LineageEdge, RunRecord, SlotRecord, StepRecord, ValidationRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -58,12 +58,14 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "openlineage", include_str!("../../migrations/postgres/0002_openlineage.sql")),
     (3, "heartbeat", include_str!("../../migrations/postgres/0003_heartbeat.sql")),
     (4, "audit", include_str!("../../migrations/postgres/0004_audit.sql")),
+    (5, "schedule", include_str!("../../migrations/postgres/0005_schedule.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql")),
     (2, "openlineage", include_str!("../../migrations/sqlite/0002_openlineage.sql")),
     (3, "heartbeat", include_str!("../../migrations/sqlite/0003_heartbeat.sql")),
     (4, "audit", include_str!("../../migrations/sqlite/0004_audit.sql")),
+    (5, "schedule", include_str!("../../migrations/sqlite/0005_schedule.sql")),
 ];
 
 fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {

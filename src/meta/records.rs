@@ -121,6 +121,57 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Claim `dataset`'s `slot` for `run_id` on replica `by`: `true` when this
+    /// call took it, `false` when someone already had (the slot's key is
+    /// unique, so of replicas racing for a slot exactly one wins).
+    pub async fn claim_slot(&self, dataset: &str, slot: DateTime<Utc>, by: &str, run_id: &str) -> Result<bool, MetaError> {
+        let taken = on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO schedule_slots (dataset, slot, claimed_by, claimed_at, run_id, status) \
+             VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (dataset, slot) DO NOTHING"
+        )
+        .bind(dataset)
+        .bind(slot)
+        .bind(by)
+        .bind(Utc::now())
+        .bind(run_id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(taken == 1)
+    }
+
+    /// Record how a claimed slot ended: succeeded, failed or skipped.
+    pub async fn finish_slot(&self, dataset: &str, slot: DateTime<Utc>, status: &str, error: Option<&str>) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE schedule_slots SET status = $3, error = $4, finished_at = $5 WHERE dataset = $1 AND slot = $2"
+        )
+        .bind(dataset)
+        .bind(slot)
+        .bind(status)
+        .bind(error)
+        .bind(Utc::now())
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The latest slot of `dataset` any replica claimed.
+    pub async fn last_slot(&self, dataset: &str) -> Result<Option<DateTime<Utc>>, MetaError> {
+        Ok(self.last_slot_record(dataset).await?.map(|r| r.slot))
+    }
+
+    /// The latest claimed slot of `dataset` and how it went.
+    pub async fn last_slot_record(&self, dataset: &str) -> Result<Option<SlotRecord>, MetaError> {
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, (DateTime<Utc>, String, String, Option<String>)>(
+            "SELECT slot, status, run_id, error FROM schedule_slots WHERE dataset = $1 ORDER BY slot DESC LIMIT 1"
+        )
+        .bind(dataset)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(row.map(|(slot, status, run_id, error)| SlotRecord { slot, status, run_id, error }))
+    }
+
     /// Delete audit records older than `cutoff`; returns how many.
     pub async fn prune_audit(&self, cutoff: chrono::DateTime<Utc>) -> Result<u64, MetaError> {
         let done = on_pool!(self, |pool| sqlx::query("DELETE FROM audit WHERE at < $1")
@@ -242,6 +293,17 @@ impl MetaStore {
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))?;
+        if done > 0 {
+            // Their scheduled slots end with them: recorded, not run again.
+            on_pool!(self, |pool| sqlx::query(
+                "UPDATE schedule_slots SET status = 'abandoned', finished_at = $1, error = 'the server running it stopped' \
+                 WHERE status = 'running' AND run_id IN (SELECT id FROM runs WHERE status = 'abandoned')"
+            )
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        }
         Ok(done)
     }
 
@@ -353,4 +415,13 @@ pub struct AuditRecord {
     pub rows_returned: Option<i64>,
     pub duration_ms: Option<i64>,
     pub sqlstate: Option<String>,
+}
+
+/// A claimed scheduled slot.
+#[derive(Debug, Clone)]
+pub struct SlotRecord {
+    pub slot: DateTime<Utc>,
+    pub status: String,
+    pub run_id: String,
+    pub error: Option<String>,
 }

@@ -93,6 +93,14 @@ pub const TABLES: &[TableDef] = &[
         ],
         order_by: "id",
     },
+    TableDef {
+        name: "schedule_slots",
+        columns: &[
+            ("dataset", Text), ("slot", Timestamp), ("claimed_by", Text), ("claimed_at", Timestamp), ("run_id", Text),
+            ("status", Text), ("finished_at", Timestamp), ("error", Text),
+        ],
+        order_by: "slot, dataset",
+    },
 ];
 
 impl TableDef {

@@ -29,6 +29,7 @@ use crate::engine::Engine;
 use crate::meta::{DatasetRecord, LineageEdge, MetaStore};
 use crate::spec::{Project, Spec};
 use crate::storage::{Lake, Layer, StorageError};
+pub use run::new_run_id;
 pub use sources::DateWindow;
 use bronze::with_metadata;
 
@@ -75,6 +76,11 @@ pub struct RunOptions {
     /// Wait up to this long for another run of the same dataset to finish
     /// (instead of failing at once).
     pub wait: Option<std::time::Duration>,
+    /// The run's id, when the caller needs it before the run starts (the
+    /// scheduler claims a slot with it); a new one otherwise.
+    pub run_id: Option<String>,
+    /// The scheduled slot this run is for, recorded in its parameters.
+    pub slot: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +182,7 @@ impl Pipeline {
                     spec_text: crate::spec::secrets::redact(&d.text),
                     spec_file: d.file.display().to_string(),
                     tables,
-                    schedule: d.schedule.clone(),
+                    schedule: d.schedule.as_ref().map(|s| s.describe()),
                 }
             })
             .collect();

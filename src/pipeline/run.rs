@@ -77,7 +77,7 @@ impl Pipeline {
     /// Run `datasets` (all when empty) and the gold models that depend on
     /// them, recording the run, its steps, files and lineage.
     pub async fn run(&self, datasets: &[String], options: &RunOptions) -> Result<RunReport, PipelineError> {
-        let run_id = uuid::Uuid::now_v7().to_string();
+        let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
         let names: Vec<String> = if datasets.is_empty() {
             self.project.datasets.iter().map(|d| d.name.clone()).collect()
         } else {
@@ -99,6 +99,7 @@ impl Pipeline {
                     "full_refresh": options.full_refresh,
                     "from": options.window.start.map(|d| d.to_string()),
                     "to": options.window.end.map(|d| d.to_string()),
+                    "slot": options.slot.map(|s| s.to_rfc3339()),
                 }),
                 started_at: chrono::Utc::now(),
             })
@@ -386,4 +387,9 @@ fn openlineage_event(run_id: &str, datasets: &[String], report: Option<&RunRepor
         event["run"]["facets"] = serde_json::json!({"errorMessage": {"message": error, "programmingLanguage": "SQL"}});
     }
     event
+}
+
+/// A new run id (UUIDv7: ids sort by start time).
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }

@@ -3,6 +3,7 @@
 //! do. This is the only module that names the YAML crate (in `yaml.rs`).
 
 pub mod raw;
+mod schedule;
 pub mod secrets;
 mod validate;
 pub mod yaml;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use datafusion::arrow::datatypes::DataType;
 
+pub use schedule::{Catchup, Schedule};
 pub use validate::{load_dir, load_file, parse_expectations};
 
 /// Where something is in a spec file.
@@ -102,7 +104,7 @@ pub struct Spec {
     pub name: String,
     pub description: Option<String>,
     pub owner: Option<String>,
-    pub schedule: Option<String>,
+    pub schedule: Option<Schedule>,
     pub file: PathBuf,
     /// The spec file's text and its SHA-256 (hex).
     pub text: String,

@@ -15,8 +15,15 @@ pub struct RawSpec {
     pub description: Option<String>,
     #[serde(default)]
     pub owner: Option<String>,
+    /// Cron: 5 fields, or 6 with seconds first.
     #[serde(default)]
-    pub schedule: Option<String>,
+    pub schedule: Option<Spanned<String>>,
+    /// IANA zone the schedule is read in (default UTC).
+    #[serde(default)]
+    pub timezone: Option<Spanned<String>>,
+    /// What slots missed while no server ran do: latest (default), all, none.
+    #[serde(default)]
+    pub catchup: Option<Spanned<String>>,
     pub source: Spanned<RawSource>,
     #[serde(default)]
     pub bronze: RawBronze,

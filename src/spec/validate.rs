@@ -134,6 +134,7 @@ impl Validator {
             );
         }
         let silver = raw.silver.as_ref().and_then(|s| self.silver(s));
+        let schedule = self.schedule(&raw);
         let mut gold = Vec::new();
         for model in &raw.gold {
             if let Some(m) = self.gold_model(model, &name) {
@@ -146,7 +147,7 @@ impl Validator {
                 name,
                 description: raw.description,
                 owner: raw.owner,
-                schedule: raw.schedule,
+                schedule,
                 file: self.file.clone(),
                 text: text.to_string(),
                 hash,
@@ -233,6 +234,48 @@ impl Validator {
             self.error(self.at(path), format!("invalid glob '{}'", path.value), "use * and ** wildcards, e.g. landing/sales/*.csv");
         }
         Some(Source { format, path: s.path.as_ref().map(|p| p.value.clone()), location })
+    }
+
+    fn schedule(&mut self, raw: &RawSpec) -> Option<Schedule> {
+        let timezone = match &raw.timezone {
+            None => chrono_tz::UTC,
+            Some(tz) => match tz.value.parse::<chrono_tz::Tz>() {
+                Ok(zone) => zone,
+                Err(_) => {
+                    self.error(self.at(tz), format!("unknown time zone '{}'", tz.value), "use an IANA name such as America/Santiago or UTC");
+                    chrono_tz::UTC
+                }
+            },
+        };
+        let catchup = match raw.catchup.as_ref().map(|c| (c, c.value.as_str())) {
+            None => Catchup::Latest,
+            Some((_, "latest")) => Catchup::Latest,
+            Some((_, "all")) => Catchup::All,
+            Some((_, "none")) => Catchup::None,
+            Some((c, other)) => {
+                self.error(self.at(c), format!("unknown catchup '{other}'"), "use latest (run the last missed slot), all (every missed slot) or none");
+                Catchup::Latest
+            }
+        };
+        let Some(cron) = &raw.schedule else {
+            for (field, name) in [(raw.timezone.as_ref(), "timezone"), (raw.catchup.as_ref(), "catchup")] {
+                if let Some(f) = field {
+                    self.error(self.at(f), format!("{name} without a schedule"), "add `schedule: \"0 6 * * *\"` (cron) or remove it");
+                }
+            }
+            return None;
+        };
+        match Schedule::parse(&cron.value, timezone, catchup) {
+            Ok(schedule) => Some(schedule),
+            Err(message) => {
+                self.error(
+                    self.at(cron),
+                    format!("invalid schedule '{}': {message}", cron.value),
+                    "write cron with 5 fields (minute hour day-of-month month day-of-week, e.g. \"0 6 1-3 * 1-5\") or 6 with seconds first",
+                );
+                None
+            }
+        }
     }
 
     fn single_byte(&mut self, value: Option<&Spanned<String>>, default: u8, what: &str) -> u8 {

@@ -10,4 +10,5 @@ mod governance;
 mod hardening;
 mod metadata;
 mod pipeline;
+mod scheduler;
 mod server;

@@ -1,0 +1,177 @@
+//! The scheduler inside `workbench serve`: runs each dataset that has a
+//! `schedule:` at its slots. Every replica runs one; a slot runs once across
+//! all of them because a replica must first claim it in the metadata store,
+//! where `(dataset, slot)` is a unique key (the claim carries the run's id,
+//! and the run records its slot). A replica that dies mid-run leaves its slot
+//! claimed: the next run start on any replica marks the run abandoned (its
+//! heartbeat stopped) and the slot with it; the slot is not run again, and
+//! the next slot runs wherever it is claimed.
+//!
+//! When a server starts, each dataset's `catchup` decides what the slots
+//! missed since the last claimed one do: `latest` runs the most recent once,
+//! `all` runs each (at most [`CATCHUP_LIMIT`], oldest first), `none` skips them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::meta::MetaStore;
+use crate::pipeline::{Pipeline, RunOptions, new_run_id};
+use crate::spec::{Catchup, Schedule};
+
+/// Missed slots `catchup: all` runs at most, per dataset.
+pub const CATCHUP_LIMIT: usize = 100;
+/// Scheduled runs at the same time on one replica, at most.
+const WORKERS: usize = 4;
+/// The scheduler looks at the clock at least this often (a slot is never
+/// later than this after a jump of the system clock).
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How long a scheduled run waits for a run of the same dataset to finish.
+const LOCK_WAIT: Duration = Duration::from_secs(600);
+
+pub struct Scheduler {
+    pipeline: Arc<Pipeline>,
+    meta: Arc<MetaStore>,
+    /// Who claims slots: host and process.
+    replica: String,
+    datasets: Vec<(String, Schedule)>,
+    workers: Arc<Semaphore>,
+}
+
+impl Scheduler {
+    /// A scheduler for the datasets of `pipeline` that have a schedule;
+    /// `None` when none has.
+    pub fn new(pipeline: Arc<Pipeline>, meta: Arc<MetaStore>) -> Option<Scheduler> {
+        let datasets: Vec<(String, Schedule)> = pipeline
+            .project()
+            .datasets
+            .iter()
+            .filter_map(|d| d.schedule.clone().map(|s| (d.name.clone(), s)))
+            .collect();
+        if datasets.is_empty() {
+            return None;
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        Some(Scheduler {
+            pipeline,
+            meta,
+            replica: format!("{host}:{}", std::process::id()),
+            datasets,
+            workers: Arc::new(Semaphore::new(WORKERS)),
+        })
+    }
+
+    /// Run slots until `shutdown` fires. Runs already started finish (or are
+    /// stopped with the server).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let started = Utc::now();
+        for (dataset, schedule) in &this.datasets {
+            tracing::info!(%dataset, schedule = %schedule.describe(), next = ?schedule.next_after(started), "scheduled");
+            for slot in this.missed(dataset, schedule, started).await {
+                this.fire(dataset, slot);
+            }
+        }
+        let mut cursors: Vec<DateTime<Utc>> = vec![started; this.datasets.len()];
+        loop {
+            let due = this
+                .datasets
+                .iter()
+                .zip(&cursors)
+                .filter_map(|((_, schedule), cursor)| schedule.next_after(*cursor))
+                .min();
+            let wait = due
+                .map(|due| (due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let now = Utc::now();
+            for ((dataset, schedule), cursor) in this.datasets.iter().zip(cursors.iter_mut()) {
+                // Slots that came due while this replica slept or was busy;
+                // after a long stall (a suspended machine) only the latest runs.
+                let due = schedule.slots_between(*cursor, now, 1);
+                if let Some(slot) = due.last() {
+                    *cursor = *slot;
+                    this.fire(dataset, *slot);
+                }
+            }
+        }
+    }
+
+    /// The slots missed since the last one any replica claimed, as `catchup` says.
+    async fn missed(&self, dataset: &str, schedule: &Schedule, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let limit = match schedule.catchup {
+            Catchup::None => return vec![],
+            Catchup::Latest => 1,
+            Catchup::All => CATCHUP_LIMIT,
+        };
+        match self.meta.last_slot(dataset).await {
+            // Never scheduled before: nothing was missed.
+            Ok(None) => vec![],
+            Ok(Some(last)) => {
+                let missed = schedule.slots_between(last, now, limit);
+                if !missed.is_empty() {
+                    tracing::info!(%dataset, missed = missed.len(), catchup = schedule.catchup.as_str(), "running slots missed while no server ran");
+                }
+                missed
+            }
+            Err(err) => {
+                tracing::warn!(%dataset, %err, "cannot read the last scheduled slot; missed slots are not caught up");
+                vec![]
+            }
+        }
+    }
+
+    /// Claim `slot` of `dataset` and, if this replica got it, run it.
+    fn fire(self: &Arc<Self>, dataset: &str, slot: DateTime<Utc>) {
+        let this = self.clone();
+        let dataset = dataset.to_string();
+        tokio::spawn(async move {
+            let run_id = new_run_id();
+            match this.meta.claim_slot(&dataset, slot, &this.replica, &run_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(%dataset, %slot, "slot claimed by another replica");
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(%dataset, %slot, %err, "cannot claim a scheduled slot; another replica may run it");
+                    return;
+                }
+            }
+            let Ok(_permit) = this.workers.clone().acquire_owned().await else { return };
+            tracing::info!(%dataset, %slot, %run_id, "scheduled run starting");
+            let options = RunOptions {
+                trigger: "schedule".into(),
+                run_id: Some(run_id.clone()),
+                slot: Some(slot),
+                wait: Some(LOCK_WAIT),
+                ..Default::default()
+            };
+            let (status, error) = match this.pipeline.run(std::slice::from_ref(&dataset), &options).await {
+                Ok(report) => match report.error {
+                    None => ("succeeded", None),
+                    Some(error) => ("failed", Some(error)),
+                },
+                Err(err) => ("failed", Some(err.to_string())),
+            };
+            match &error {
+                None => tracing::info!(%dataset, %slot, %run_id, "scheduled run succeeded"),
+                Some(error) => tracing::error!(%dataset, %slot, %run_id, %error, "scheduled run failed"),
+            }
+            if let Err(err) = this.meta.finish_slot(&dataset, slot, status, error.as_deref()).await {
+                tracing::warn!(%dataset, %slot, %err, "recording the end of a scheduled slot failed");
+            }
+        });
+    }
+}
