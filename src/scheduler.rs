@@ -2,10 +2,11 @@
 //! `schedule:` at its slots. Every replica runs one; a slot runs once across
 //! all of them because a replica must first claim it in the metadata store,
 //! where `(dataset, slot)` is a unique key (the claim carries the run's id,
-//! and the run records its slot). A replica that dies mid-run leaves its slot
-//! claimed: the next run start on any replica marks the run abandoned (its
-//! heartbeat stopped) and the slot with it; the slot is not run again, and
-//! the next slot runs wherever it is claimed.
+//! and the run records its slot). While a replica waits for or runs a slot's
+//! run it writes the slot's heartbeat; a replica that dies leaves its slot
+//! claimed with a silent heartbeat, and any scheduler that wakes marks it
+//! abandoned after `lock_ttl`. It is not run again; the next slot runs
+//! wherever it is claimed.
 //!
 //! When a server starts, each dataset's `catchup` decides what the slots
 //! missed since the last claimed one do: `latest` runs the most recent once,
@@ -95,6 +96,7 @@ impl Scheduler {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
+            this.abandon_silent_slots().await;
             let now = Utc::now();
             for ((dataset, schedule), cursor) in this.datasets.iter().zip(cursors.iter_mut()) {
                 // Slots that came due while this replica slept or was busy;
@@ -105,6 +107,15 @@ impl Scheduler {
                     this.fire(dataset, *slot);
                 }
             }
+        }
+    }
+
+    /// Slots whose replica died while waiting for or running their run.
+    async fn abandon_silent_slots(&self) {
+        match self.meta.abandon_silent_slots(self.pipeline.lock_ttl()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(slots = n, "marked scheduled slots whose replica stopped as abandoned"),
+            Err(err) => tracing::warn!(%err, "checking for abandoned scheduled slots failed"),
         }
     }
 
@@ -149,7 +160,24 @@ impl Scheduler {
                     return;
                 }
             }
-            let Ok(_permit) = this.workers.clone().acquire_owned().await else { return };
+            // While this replica waits for a worker, for the dataset's lock
+            // and runs, the slot's heartbeat says it is alive.
+            let heartbeat = {
+                let (meta, dataset) = (this.meta.clone(), dataset.clone());
+                let every = (this.pipeline.lock_ttl() / 3).max(Duration::from_millis(200));
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        if let Err(err) = meta.slot_heartbeat(&dataset, slot).await {
+                            tracing::warn!(%dataset, %slot, %err, "writing a scheduled slot's heartbeat failed");
+                        }
+                    }
+                })
+            };
+            let Ok(_permit) = this.workers.clone().acquire_owned().await else {
+                heartbeat.abort();
+                return;
+            };
             tracing::info!(%dataset, %slot, %run_id, "scheduled run starting");
             let options = RunOptions {
                 trigger: "schedule".into(),
@@ -165,6 +193,7 @@ impl Scheduler {
                 },
                 Err(err) => ("failed", Some(err.to_string())),
             };
+            heartbeat.abort();
             match &error {
                 None => tracing::info!(%dataset, %slot, %run_id, "scheduled run succeeded"),
                 Some(error) => tracing::error!(%dataset, %slot, %run_id, %error, "scheduled run failed"),

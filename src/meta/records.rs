@@ -126,8 +126,8 @@ impl MetaStore {
     /// unique, so of replicas racing for a slot exactly one wins).
     pub async fn claim_slot(&self, dataset: &str, slot: DateTime<Utc>, by: &str, run_id: &str) -> Result<bool, MetaError> {
         let taken = on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO schedule_slots (dataset, slot, claimed_by, claimed_at, run_id, status) \
-             VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (dataset, slot) DO NOTHING"
+            "INSERT INTO schedule_slots (dataset, slot, claimed_by, claimed_at, run_id, status, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $4) ON CONFLICT (dataset, slot) DO NOTHING"
         )
         .bind(dataset)
         .bind(slot)
@@ -138,6 +138,37 @@ impl MetaStore {
         .await
         .map(|r| r.rows_affected()))?;
         Ok(taken == 1)
+    }
+
+    /// The replica that claimed the slot still waits for or runs its run.
+    pub async fn slot_heartbeat(&self, dataset: &str, slot: DateTime<Utc>) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query("UPDATE schedule_slots SET heartbeat_at = $3 WHERE dataset = $1 AND slot = $2")
+            .bind(dataset)
+            .bind(slot)
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Mark slots whose replica stopped writing their heartbeat `silent_for`
+    /// ago as abandoned: the replica died waiting for or running the run.
+    /// They are not run again. Returns how many.
+    pub async fn abandon_silent_slots(&self, silent_for: std::time::Duration) -> Result<u64, MetaError> {
+        let now = Utc::now();
+        let cutoff = now - chrono::Duration::from_std(silent_for).unwrap_or(chrono::Duration::seconds(30));
+        let done = on_pool!(self, |pool| sqlx::query(
+            "UPDATE schedule_slots SET status = 'abandoned', finished_at = $2, \
+             error = 'the replica that claimed it stopped (no heartbeat); the slot is not run again' \
+             WHERE status = 'running' AND heartbeat_at < $1"
+        )
+        .bind(cutoff)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done)
     }
 
     /// Record how a claimed slot ended: succeeded, failed or skipped.
@@ -293,17 +324,6 @@ impl MetaStore {
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))?;
-        if done > 0 {
-            // Their scheduled slots end with them: recorded, not run again.
-            on_pool!(self, |pool| sqlx::query(
-                "UPDATE schedule_slots SET status = 'abandoned', finished_at = $1, error = 'the server running it stopped' \
-                 WHERE status = 'running' AND run_id IN (SELECT id FROM runs WHERE status = 'abandoned')"
-            )
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
-        }
         Ok(done)
     }
 

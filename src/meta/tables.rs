@@ -97,7 +97,7 @@ pub const TABLES: &[TableDef] = &[
         name: "schedule_slots",
         columns: &[
             ("dataset", Text), ("slot", Timestamp), ("claimed_by", Text), ("claimed_at", Timestamp), ("run_id", Text),
-            ("status", Text), ("finished_at", Timestamp), ("error", Text),
+            ("status", Text), ("finished_at", Timestamp), ("error", Text), ("heartbeat_at", Timestamp),
         ],
         order_by: "slot, dataset",
     },

@@ -189,6 +189,11 @@ impl Pipeline {
         self.meta.sync_datasets(&records).await
     }
 
+    /// How long a lock (and a heartbeat) outlives a process that died.
+    pub fn lock_ttl(&self) -> std::time::Duration {
+        self.lock_ttl
+    }
+
     pub fn project(&self) -> &Project {
         &self.project
     }

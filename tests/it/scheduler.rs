@@ -87,6 +87,89 @@ async fn two_replicas_run_each_slot_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_replica_killed_mid_run_leaves_its_slot_abandoned_and_the_next_slot_runs_on_the_other() {
+    let (lake, specs) = scheduled("schedule: \"*/4 * * * * *\"\n");
+    // Big enough that a run takes seconds.
+    let mut csv = String::from("n,label\n");
+    for i in 0..400_000 {
+        csv.push_str(&format!("{i},row number {i}\n"));
+    }
+    std::fs::write(lake.path().join("landing/ticks/a.csv"), csv).unwrap();
+    let db = ScratchDb::create("schedkill");
+    let args = vec![
+        "--specs".to_string(),
+        specs.path().display().to_string(),
+        "--database-url".into(),
+        db.url(),
+        "--redis-url".into(),
+        "redis://127.0.0.1:6379".into(),
+        "--redis-prefix".into(),
+        format!("wbkill{}:", std::process::id()),
+        "--lock-ttl".into(),
+        "3s".into(),
+    ];
+    let mut replicas = vec![
+        Some(Server::start_at(lake.path(), ServerOptions { args: args.clone(), ..Default::default() })),
+        Some(Server::start_at(lake.path(), ServerOptions { args, ..Default::default() })),
+    ];
+    let watcher = replicas[0].as_ref().unwrap().connect().await;
+    let text = |row: &tokio_postgres::Row, i: usize| row.get::<_, String>(i);
+    // A scheduled run in progress: kill the replica that runs it.
+    let started = Instant::now();
+    let (killed_slot, survivor) = loop {
+        let running = watcher
+            .query("SELECT CAST(slot AS TEXT) AS slot_text, claimed_by FROM workbench.schedule_slots WHERE status = 'running' ORDER BY slot LIMIT 1", &[])
+            .await
+            .unwrap();
+        if let Some(row) = running.first() {
+            let holder = text(row, 1);
+            let index = replicas.iter().position(|r| r.as_ref().is_some_and(|s| holder.ends_with(&format!(":{}", s.pid()))));
+            if let Some(index) = index {
+                drop(replicas[index].take());
+                break (text(row, 0), 1 - index);
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no scheduled run seen running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let survivor = replicas[survivor].as_ref().unwrap();
+    let client = survivor.connect().await;
+    // The killed slot ends as abandoned (not run again), and a later slot
+    // runs on the survivor.
+    let started = Instant::now();
+    loop {
+        let killed = client
+            .query_one("SELECT status FROM workbench.schedule_slots WHERE CAST(slot AS TEXT) = $1", &[&killed_slot])
+            .await
+            .unwrap();
+        let later: i64 = client
+            .query_one(
+                "SELECT count(*) FROM workbench.schedule_slots WHERE CAST(slot AS TEXT) > $1 AND status = 'succeeded' AND claimed_by LIKE $2",
+                &[&killed_slot, &format!("%:{}", survivor.pid())],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if text(&killed, 0) == "abandoned" && later >= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "killed slot {killed_slot} is {}, {later} later slots succeeded\n{}",
+            text(&killed, 0),
+            survivor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM workbench.schedule_slots WHERE CAST(slot AS TEXT) = $1", &[&killed_slot])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "the killed slot is not claimed again");
+}
+
+#[tokio::test]
 async fn missed_slots_are_caught_up_as_catchup_says() {
     let (lake, specs) = scheduled("schedule: \"*/2 * * * * *\"\ncatchup: all\n");
     let args = vec!["--specs".to_string(), specs.path().display().to_string()];
