@@ -83,6 +83,16 @@ async fn version_and_labels_read_like_postgres() {
         .unwrap();
     let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
     assert_eq!(names, ["?column?", "now", "int4", "named"]);
+    // A cast of a column ordered by the column (apache/datafusion#13558):
+    // labelled like the column, sorted by the column, not by the text.
+    let rows = client.query("SELECT CAST(relnatts AS TEXT), relname::varchar FROM pg_catalog.pg_class ORDER BY relnatts", &[]).await.unwrap();
+    let names: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["relnatts", "relname"]);
+    let counts: Vec<i64> = rows.iter().map(|r| r.get::<_, String>(0).parse().unwrap()).collect();
+    let mut sorted = counts.clone();
+    sorted.sort();
+    assert_eq!(counts, sorted, "sorted by the number, not by its text");
+    assert!(counts.first() < counts.last() && counts.last() >= Some(&10), "{counts:?}");
 }
 
 #[tokio::test]

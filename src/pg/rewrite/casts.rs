@@ -290,3 +290,32 @@ pub fn label_oid_casts(query: &mut datafusion::sql::sqlparser::ast::Query) {
         };
     }
 }
+
+/// `SELECT CAST(c AS text) ... ORDER BY c`: DataFusion names the cast `c`,
+/// like the column the sort needs beside it, and refuses the projection
+/// (apache/datafusion#13558). Casts of plain columns in the select list of a
+/// query with ORDER BY get an internal alias instead; the client still sees
+/// the Postgres label `c`, and ORDER BY `c` still sorts by the column.
+pub fn label_column_casts(query: &mut datafusion::sql::sqlparser::ast::Query) {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    if query.order_by.is_none() {
+        return;
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else { return };
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(expr) = item else { continue };
+        let Expr::Cast { expr: inner, .. } = &*expr else { continue };
+        let label = match inner.as_ref() {
+            Expr::Identifier(i) => i.clone(),
+            Expr::CompoundIdentifier(parts) => match parts.last() {
+                Some(last) => last.clone(),
+                None => continue,
+            },
+            _ => continue,
+        };
+        *item = SelectItem::ExprWithAlias {
+            expr: expr.clone(),
+            alias: datafusion::sql::sqlparser::ast::Ident::new(format!("__alias_{}", label.value)),
+        };
+    }
+}

@@ -8,7 +8,8 @@
 //!   and `ARRAY(SELECT e FROM ... [ORDER BY o])` →
 //!   `(SELECT array_agg(e ORDER BY o) FROM ...)` (psql `\d+`, `\du`).
 //! - reverse oid casts to text (`atttypid::regtype::text`, `attrelid::regclass::text`)
-//!   → the type, relation or function name ([`casts`]);
+//!   → the type, relation or function name, and casts of columns in a query
+//!   with ORDER BY given an internal alias ([`casts`]);
 //! - set-returning catalog functions in the select list
 //!   (`information_schema._pg_expandarray`, `generate_subscripts`) → `unnest` ([`srf`]);
 //! - correlated scalar subqueries of one row → aggregated ([`subquery`]);
@@ -49,6 +50,7 @@ impl VisitorMut for Rules {
         casts::regclass_search_path(query);
         casts::order_by_oid(query);
         casts::label_oid_casts(query);
+        casts::label_column_casts(query);
         ControlFlow::Continue(())
     }
 
