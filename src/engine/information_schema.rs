@@ -215,6 +215,52 @@ fn describe(data_type: &DataType) -> (String, String, Option<i32>, Option<i32>, 
     (sql, udt, precision, radix, scale, dt)
 }
 
+/// The name `pg_typeof` shows for a value of `data_type`, as Postgres'
+/// regtype output: `integer`, `text`, `numeric`, `timestamp with time zone`,
+/// `integer[]`.
+fn type_display_name(data_type: &DataType) -> String {
+    match data_type {
+        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) | DataType::FixedSizeList(f, _) => {
+            format!("{}[]", type_display_name(f.data_type()))
+        }
+        DataType::Null => "unknown".into(),
+        other => describe(other).0,
+    }
+}
+
+/// `pg_typeof(any)`: the type of its argument by Postgres' name for it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgTypeof {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl PgTypeof {
+    pub fn udf() -> datafusion::logical_expr::ScalarUDF {
+        datafusion::logical_expr::ScalarUDF::new_from_impl(PgTypeof {
+            signature: datafusion::logical_expr::Signature::any(1, datafusion::logical_expr::Volatility::Immutable),
+        })
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for PgTypeof {
+    fn name(&self) -> &str {
+        "pg_typeof"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: datafusion::logical_expr::ScalarFunctionArgs) -> Result<datafusion::logical_expr::ColumnarValue> {
+        let name = args.arg_fields.first().map(|f| type_display_name(f.data_type())).unwrap_or_else(|| "unknown".into());
+        Ok(datafusion::logical_expr::ColumnarValue::Scalar(datafusion::common::ScalarValue::Utf8(Some(name))))
+    }
+}
+
 impl Columns {
     async fn rows(&self) -> Result<Vec<Row>> {
         let mut rows = Vec::new();

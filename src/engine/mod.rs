@@ -167,6 +167,7 @@ impl Engine {
             ctx.register_udf(udf);
         }
         ctx.register_udf(workbench_udfs::pg::version(version_string()));
+        ctx.register_udf(information_schema::PgTypeof::udf());
         if let Some(builtin) = ctx.state().scalar_functions().get("array_to_string").cloned() {
             ctx.register_udf(workbench_udfs::pg::null_tolerant(builtin.as_ref().clone()));
         }

@@ -93,6 +93,23 @@ async fn version_and_labels_read_like_postgres() {
     sorted.sort();
     assert_eq!(counts, sorted, "sorted by the number, not by its text");
     assert!(counts.first() < counts.last() && counts.last() >= Some(&10), "{counts:?}");
+    // pg_typeof names, in Postgres' words, the type the wire describes.
+    let postgres_name = |wire: &str| match wire {
+        "int2" => "smallint".to_string(),
+        "int4" => "integer".to_string(),
+        "int8" => "bigint".to_string(),
+        "float8" => "double precision".to_string(),
+        "bool" => "boolean".to_string(),
+        "timestamptz" => "timestamp with time zone".to_string(),
+        "timestamp" => "timestamp without time zone".to_string(),
+        "_int8" => "bigint[]".to_string(),
+        other => other.to_string(),
+    };
+    for expr in ["1", "'a'::text", "now()", "1.5", "CAST(2.50 AS numeric(5, 2))", "ARRAY[1, 2]", "true", "DATE '2026-12-01'"] {
+        let row = client.query_one(&format!("SELECT {expr}, pg_typeof({expr})"), &[]).await.unwrap();
+        let named: String = row.get(1);
+        assert_eq!(named, postgres_name(row.columns()[0].type_().name()), "pg_typeof({expr})");
+    }
 }
 
 #[tokio::test]
