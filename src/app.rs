@@ -279,6 +279,32 @@ pub struct QueryTiming {
 
 /// `workbench query`: run `statements` (name, SQL) in-process, with the
 /// server's engine and settings, and time them.
+/// `workbench status`: the scheduled datasets, their next slots and how
+/// their last claimed slot went, as a table.
+pub async fn status(config: &Config) -> Result<String, AppError> {
+    let project = load_project(config).map_err(AppError::Specs)?;
+    if project.datasets.iter().all(|d| d.schedule.is_none()) {
+        return Ok(format!("no dataset in {} has a schedule\n", config.specs.display()));
+    }
+    let core = Core::build(config, vec![]).await?;
+    let (engine, meta) = (core.engine.clone(), core.meta.clone());
+    let pipeline = Arc::new(Pipeline::new(core.lake, core.engine, core.meta, core.coordinator, core.lock_ttl, project));
+    let ctx = engine.session();
+    crate::functions::register_schedules(&ctx, pipeline, meta).map_err(|e| AppError::Query(e.to_string()))?;
+    let batches = ctx
+        .sql(
+            "SELECT dataset, schedule, timezone, catchup, next_slot, last_slot, last_status, last_run_id, last_error \
+             FROM workbench.schedules ORDER BY dataset",
+        )
+        .await
+        .map_err(|e| AppError::Query(e.to_string()))?
+        .collect()
+        .await
+        .map_err(|e| AppError::Query(e.to_string()))?;
+    let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| AppError::Query(e.to_string()))?;
+    Ok(format!("{table}\n"))
+}
+
 pub async fn query(config: &Config, statements: &[(String, String)], options: &QueryOptions) -> Result<Vec<QueryTiming>, AppError> {
     use futures::StreamExt;
     let core = Core::build(config, vec![]).await?;

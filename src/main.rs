@@ -29,6 +29,9 @@ enum Command {
     /// Run SQL in-process against the lake (no server): prints the results,
     /// or with --json the row count and time of each statement.
     Query(QueryArgs),
+    /// Print each scheduled dataset: its next slots and how its last slot
+    /// went (what `workbench.schedules` shows).
+    Status(CommonArgs),
     /// Print a password hash for the `users:` section of the config file
     /// (reads the password from standard input).
     HashPassword,
@@ -246,6 +249,11 @@ async fn run() -> anyhow::Result<()> {
                 eprintln!("{} error(s) in {}", errors.len(), config.specs.display());
                 std::process::exit(1);
             }
+        }
+        Command::Status(common) => {
+            let config = common.config()?;
+            init_telemetry();
+            print!("{}", workbench::app::status(&config).await?);
         }
         Command::Query(args) => {
             let config = args.common.config()?;

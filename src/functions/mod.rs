@@ -238,6 +238,12 @@ const DOCS: &[FunctionDoc] = &[
     },
 ];
 
+/// Add `workbench.schedules` (the scheduled datasets of `pipeline`) to `ctx`'s catalog.
+pub fn register_schedules(ctx: &SessionContext, pipeline: Arc<Pipeline>, meta: Arc<MetaStore>) -> datafusion::error::Result<()> {
+    ctx.register_table("workbench.schedules", Arc::new(RowsTable(schedules::Schedules { pipeline, meta })))
+        .map(|_| ())
+}
+
 /// Register every table function on `ctx`.
 pub fn register(ctx: &SessionContext, services: Services) {
     let documented: Vec<FunctionDoc> = DOCS
@@ -247,11 +253,7 @@ pub fn register(ctx: &SessionContext, services: Services) {
         .collect();
     services.engine.document_functions(&documented);
     if let Some(pipeline) = &services.pipeline {
-        let schedules = schedules::Schedules {
-            pipeline: pipeline.clone(),
-            meta: services.meta.clone(),
-        };
-        if let Err(err) = ctx.register_table("workbench.schedules", Arc::new(RowsTable(schedules))) {
+        if let Err(err) = register_schedules(ctx, pipeline.clone(), services.meta.clone()) {
             tracing::warn!(%err, "workbench.schedules is not available");
         }
         ctx.register_udtf("run", Arc::new(run::RunFunction::new(pipeline.clone())));

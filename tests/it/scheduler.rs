@@ -201,6 +201,15 @@ async fn missed_slots_are_caught_up_as_catchup_says() {
         assert!(started.elapsed() < Duration::from_secs(30), "missed slots not caught up: {missed:?}\n{}", server.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // `workbench status` prints the schedule, its next slot and the last outcome.
+    let out = Command::new(BIN).args(["status", "--lake"]).arg(lake.path()).arg("--specs").arg(specs.path()).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = printed.lines().find(|l| l.contains("| ticks")).unwrap_or_else(|| panic!("{printed}"));
+    for expected in ["*/2 * * * * *", "| UTC", "| all"] {
+        assert!(line.contains(expected), "{expected} in {printed}");
+    }
+    assert!(line.contains("| succeeded") || line.contains("| running"), "{printed}");
 }
 
 #[test]
