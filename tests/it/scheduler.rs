@@ -39,7 +39,11 @@ async fn two_replicas_run_each_slot_exactly_once() {
         prefix,
     ];
     let a = Server::start_at(lake.path(), ServerOptions { args: args.clone(), ..Default::default() });
-    let b = Server::start_at(lake.path(), ServerOptions { args, ..Default::default() });
+    let b = Server::start_at(lake.path(), ServerOptions { args: args.clone(), ..Default::default() });
+    // A third replica that only serves queries.
+    let mut quiet = args;
+    quiet.push("--no-scheduler".into());
+    let c = Server::start_at(lake.path(), ServerOptions { args: quiet, ..Default::default() });
     // Sixteen consecutive slots from the first one, all finished.
     let started = Instant::now();
     let window = loop {
@@ -75,6 +79,8 @@ async fn two_replicas_run_each_slot_exactly_once() {
     assert_eq!(orphans, vec!["0"]);
     let replicas: std::collections::BTreeSet<&str> = window.iter().map(|s| s.split('|').nth(3).unwrap()).collect();
     eprintln!("16 slots claimed by {replicas:?}");
+    let by_quiet = rows(&c, &format!("SELECT count(*) FROM workbench.schedule_slots WHERE claimed_by LIKE '%:{}'", c.pid())).await;
+    assert_eq!(by_quiet, vec!["0"], "a --no-scheduler replica claimed slots");
     // workbench.schedules: the next slots and how the last claimed one went.
     let schedules = rows(
         &b,
