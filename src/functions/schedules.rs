@@ -60,19 +60,7 @@ impl Rows for Schedules {
             last.push(self.meta.last_slot_record(dataset).await.map_err(|e| DataFusionError::External(Box::new(e)))?);
         }
         let micros = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_micros());
-        let upcoming: Vec<Vec<DateTime<Utc>>> = scheduled
-            .iter()
-            .map(|(_, s)| {
-                let mut slots = Vec::with_capacity(NEXT);
-                let mut cursor = now;
-                while slots.len() < NEXT {
-                    let Some(next) = s.next_after(cursor) else { break };
-                    slots.push(next);
-                    cursor = next;
-                }
-                slots
-            })
-            .collect();
+        let upcoming: Vec<Vec<DateTime<Utc>>> = scheduled.iter().map(|(_, s)| s.upcoming(now, NEXT)).collect();
         let text = |values: Vec<Option<String>>| Arc::new(StringArray::from(values)) as ArrayRef;
         let columns: Vec<ArrayRef> = vec![
             text(scheduled.iter().map(|(d, _)| Some(d.clone())).collect()),

@@ -75,6 +75,11 @@ impl Schedule {
             .map(|t| t.with_timezone(&Utc).trunc_subsecs(0))
     }
 
+    /// The next `n` slots after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        std::iter::successors(self.next_after(after), |slot| self.next_after(*slot)).take(n).collect()
+    }
+
     /// The slots in `(after, until]`, oldest first, at most `limit` (the
     /// most recent ones when there are more).
     pub fn slots_between(&self, after: DateTime<Utc>, until: DateTime<Utc>, limit: usize) -> Vec<DateTime<Utc>> {

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{BIN, Server, ServerOptions};
+use crate::harness::{BIN, Server, ServerOptions, replica_args};
 use crate::metadata::ScratchDb;
 
 fn prefix() -> String {
@@ -91,16 +91,7 @@ async fn ten_concurrent_runs_across_two_servers_sharing_redis_and_postgres() {
     let (lake, specs) = big_dataset();
     let db = ScratchDb::create("locks");
     let prefix = prefix();
-    let args = vec![
-        "--specs".to_string(),
-        specs.path().display().to_string(),
-        "--database-url".into(),
-        db.url(),
-        "--redis-url".into(),
-        "redis://127.0.0.1:6379".into(),
-        "--redis-prefix".into(),
-        prefix.clone(),
-    ];
+    let args = replica_args(specs.path(), &db.url(), &prefix);
     let a = Server::start_at(lake.path(), ServerOptions { args: args.clone(), ..Default::default() });
     // Wait for the start-up build (server a may be building; b sees it locked).
     let client = a.connect().await;

@@ -294,3 +294,21 @@ pub async fn rows(server: &Server, sql: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// `serve` flags of a replica that shares its metadata (the Postgres at
+/// `database_url`) and its locks and events (the local Redis, under
+/// `redis_prefix`) with the other replicas given the same.
+pub fn replica_args(specs: &Path, database_url: &str, redis_prefix: &str) -> Vec<String> {
+    [
+        "--specs",
+        &specs.display().to_string(),
+        "--database-url",
+        database_url,
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--redis-prefix",
+        redis_prefix,
+    ]
+    .map(String::from)
+    .to_vec()
+}

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{BIN, Server, ServerOptions, rows};
+use crate::harness::{BIN, Server, ServerOptions, replica_args, rows};
 use crate::metadata::ScratchDb;
 
 /// A lake with one small CSV dataset and its spec, with `schedule` lines.
@@ -27,17 +27,7 @@ fn scheduled(schedule: &str) -> (tempfile::TempDir, tempfile::TempDir) {
 async fn two_replicas_run_each_slot_exactly_once() {
     let (lake, specs) = scheduled("schedule: \"* * * * * *\"\n");
     let db = ScratchDb::create("sched");
-    let prefix = format!("wbtest{}:", std::process::id());
-    let args = vec![
-        "--specs".to_string(),
-        specs.path().display().to_string(),
-        "--database-url".into(),
-        db.url(),
-        "--redis-url".into(),
-        "redis://127.0.0.1:6379".into(),
-        "--redis-prefix".into(),
-        prefix,
-    ];
+    let args = replica_args(specs.path(), &db.url(), &format!("wbtest{}:", std::process::id()));
     let a = Server::start_at(lake.path(), ServerOptions { args: args.clone(), ..Default::default() });
     let b = Server::start_at(lake.path(), ServerOptions { args: args.clone(), ..Default::default() });
     // A third replica that only serves queries.
@@ -102,18 +92,8 @@ async fn a_replica_killed_mid_run_leaves_its_slot_abandoned_and_the_next_slot_ru
     }
     std::fs::write(lake.path().join("landing/ticks/a.csv"), csv).unwrap();
     let db = ScratchDb::create("schedkill");
-    let args = vec![
-        "--specs".to_string(),
-        specs.path().display().to_string(),
-        "--database-url".into(),
-        db.url(),
-        "--redis-url".into(),
-        "redis://127.0.0.1:6379".into(),
-        "--redis-prefix".into(),
-        format!("wbkill{}:", std::process::id()),
-        "--lock-ttl".into(),
-        "3s".into(),
-    ];
+    let mut args = replica_args(specs.path(), &db.url(), &format!("wbkill{}:", std::process::id()));
+    args.extend(["--lock-ttl".into(), "3s".into()]);
     let mut replicas = vec![
         Some(Server::start_at(lake.path(), ServerOptions { args: args.clone(), ..Default::default() })),
         Some(Server::start_at(lake.path(), ServerOptions { args, ..Default::default() })),

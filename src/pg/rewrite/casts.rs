@@ -263,48 +263,25 @@ pub fn order_by_oid(query: &mut datafusion::sql::sqlparser::ast::Query) {
     }
 }
 
-/// `SELECT c.oid::regclass ... ORDER BY c.oid`: DataFusion names the cast
-/// after its column (`c.oid`), which then clashes with the sort key. Postgres
-/// labels it `oid`: alias it under the prefix whose remainder
-/// [`super::super::labels`] presents as the label.
-pub fn label_oid_casts(query: &mut datafusion::sql::sqlparser::ast::Query) {
+/// Casts of plain columns in the select list that DataFusion would label
+/// wrongly or cannot plan get an internal alias (`__alias_<column>`, which
+/// the result's description shows as `<column>`, as Postgres labels them):
+/// - reverse oid casts (`c.oid::regclass`), always: Postgres labels them
+///   `oid`, and they are rewritten into lookups that would lose the label;
+/// - any cast of a column in a query with ORDER BY: DataFusion names the
+///   cast like the column the sort adds beside it and refuses the projection
+///   (`SELECT CAST(c AS text) ... ORDER BY c`, apache/datafusion#13558); with
+///   the alias, ORDER BY `c` still sorts by the column.
+pub fn label_column_casts(query: &mut datafusion::sql::sqlparser::ast::Query) {
     use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let ordered = query.order_by.is_some();
     let SetExpr::Select(select) = query.body.as_mut() else { return };
     for item in &mut select.projection {
         let SelectItem::UnnamedExpr(expr) = item else { continue };
         let Expr::Cast { expr: inner, data_type, .. } = &*expr else { continue };
-        if !oid_alias(data_type).is_some_and(|a| a.starts_with("reg")) {
+        if !ordered && !oid_alias(data_type).is_some_and(|a| a.starts_with("reg")) {
             continue;
         }
-        let label = match inner.as_ref() {
-            Expr::Identifier(i) => i.clone(),
-            Expr::CompoundIdentifier(parts) => match parts.last() {
-                Some(last) => last.clone(),
-                None => continue,
-            },
-            _ => continue,
-        };
-        *item = SelectItem::ExprWithAlias {
-            expr: expr.clone(),
-            alias: datafusion::sql::sqlparser::ast::Ident::new(format!("__alias_{}", label.value)),
-        };
-    }
-}
-
-/// `SELECT CAST(c AS text) ... ORDER BY c`: DataFusion names the cast `c`,
-/// like the column the sort needs beside it, and refuses the projection
-/// (apache/datafusion#13558). Casts of plain columns in the select list of a
-/// query with ORDER BY get an internal alias instead; the client still sees
-/// the Postgres label `c`, and ORDER BY `c` still sorts by the column.
-pub fn label_column_casts(query: &mut datafusion::sql::sqlparser::ast::Query) {
-    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
-    if query.order_by.is_none() {
-        return;
-    }
-    let SetExpr::Select(select) = query.body.as_mut() else { return };
-    for item in &mut select.projection {
-        let SelectItem::UnnamedExpr(expr) = item else { continue };
-        let Expr::Cast { expr: inner, .. } = &*expr else { continue };
         let label = match inner.as_ref() {
             Expr::Identifier(i) => i.clone(),
             Expr::CompoundIdentifier(parts) => match parts.last() {

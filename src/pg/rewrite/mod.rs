@@ -49,7 +49,6 @@ impl VisitorMut for Rules {
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
         casts::regclass_search_path(query);
         casts::order_by_oid(query);
-        casts::label_oid_casts(query);
         casts::label_column_casts(query);
         ControlFlow::Continue(())
     }
