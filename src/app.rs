@@ -225,16 +225,38 @@ pub fn inline_secret_warnings(project: &crate::spec::Project) -> Vec<String> {
 
 /// `workbench run`: run datasets (all when empty) once.
 pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> Result<RunReport, AppError> {
+    let (pipeline, meta) = cli_pipeline(config).await?;
+    let started = std::time::Instant::now();
+    let at = chrono::Utc::now();
+    let result = pipeline.run(datasets, options).await;
+    let succeeded = matches!(&result, Ok(report) if report.error.is_none());
+    audit_cli_run(config, &meta, datasets, at, started, succeeded).await;
+    Ok(result?)
+}
+
+/// `workbench run X --downstream`: X, then what follows it.
+pub async fn run_downstream(config: &Config, root: &str, options: &RunOptions, workers: usize) -> Result<Vec<crate::pipeline::DatasetOutcome>, AppError> {
+    let (pipeline, meta) = cli_pipeline(config).await?;
+    let started = std::time::Instant::now();
+    let at = chrono::Utc::now();
+    let result = pipeline.run_downstream(root, options, workers).await;
+    let succeeded = matches!(&result, Ok(outcomes) if outcomes.iter().all(|o| o.status == crate::pipeline::RunStatus::Succeeded));
+    audit_cli_run(config, &meta, &[format!("{root} --downstream")], at, started, succeeded).await;
+    Ok(result?)
+}
+
+async fn cli_pipeline(config: &Config) -> Result<(Pipeline, Arc<MetaStore>), AppError> {
     let project = load_project(config).map_err(AppError::Specs)?;
     let core = Core::build(config, vec![]).await?;
     let meta = core.meta.clone();
     let pipeline = Pipeline::new(core.lake, core.engine, core.meta, core.coordinator, core.lock_ttl, project);
     pipeline.sync_datasets().await?;
-    let started = std::time::Instant::now();
-    let at = chrono::Utc::now();
-    let result = pipeline.run(datasets, options).await;
+    Ok((pipeline, meta))
+}
+
+/// Runs from the CLI are audited as the operating-system user.
+async fn audit_cli_run(config: &Config, meta: &MetaStore, datasets: &[String], at: chrono::DateTime<chrono::Utc>, started: std::time::Instant, succeeded: bool) {
     if config.audit_queue.is_some() {
-        // Runs from the CLI are audited as the operating-system user.
         let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
         let what = if datasets.is_empty() { "--all".to_string() } else { datasets.join(" ") };
         let record = crate::meta::AuditRecord {
@@ -248,16 +270,23 @@ pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> 
             tables_read: None,
             rows_returned: None,
             duration_ms: Some(started.elapsed().as_millis() as i64),
-            sqlstate: Some(match &result {
-                Ok(report) if report.error.is_none() => "00000".into(),
-                _ => "XX000".into(),
-            }),
+            sqlstate: Some(if succeeded { "00000".into() } else { "XX000".into() }),
         };
         if let Err(err) = meta.record_audit(&[record]).await {
             tracing::warn!(%err, "cannot audit this run");
         }
     }
-    Ok(result?)
+}
+
+/// Ask run `run_id` to stop (see `cancel_run()`); returns its status when
+/// asked ("running" when it will stop).
+pub async fn cancel(config: &Config, run_id: &str) -> Result<String, AppError> {
+    let core = Core::build(config, vec![]).await?;
+    let by = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "workbench cancel".into());
+    match core.meta.request_cancel(run_id, &by).await? {
+        Some((status, _)) => Ok(status),
+        None => Err(AppError::Pipeline(crate::pipeline::PipelineError::UnknownRun(run_id.to_string()))),
+    }
 }
 
 /// How `workbench query` runs its statements.
@@ -343,7 +372,10 @@ pub async fn query(config: &Config, statements: &[(String, String)], options: &Q
 
 /// A run report as a table for the terminal.
 pub fn format_report(report: &RunReport) -> String {
-    let mut out = format!("run {}\n", report.run_id);
+    let mut out = match report.attempts {
+        1 => format!("run {}\n", report.run_id),
+        n => format!("run {} (attempt {n}: earlier attempts failed for a transient reason)\n", report.run_id),
+    };
     out.push_str(&format!(
         "{:<8} {:<32} {:>10} {:>10} {:>9} {:<8} {:>8}  {}\n",
         "layer", "table", "rows_in", "rows_out", "rejected", "status", "ms", "note"

@@ -32,6 +32,9 @@ enum Command {
     /// Print each scheduled dataset: its next slots and how its last slot
     /// went (what `workbench.schedules` shows).
     Status(CommonArgs),
+    /// Cancel a running run (on whichever server or process runs it); it
+    /// stops within seconds and ends `cancelled`.
+    Cancel(CancelArgs),
     /// Print a password hash for the `users:` section of the config file
     /// (reads the password from standard input).
     HashPassword,
@@ -99,6 +102,14 @@ impl CommonArgs {
 }
 
 #[derive(Args)]
+struct CancelArgs {
+    /// The run's id (workbench.runs.id, printed by `workbench run`)
+    run_id: String,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
 struct CheckArgs {
     /// Also record the specs in the metadata store (workbench.datasets)
     #[arg(long)]
@@ -123,6 +134,13 @@ struct RunArgs {
     /// Last day of the window for {{ end_date }} (YYYY-MM-DD)
     #[arg(long)]
     to: Option<chrono::NaiveDate>,
+    /// Then run every dataset downstream of the named one, in dependency
+    /// order (independent ones in parallel)
+    #[arg(long)]
+    downstream: bool,
+    /// Datasets run at the same time with --downstream
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
     /// If another run of a dataset is in progress, wait up to this long (e.g. 10m)
     #[arg(long)]
     wait: Option<humantime::Duration>,
@@ -255,6 +273,18 @@ async fn run() -> anyhow::Result<()> {
             init_telemetry();
             print!("{}", workbench::app::status(&config).await?);
         }
+        Command::Cancel(args) => {
+            let config = args.common.config()?;
+            init_telemetry();
+            let status = workbench::app::cancel(&config, &args.run_id).await?;
+            match status.as_str() {
+                "running" => println!("run {} is being cancelled; it stops within seconds", args.run_id),
+                other => {
+                    eprintln!("run {} is not running (it {other}); nothing to cancel", args.run_id);
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Query(args) => {
             let config = args.common.config()?;
             init_telemetry();
@@ -290,6 +320,27 @@ async fn run() -> anyhow::Result<()> {
                 wait: args.wait.map(Into::into),
                 ..Default::default()
             };
+            if args.downstream {
+                let [root] = args.datasets.as_slice() else {
+                    anyhow::bail!("--downstream runs one dataset and what follows it: name exactly one dataset");
+                };
+                let outcomes = workbench::app::run_downstream(&config, root, &options, args.parallel).await?;
+                let mut failed = false;
+                for outcome in &outcomes {
+                    if let Some(report) = &outcome.report {
+                        print!("{}", workbench::app::format_report(report));
+                    }
+                    failed |= outcome.status != workbench::pipeline::RunStatus::Succeeded;
+                }
+                println!("{:<24} {:<10} {:<36}  {}", "dataset", "status", "run", "error");
+                for o in &outcomes {
+                    println!("{:<24} {:<10} {:<36}  {}", o.dataset, o.status.as_str(), o.run_id, o.error.as_deref().unwrap_or(""));
+                }
+                if failed {
+                    std::process::exit(1);
+                }
+                return Ok(());
+            }
             let report = workbench::app::run(&config, &args.datasets, &options).await?;
             print!("{}", workbench::app::format_report(&report));
             if let Some(error) = &report.error {

@@ -8,6 +8,9 @@
 //! abandoned after `lock_ttl`. It is not run again; the next slot runs
 //! wherever it is claimed.
 //!
+//! A scheduled run of a dataset is followed by the datasets downstream of
+//! it (`depends_on`, gold SQL, `relationships`), in dependency order.
+//!
 //! When a server starts, each dataset's `catchup` decides what the slots
 //! missed since the last claimed one do: `latest` runs the most recent once,
 //! `all` runs each (at most [`CATCHUP_LIMIT`], oldest first), `none` skips them.
@@ -20,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::meta::MetaStore;
-use crate::pipeline::{Pipeline, RunOptions, new_run_id};
+use crate::pipeline::{Pipeline, RunOptions, RunStatus, new_run_id};
 use crate::spec::{Catchup, Schedule};
 
 /// Missed slots `catchup: all` runs at most, per dataset.
@@ -186,13 +189,20 @@ impl Scheduler {
                 wait: Some(LOCK_WAIT),
                 ..Default::default()
             };
-            let (status, error) = match this.pipeline.run(std::slice::from_ref(&dataset), &options).await {
-                Ok(report) => match report.error {
-                    None => ("succeeded", None),
-                    Some(error) => ("failed", Some(error)),
-                },
-                Err(err) => ("failed", Some(err.to_string())),
+            // The datasets downstream of it follow, in dependency order.
+            let (status, error) = match this.pipeline.run_downstream(&dataset, &options, WORKERS).await {
+                Ok(outcomes) => {
+                    for other in outcomes.iter().filter(|o| o.dataset != dataset) {
+                        tracing::info!(%dataset, downstream = %other.dataset, run_id = %other.run_id, status = other.status.as_str(), "downstream of a scheduled run");
+                    }
+                    match outcomes.into_iter().find(|o| o.dataset == dataset) {
+                        Some(outcome) => (outcome.status, outcome.error),
+                        None => (RunStatus::Failed, Some("the scheduled dataset did not run".to_string())),
+                    }
+                }
+                Err(err) => (RunStatus::of(&err), Some(err.to_string())),
             };
+            let status = status.as_str();
             heartbeat.abort();
             match &error {
                 None => tracing::info!(%dataset, %slot, %run_id, "scheduled run succeeded"),

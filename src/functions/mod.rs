@@ -2,6 +2,7 @@
 //! query is planned (`call_with_args`); the work happens when it runs (`scan`).
 
 mod args;
+mod cancel_run;
 mod history;
 mod lineage;
 mod preview;
@@ -77,6 +78,11 @@ impl Caller {
             None => Ok(()),
             Some(access) => access.require(what, check).map_err(|e| DataFusionError::External(Box::new(e))),
         }
+    }
+
+    /// The connection's user; `None` for the server's own sessions.
+    pub fn user(&self) -> Option<String> {
+        self.access.as_ref().map(|a| a.user())
     }
 
     /// Whether the caller may read `schema.table` (the server's own sessions may).
@@ -189,6 +195,12 @@ const DOCS: &[FunctionDoc] = &[
         description: "Run the pipeline of a dataset now; one row per step.",
     },
     FunctionDoc {
+        name: "cancel_run",
+        args: &[("run_id", "text")],
+        optional: 0,
+        description: "Stop a running run (on any replica); it ends cancelled, tables keep their last committed version.",
+    },
+    FunctionDoc {
         name: "preview",
         args: &[("dataset", "text"), ("path", "text"), ("row_limit", "bigint")],
         optional: 2,
@@ -248,7 +260,7 @@ pub fn register_schedules(ctx: &SessionContext, pipeline: Arc<Pipeline>, meta: A
 pub fn register(ctx: &SessionContext, services: Services) {
     let documented: Vec<FunctionDoc> = DOCS
         .iter()
-        .filter(|d| services.pipeline.is_some() || !matches!(d.name, "run" | "preview"))
+        .filter(|d| services.pipeline.is_some() || !matches!(d.name, "run" | "preview" | "cancel_run"))
         .cloned()
         .collect();
     services.engine.document_functions(&documented);
@@ -257,6 +269,7 @@ pub fn register(ctx: &SessionContext, services: Services) {
             tracing::warn!(%err, "workbench.schedules is not available");
         }
         ctx.register_udtf("run", Arc::new(run::RunFunction::new(pipeline.clone())));
+        ctx.register_udtf("cancel_run", Arc::new(cancel_run::CancelRun(pipeline.clone())));
         ctx.register_udtf("preview", Arc::new(preview::Preview(services.clone())));
     }
     ctx.register_udtf("preview_raw", Arc::new(preview_raw::PreviewRaw(services.clone())));

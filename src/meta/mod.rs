@@ -34,6 +34,20 @@ pub enum MetaError {
     },
 }
 
+impl MetaError {
+    /// The store could not be reached or lost the connection (worth a retry).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MetaError::Unavailable { .. } => true,
+            MetaError::Query { source, .. } => matches!(
+                source,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
+            ),
+            MetaError::Migrate(_) => false,
+        }
+    }
+}
+
 /// One metadata store, one of two back-ends with the same behaviour.
 #[derive(Debug, Clone)]
 pub enum MetaStore {
@@ -59,6 +73,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "heartbeat", include_str!("../../migrations/postgres/0003_heartbeat.sql")),
     (4, "audit", include_str!("../../migrations/postgres/0004_audit.sql")),
     (5, "schedule", include_str!("../../migrations/postgres/0005_schedule.sql")),
+    (6, "run control", include_str!("../../migrations/postgres/0006_run_control.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql")),
@@ -66,6 +81,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "heartbeat", include_str!("../../migrations/sqlite/0003_heartbeat.sql")),
     (4, "audit", include_str!("../../migrations/sqlite/0004_audit.sql")),
     (5, "schedule", include_str!("../../migrations/sqlite/0005_schedule.sql")),
+    (6, "run control", include_str!("../../migrations/sqlite/0006_run_control.sql")),
 ];
 
 fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -26,6 +26,10 @@ pub struct RunRecord {
     pub trigger: String,
     pub parameters: serde_json::Value,
     pub started_at: DateTime<Utc>,
+    /// 1 for a first attempt; retries count on.
+    pub attempt: u32,
+    /// A retry's first attempt.
+    pub retry_of: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -279,28 +283,59 @@ impl MetaStore {
 
     pub async fn start_run(&self, run: &RunRecord) -> Result<(), MetaError> {
         on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO runs (id, datasets, trigger, parameters, status, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, 'running', $5, $5)"
+            "INSERT INTO runs (id, datasets, trigger, parameters, status, started_at, heartbeat_at, attempt, retry_of) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $5, $6, $7)"
         )
         .bind(&run.id)
         .bind(Json(&run.datasets))
         .bind(&run.trigger)
         .bind(Json(&run.parameters))
         .bind(run.started_at)
+        .bind(run.attempt as i32)
+        .bind(&run.retry_of)
         .execute(pool)
         .await
         .map(|_| ()))?;
         Ok(())
     }
 
-    /// Say that run `id` is still being worked on.
-    pub async fn heartbeat(&self, id: &str) -> Result<(), MetaError> {
-        on_pool!(self, |pool| sqlx::query("UPDATE runs SET heartbeat_at = $2 WHERE id = $1 AND status = 'running'")
+    /// Say that run `id` is still being worked on; `true` when someone asked
+    /// for it to be cancelled.
+    pub async fn heartbeat(&self, id: &str) -> Result<bool, MetaError> {
+        let cancel: Option<Option<DateTime<Utc>>> = on_pool!(self, |pool| sqlx::query_scalar(
+            "UPDATE runs SET heartbeat_at = $2 WHERE id = $1 AND status = 'running' RETURNING cancel_requested_at"
+        )
+        .bind(id)
+        .bind(Utc::now())
+        .fetch_optional(pool)
+        .await)?;
+        Ok(matches!(cancel, Some(Some(_))))
+    }
+
+    /// Ask for run `id` to be cancelled (the process running it stops it on
+    /// its next heartbeat). Returns the run's status and datasets, `None`
+    /// when there is no such run.
+    pub async fn request_cancel(&self, id: &str, by: &str) -> Result<Option<(String, Vec<String>)>, MetaError> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, $2), cancel_requested_by = COALESCE(cancel_requested_by, $3) \
+             WHERE id = $1 AND status = 'running'"
+        )
+        .bind(id)
+        .bind(Utc::now())
+        .bind(by)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        self.run_status(id).await
+    }
+
+    /// Run `id`'s status and datasets.
+    pub async fn run_status(&self, id: &str) -> Result<Option<(String, Vec<String>)>, MetaError> {
+        let row: Option<(String, Json<Vec<String>>)> = on_pool!(self, |pool| sqlx::query_as("SELECT status, datasets FROM runs WHERE id = $1")
             .bind(id)
-            .bind(Utc::now())
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
-        Ok(())
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map(|(status, datasets)| (status, datasets.0)))
     }
 
     /// Mark runs still `running` whose heartbeat is older than `silent_for`
@@ -353,13 +388,13 @@ impl MetaStore {
     pub async fn finish_run(
         &self,
         id: &str,
+        status: &str,
         error: Option<&str>,
         rows_in: i64,
         rows_out: i64,
         rows_rejected: i64,
         openlineage: &serde_json::Value,
     ) -> Result<(), MetaError> {
-        let status = if error.is_some() { "failed" } else { "succeeded" };
         on_pool!(self, |pool| sqlx::query(
             "UPDATE runs SET status = $2, finished_at = $3, error = $4, rows_in = $5, rows_out = $6, rows_rejected = $7, openlineage = $8 WHERE id = $1"
         )

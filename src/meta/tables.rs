@@ -47,7 +47,8 @@ pub const TABLES: &[TableDef] = &[
         columns: &[
             ("id", Text), ("datasets", Json), ("trigger", Text), ("parameters", Json), ("status", Text),
             ("started_at", Timestamp), ("finished_at", Timestamp), ("error", Text), ("rows_in", Int),
-            ("rows_out", Int), ("rows_rejected", Int), ("openlineage", Json),
+            ("rows_out", Int), ("rows_rejected", Int), ("openlineage", Json), ("attempt", Int), ("retry_of", Text),
+            ("cancel_requested_at", Timestamp), ("cancel_requested_by", Text),
         ],
         order_by: "started_at, id",
     },

@@ -134,8 +134,9 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
                 use crate::pipeline::PipelineError;
                 let code = match pipeline {
                     PipelineError::Locked { .. } => "55P03",
-                    PipelineError::UnknownDataset(_) => "42704",
+                    PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => "42704",
                     PipelineError::Meta(_) | PipelineError::Coordination(_) => "08006",
+                    PipelineError::Cancelled { .. } | PipelineError::TimedOut { .. } => QUERY_CANCELED,
                     _ => "XX000",
                 };
                 error(code, pipeline.to_string())

@@ -10,6 +10,7 @@
 
 mod bronze;
 mod column_lineage;
+mod downstream;
 mod gold;
 mod preview;
 mod rule_lineage;
@@ -29,6 +30,7 @@ use crate::engine::Engine;
 use crate::meta::{DatasetRecord, LineageEdge, MetaStore};
 use crate::spec::{Project, Spec};
 use crate::storage::{Lake, Layer, StorageError};
+pub use downstream::DatasetOutcome;
 pub use run::new_run_id;
 pub use sources::DateWindow;
 use bronze::with_metadata;
@@ -44,6 +46,8 @@ pub(crate) const SILVER_METADATA_DROPPED: [&str; 3] = ["_source_hash", "_ingeste
 pub enum PipelineError {
     #[error("unknown dataset '{0}'; `workbench check` lists the specs it loaded")]
     UnknownDataset(String),
+    #[error("no run with id '{0}'; SELECT id, status FROM workbench.runs ORDER BY started_at DESC lists them")]
+    UnknownRun(String),
     #[error("{0}")]
     Rule(#[from] rules::RuleError),
     #[error("{0}")]
@@ -58,6 +62,58 @@ pub enum PipelineError {
     Locked { dataset: String, holder: String },
     #[error("cannot take the run lock: {0}")]
     Coordination(String),
+    #[error("run {run_id} was cancelled; each table keeps its last fully committed version")]
+    Cancelled { run_id: String },
+    #[error("run {run_id} timed out after {after} (the dataset's `timeout`); each table keeps its last fully committed version")]
+    TimedOut { run_id: String, after: String },
+}
+
+impl PipelineError {
+    /// Whether running again later may succeed with nothing changed: a
+    /// source, the lake's store or the metadata store unreachable, another
+    /// writer or run in the way. Data errors (a bad cast, a failed
+    /// expectation, a rule on a missing column) are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Source(sources::SourceError::Unreachable(_)) => true,
+            PipelineError::Storage(err) => err.is_transient(),
+            PipelineError::Meta(err) => err.is_transient(),
+            PipelineError::Locked { .. } | PipelineError::Coordination(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    /// Not run: a dataset it follows did not succeed.
+    Skipped,
+}
+
+impl RunStatus {
+    /// How a run that ended with `err` ended.
+    pub fn of(err: &PipelineError) -> RunStatus {
+        match err {
+            PipelineError::Cancelled { .. } => RunStatus::Cancelled,
+            PipelineError::TimedOut { .. } => RunStatus::TimedOut,
+            _ => RunStatus::Failed,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Skipped => "skipped",
+        }
+    }
 }
 
 fn step_error(step: &str, err: impl std::fmt::Display) -> PipelineError {
@@ -81,6 +137,14 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// The scheduled slot this run is for, recorded in its parameters.
     pub slot: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Which attempt of a run this is: the first, or a retry of `first`.
+#[derive(Debug, Clone)]
+struct Attempt {
+    number: u32,
+    /// The first attempt's run id, for retries.
+    first: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +202,11 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
     /// Set when a step failed; later steps did not run.
     pub error: Option<String>,
+    pub status: RunStatus,
+    /// Attempts made (1 unless transient failures were retried).
+    pub attempts: u32,
+    /// The failure was transient (see [`PipelineError::is_transient`]).
+    transient: bool,
 }
 
 pub struct Pipeline {
@@ -147,6 +216,8 @@ pub struct Pipeline {
     coordinator: Arc<Coordinator>,
     lock_ttl: std::time::Duration,
     project: Project,
+    /// Runs working in this process, by id: cancelling one stops it.
+    running: std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
 }
 
 impl Pipeline {
@@ -158,7 +229,7 @@ impl Pipeline {
         lock_ttl: std::time::Duration,
         project: Project,
     ) -> Self {
-        Pipeline { lake, engine, meta, coordinator, lock_ttl, project }
+        Pipeline { lake, engine, meta, coordinator, lock_ttl, project, running: Default::default() }
     }
 
     /// Record every spec in the metadata store; specs that disappeared are
@@ -192,6 +263,10 @@ impl Pipeline {
     /// How long a lock (and a heartbeat) outlives a process that died.
     pub fn lock_ttl(&self) -> std::time::Duration {
         self.lock_ttl
+    }
+
+    pub fn meta(&self) -> &Arc<MetaStore> {
+        &self.meta
     }
 
     pub fn project(&self) -> &Project {

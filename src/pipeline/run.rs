@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::{Pipeline, PipelineError, RunOptions, RunReport, StepReport, StepStatus, bronze, edge, normalize};
+use super::{Attempt, Pipeline, PipelineError, RunOptions, RunReport, RunStatus, StepReport, StepStatus, bronze, edge, normalize};
 use crate::cache::{Event, LockGuard};
 use crate::meta::{LineageEdge, RunRecord, StepRecord};
-use crate::spec::Spec;
+use crate::spec::{RunPolicy, Spec};
 use crate::spec::secrets::redact;
 use crate::storage::{Layer, StorageError};
 
@@ -55,7 +55,7 @@ impl Pipeline {
         Ok(guards)
     }
 
-    async fn publish(&self, kind: &str, fields: Vec<(&str, String)>) {
+    pub(super) async fn publish(&self, kind: &str, fields: Vec<(&str, String)>) {
         let event = Event {
             kind: kind.to_string(),
             fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -75,9 +75,11 @@ impl Pipeline {
     }
 
     /// Run `datasets` (all when empty) and the gold models that depend on
-    /// them, recording the run, its steps, files and lineage.
+    /// them, recording the run, its steps, files and lineage. A run that
+    /// fails for a transient reason is tried again as the datasets'
+    /// `retries` say, each attempt its own run (naming the first); a run
+    /// longer than their `timeout` is stopped.
     pub async fn run(&self, datasets: &[String], options: &RunOptions) -> Result<RunReport, PipelineError> {
-        let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
         let names: Vec<String> = if datasets.is_empty() {
             self.project.datasets.iter().map(|d| d.name.clone()).collect()
         } else {
@@ -86,14 +88,104 @@ impl Pipeline {
         if let Some(unknown) = names.iter().find(|n| self.project.dataset(n).is_none()) {
             return Err(PipelineError::UnknownDataset(unknown.clone()));
         }
-        let locks = self.lock(&names, &run_id, options.wait).await?;
+        let policy = self.policy_of(&names);
+        let mut attempt = Attempt { number: 1, first: None };
+        loop {
+            let run_id = match attempt.number {
+                1 => options.run_id.clone().unwrap_or_else(new_run_id),
+                _ => new_run_id(),
+            };
+            let result = self.attempt(&names, datasets, options, &run_id, &attempt, &policy).await;
+            let transient = match &result {
+                Ok(report) => report.status == RunStatus::Failed && report.transient,
+                Err(err) => err.is_transient(),
+            };
+            if !transient || attempt.number > policy.retries.max {
+                return result.map(|mut report| {
+                    report.attempts = attempt.number;
+                    report
+                });
+            }
+            let error = match &result {
+                Ok(report) => report.error.clone().unwrap_or_default(),
+                Err(err) => redact(&err.to_string()),
+            };
+            let delay = policy.retries.delay_before(attempt.number + 1);
+            let first = attempt.first.clone().unwrap_or_else(|| run_id.clone());
+            tracing::warn!(%run_id, attempt = attempt.number, of = policy.retries.max + 1, %error, retry_in = ?delay, "run failed for a transient reason; retrying");
+            self.publish(
+                "run_retry",
+                vec![("run_id", run_id.clone()), ("first_run_id", first.clone()), ("attempt", attempt.number.to_string()), ("error", error)],
+            )
+            .await;
+            // A cancel of the attempt that failed also stops the wait.
+            let token = self.register(&run_id);
+            let cancelled = tokio::select! {
+                _ = tokio::time::sleep(delay) => false,
+                _ = token.cancelled() => true,
+            };
+            self.unregister(&run_id);
+            if cancelled {
+                return Err(PipelineError::Cancelled { run_id });
+            }
+            attempt = Attempt { number: attempt.number + 1, first: Some(first) };
+        }
+    }
+
+    /// The retries and timeout of a run of `names`: the most retries any of
+    /// them allows, the shortest timeout any of them sets.
+    fn policy_of(&self, names: &[String]) -> RunPolicy {
+        let policies: Vec<&RunPolicy> = names.iter().filter_map(|n| self.project.dataset(n)).map(|d| &d.policy).collect();
+        let retries = policies
+            .iter()
+            .map(|p| p.retries.clone())
+            .max_by_key(|r| r.max)
+            .unwrap_or_default();
+        RunPolicy { retries, timeout: policies.iter().filter_map(|p| p.timeout).min() }
+    }
+
+    /// Ask run `run_id` to stop. It stops at once when this process runs it,
+    /// otherwise on its next heartbeat (at most a few seconds) wherever it
+    /// runs. Returns the run's status and datasets, `None` for no such run.
+    pub async fn cancel(&self, run_id: &str, by: &str) -> Result<Option<(String, Vec<String>)>, PipelineError> {
+        let local = self.running.lock().expect("run registry").get(run_id).cloned();
+        let status = self.meta.request_cancel(run_id, by).await?;
+        if let Some(token) = local {
+            token.cancel();
+        }
+        Ok(status)
+    }
+
+    fn register(&self, run_id: &str) -> tokio_util::sync::CancellationToken {
+        let token = tokio_util::sync::CancellationToken::new();
+        self.running.lock().expect("run registry").insert(run_id.to_string(), token.clone());
+        token
+    }
+
+    fn unregister(&self, run_id: &str) {
+        self.running.lock().expect("run registry").remove(run_id);
+    }
+
+    /// One attempt of a run: lock, record, execute (until done, cancelled or
+    /// timed out), record how it ended, unlock.
+    async fn attempt(
+        &self,
+        names: &[String],
+        datasets: &[String],
+        options: &RunOptions,
+        run_id: &str,
+        attempt: &Attempt,
+        policy: &RunPolicy,
+    ) -> Result<RunReport, PipelineError> {
+        let run_id = run_id.to_string();
+        let locks = self.lock(names, &run_id, options.wait).await?;
         self.abandon_silent_runs().await;
-        let names_for_event = names.clone();
         self.publish("run_started", vec![("run_id", run_id.clone()), ("datasets", names.join(","))]).await;
-        self.meta
+        let started = self
+            .meta
             .start_run(&RunRecord {
                 id: run_id.clone(),
-                datasets: names,
+                datasets: names.to_vec(),
                 trigger: if options.trigger.is_empty() { "api".into() } else { options.trigger.clone() },
                 parameters: serde_json::json!({
                     "full_refresh": options.full_refresh,
@@ -102,79 +194,120 @@ impl Pipeline {
                     "slot": options.slot.map(|s| s.to_rfc3339()),
                 }),
                 started_at: chrono::Utc::now(),
+                attempt: attempt.number,
+                retry_of: attempt.first.clone(),
             })
-            .await?;
-        // While it works, the run says so; if this process dies, the next one
-        // to look marks the run abandoned once the heartbeat is lock_ttl old.
+            .await;
+        if let Err(err) = started {
+            release(locks).await;
+            return Err(err.into());
+        }
+        let token = self.register(&run_id);
+        // While it works, the run says so (and learns whether someone asked
+        // to cancel it); if this process dies, the next one to look marks
+        // the run abandoned once the heartbeat is lock_ttl old.
         let heartbeat = {
             let meta = self.meta.clone();
             let id = run_id.clone();
-            let every = (self.lock_ttl / 3).max(std::time::Duration::from_millis(200));
+            let token = token.clone();
+            let every = (self.lock_ttl / 3).clamp(std::time::Duration::from_millis(200), std::time::Duration::from_secs(2));
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(err) = meta.heartbeat(&id).await {
-                        tracing::warn!(%err, run_id = %id, "writing the run's heartbeat failed");
+                    match meta.heartbeat(&id).await {
+                        Ok(true) => token.cancel(),
+                        Ok(false) => {}
+                        Err(err) => tracing::warn!(%err, run_id = %id, "writing the run's heartbeat failed"),
                     }
                 }
             })
         };
-        // Source errors can echo a connection string: what a run reports,
-        // records and publishes has its secrets redacted.
-        let result = match self.execute(datasets, options, &run_id).await {
-            Ok(mut report) => {
-                report.error = report.error.map(|e| redact(&e));
-                for step in &mut report.steps {
-                    step.message = step.message.take().map(|m| redact(&m));
+        let mut report = RunReport {
+            run_id: run_id.clone(),
+            steps: Vec::new(),
+            error: None,
+            status: RunStatus::Succeeded,
+            attempts: attempt.number,
+            transient: false,
+        };
+        let outcome = {
+            let work = self.execute(datasets, options, &mut report);
+            let deadline = async {
+                match policy.timeout {
+                    Some(timeout) => tokio::time::sleep(timeout).await,
+                    None => std::future::pending().await,
                 }
-                Ok(report)
+            };
+            tokio::select! {
+                done = work => done,
+                _ = token.cancelled() => Err(PipelineError::Cancelled { run_id: run_id.clone() }),
+                _ = deadline => Err(PipelineError::TimedOut {
+                    run_id: run_id.clone(),
+                    after: humantime::format_duration(policy.timeout.unwrap_or_default()).to_string(),
+                }),
             }
-            Err(PipelineError::Step { step, message }) => Err(PipelineError::Step { step, message: redact(&message) }),
-            Err(err) => Err(err),
         };
         heartbeat.abort();
-        let (error, report) = match &result {
-            Ok(report) => (report.error.clone(), Some(report)),
-            Err(err) => (Some(redact(&err.to_string())), None),
-        };
-        let mut totals = (0i64, 0i64, 0i64);
-        if let Some(report) = report {
-            for (seq, step) in report.steps.iter().enumerate() {
-                totals.0 += step.rows_in as i64;
-                totals.1 += step.rows_out as i64;
-                totals.2 += step.rows_rejected as i64;
-                let record = StepRecord {
-                    run_id: run_id.clone(),
-                    seq: seq as i32,
-                    dataset: step.dataset.clone(),
-                    layer: step.layer.as_str().to_string(),
-                    table_name: step.table.clone(),
-                    rows_in: step.rows_in as i64,
-                    rows_out: step.rows_out as i64,
-                    rows_rejected: step.rows_rejected as i64,
-                    status: step.status.as_str().to_string(),
-                    duration_ms: step.duration_ms as i64,
-                    message: step.message.clone(),
-                };
-                if let Err(err) = self.meta.record_step(&record).await {
-                    tracing::warn!(%err, "recording a run step failed");
-                }
-                self.publish(
-                    "step",
-                    vec![
-                        ("run_id", run_id.clone()),
-                        ("dataset", record.dataset.clone()),
-                        ("layer", record.layer.clone()),
-                        ("table", record.table_name.clone()),
-                        ("status", record.status.clone()),
-                        ("rows_out", record.rows_out.to_string()),
-                    ],
-                )
-                .await;
-            }
+        self.unregister(&run_id);
+        // Source errors can echo a connection string: what a run reports,
+        // records and publishes has its secrets redacted.
+        report.error = report.error.take().map(|e| redact(&e));
+        for step in &mut report.steps {
+            step.message = step.message.take().map(|m| redact(&m));
         }
-        let openlineage = openlineage_event(&run_id, &names_for_event, report, error.as_deref());
-        if let Err(err) = self.meta.finish_run(&run_id, error.as_deref(), totals.0, totals.1, totals.2, &openlineage).await {
+        let outcome = match outcome {
+            Err(PipelineError::Step { step, message }) => Err(PipelineError::Step { step, message: redact(&message) }),
+            other => other,
+        };
+        report.status = match &outcome {
+            Ok(()) if report.error.is_none() => RunStatus::Succeeded,
+            Ok(()) => RunStatus::Failed,
+            Err(PipelineError::Cancelled { .. }) => RunStatus::Cancelled,
+            Err(PipelineError::TimedOut { .. }) => RunStatus::TimedOut,
+            Err(_) => RunStatus::Failed,
+        };
+        if let Err(err) = &outcome {
+            report.error = Some(redact(&err.to_string()));
+            report.transient = err.is_transient();
+        }
+        let error = report.error.clone();
+        let mut totals = (0i64, 0i64, 0i64);
+        for (seq, step) in report.steps.iter().enumerate() {
+            totals.0 += step.rows_in as i64;
+            totals.1 += step.rows_out as i64;
+            totals.2 += step.rows_rejected as i64;
+            let record = StepRecord {
+                run_id: run_id.clone(),
+                seq: seq as i32,
+                dataset: step.dataset.clone(),
+                layer: step.layer.as_str().to_string(),
+                table_name: step.table.clone(),
+                rows_in: step.rows_in as i64,
+                rows_out: step.rows_out as i64,
+                rows_rejected: step.rows_rejected as i64,
+                status: step.status.as_str().to_string(),
+                duration_ms: step.duration_ms as i64,
+                message: step.message.clone(),
+            };
+            if let Err(err) = self.meta.record_step(&record).await {
+                tracing::warn!(%err, "recording a run step failed");
+            }
+            self.publish(
+                "step",
+                vec![
+                    ("run_id", run_id.clone()),
+                    ("dataset", record.dataset.clone()),
+                    ("layer", record.layer.clone()),
+                    ("table", record.table_name.clone()),
+                    ("status", record.status.clone()),
+                    ("rows_out", record.rows_out.to_string()),
+                ],
+            )
+            .await;
+        }
+        let openlineage = openlineage_event(&run_id, names, Some(&report), error.as_deref());
+        let status = report.status.as_str();
+        if let Err(err) = self.meta.finish_run(&run_id, status, error.as_deref(), totals.0, totals.1, totals.2, &openlineage).await {
             tracing::warn!(%err, "recording the end of the run failed");
         }
         match &error {
@@ -188,20 +321,21 @@ impl Pipeline {
             Some(e) => {
                 self.publish(
                     "run_failed",
-                    vec![("run_id", run_id.clone()), ("error", e.clone()), ("openlineage", openlineage.to_string())],
+                    vec![
+                        ("run_id", run_id.clone()),
+                        ("status", status.to_string()),
+                        ("error", e.clone()),
+                        ("openlineage", openlineage.to_string()),
+                    ],
                 )
                 .await
             }
         }
-        for guard in locks {
-            if let Err(err) = guard.release().await {
-                tracing::warn!(%err, "releasing a run lock failed (it expires by itself)");
-            }
-        }
-        result
+        release(locks).await;
+        outcome.map(|()| report)
     }
 
-    async fn execute(&self, datasets: &[String], options: &RunOptions, run_id: &str) -> Result<RunReport, PipelineError> {
+    async fn execute(&self, datasets: &[String], options: &RunOptions, report: &mut RunReport) -> Result<(), PipelineError> {
         let selected: Vec<&Spec> = if datasets.is_empty() {
             self.project.datasets.iter().collect()
         } else {
@@ -210,20 +344,16 @@ impl Pipeline {
                 .map(|n| self.project.dataset(n).ok_or_else(|| PipelineError::UnknownDataset(n.clone())))
                 .collect::<Result<_, _>>()?
         };
-        let run_id = run_id.to_string();
-        let mut report = RunReport {
-            run_id: run_id.clone(),
-            steps: Vec::new(),
-            error: None,
-        };
+        let run_id = report.run_id.clone();
         let span = tracing::info_span!("run", run_id = %run_id);
         let _enter = span.enter();
         let mut changed: HashSet<String> = HashSet::new();
         for spec in selected.iter() {
-            let result = self.run_dataset(spec, options, &run_id, &mut report, &mut changed).await;
+            let result = self.run_dataset(spec, options, &run_id, report, &mut changed).await;
             if let Err(err) = result {
                 report.error = Some(err.to_string());
-                return Ok(report);
+                report.transient = err.is_transient();
+                return Ok(());
             }
         }
         // Gold models reading anything this run touched (transitively), in order.
@@ -271,13 +401,13 @@ impl Pipeline {
                     step.duration_ms = started.elapsed().as_millis() as u64;
                     report.steps.push(step);
                     report.error = Some(format!("gold.{} ({}): {err}", model.name, model.location));
-                    return Ok(report);
+                    return Ok(());
                 }
             }
             step.duration_ms = started.elapsed().as_millis() as u64;
             report.steps.push(step);
         }
-        Ok(report)
+        Ok(())
     }
 
     async fn run_dataset(
@@ -355,6 +485,14 @@ impl Pipeline {
                 report.steps.push(step);
                 Err(err)
             }
+        }
+    }
+}
+
+async fn release(locks: Vec<LockGuard>) {
+    for guard in locks {
+        if let Err(err) = guard.release().await {
+            tracing::warn!(%err, "releasing a run lock failed (it expires by itself)");
         }
     }
 }

@@ -96,6 +96,72 @@ impl Project {
     pub fn dataset(&self, name: &str) -> Option<&Spec> {
         self.datasets.iter().find(|d| d.name == name)
     }
+
+    /// The datasets `name` follows: its `depends_on`, the datasets whose
+    /// tables its gold models read, and those its `relationships`
+    /// expectations look values up in. Sorted, without `name`.
+    pub fn upstream(&self, name: &str) -> Vec<String> {
+        let Some(spec) = self.dataset(name) else { return vec![] };
+        let mut names: Vec<String> = spec.depends_on.iter().map(|d| d.value.clone()).collect();
+        let mut owner_of = |table: &str| {
+            let bare = table.rsplit('.').next().unwrap_or(table);
+            let bare = bare.strip_suffix(QUARANTINE_SUFFIX).unwrap_or(bare);
+            if self.dataset(bare).is_some() {
+                names.push(bare.to_string());
+            }
+        };
+        for model in self.gold.iter().filter(|m| m.dataset.as_deref() == Some(name)) {
+            for table in &model.reads {
+                if table.split('.').rev().nth(1).is_some_and(|layer| layer != "gold") {
+                    owner_of(table);
+                }
+            }
+        }
+        for expectation in spec.silver.iter().flat_map(|s| &s.expectations) {
+            if expectation.value.kind == "relationships"
+                && let Some(to) = expectation.value.args.get("to").and_then(|t| t.as_str())
+            {
+                owner_of(to);
+            }
+        }
+        names.sort();
+        names.dedup();
+        names.retain(|n| n != name);
+        names
+    }
+
+    /// `root` and every dataset that follows it, directly or not, each after
+    /// all of its upstream datasets (a topological order).
+    pub fn downstream_of(&self, root: &str) -> Vec<String> {
+        let mut members: std::collections::BTreeSet<String> = [root.to_string()].into();
+        loop {
+            let before = members.len();
+            for d in &self.datasets {
+                if !members.contains(&d.name) && self.upstream(&d.name).iter().any(|u| members.contains(u)) {
+                    members.insert(d.name.clone());
+                }
+            }
+            if members.len() == before {
+                break;
+            }
+        }
+        let mut ordered: Vec<String> = Vec::with_capacity(members.len());
+        while ordered.len() < members.len() {
+            let ready: Vec<String> = members
+                .iter()
+                .filter(|m| !ordered.contains(m))
+                .filter(|m| self.upstream(m).iter().all(|u| !members.contains(u) || ordered.contains(u)))
+                .cloned()
+                .collect();
+            if ready.is_empty() {
+                // A cycle (refused when specs load); keep the rest in name order.
+                ordered.extend(members.iter().filter(|m| !ordered.contains(m)).cloned().collect::<Vec<_>>());
+                break;
+            }
+            ordered.extend(ready);
+        }
+        ordered
+    }
 }
 
 /// One dataset, validated.
@@ -105,6 +171,12 @@ pub struct Spec {
     pub description: Option<String>,
     pub owner: Option<String>,
     pub schedule: Option<Schedule>,
+    /// Transient failures retried, how long a run may take.
+    pub policy: RunPolicy,
+    /// How stale the dataset may get before it warns / errors.
+    pub freshness: Option<Freshness>,
+    /// Datasets named in `depends_on:`.
+    pub depends_on: Vec<Located<String>>,
     pub file: PathBuf,
     /// The spec file's text and its SHA-256 (hex).
     pub text: String,
@@ -116,6 +188,79 @@ pub struct Spec {
     /// Descriptions, tags and masks of its columns; they apply to the
     /// dataset's bronze, silver and quarantine tables.
     pub columns: Vec<ColumnPolicy>,
+}
+
+/// How long after its last successful run a dataset is stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub warn_after: Option<std::time::Duration>,
+    pub error_after: Option<std::time::Duration>,
+}
+
+/// A dataset's freshness state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreshnessState {
+    Fresh,
+    Warn,
+    Error,
+    /// It has never run successfully.
+    Never,
+}
+
+impl FreshnessState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FreshnessState::Fresh => "fresh",
+            FreshnessState::Warn => "warn",
+            FreshnessState::Error => "error",
+            FreshnessState::Never => "never",
+        }
+    }
+}
+
+impl Freshness {
+    /// The state of a dataset whose last success is `age` old (`None`: never).
+    pub fn state(&self, age: Option<std::time::Duration>) -> FreshnessState {
+        let Some(age) = age else { return FreshnessState::Never };
+        if self.error_after.is_some_and(|e| age > e) {
+            FreshnessState::Error
+        } else if self.warn_after.is_some_and(|w| age > w) {
+            FreshnessState::Warn
+        } else {
+            FreshnessState::Fresh
+        }
+    }
+}
+
+/// How a dataset's runs recover and how long they may take.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunPolicy {
+    pub retries: Retries,
+    /// A run still working after this long is stopped (`timed_out`).
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// Runs that fail for a transient reason (a source or store unreachable, a
+/// lock not free in time) start again, up to `max` more times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retries {
+    pub max: u32,
+    pub delay: std::time::Duration,
+    pub backoff: f64,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { max: 0, delay: std::time::Duration::from_secs(30), backoff: 2.0 }
+    }
+}
+
+impl Retries {
+    /// The wait before attempt `attempt` (2 = the first retry).
+    pub fn delay_before(&self, attempt: u32) -> std::time::Duration {
+        let factor = self.backoff.powi(attempt.saturating_sub(2).min(30) as i32);
+        self.delay.mul_f64(factor).min(std::time::Duration::from_secs(24 * 3600))
+    }
 }
 
 /// The silver table that holds a dataset's quarantined rows is named

@@ -24,6 +24,19 @@ pub struct RawSpec {
     /// What slots missed while no server ran do: latest (default), all, none.
     #[serde(default)]
     pub catchup: Option<Spanned<String>>,
+    /// Run again after a transient failure: `{ max: 3, delay: 30s, backoff: 2 }`.
+    #[serde(default)]
+    pub retries: Option<Spanned<RawRetries>>,
+    /// Datasets whose runs this one follows (besides those its gold SQL and
+    /// `relationships` expectations read).
+    #[serde(default)]
+    pub depends_on: Vec<Spanned<String>>,
+    /// How old the last successful run may get: `{ warn_after: 26h, error_after: 48h }`.
+    #[serde(default)]
+    pub freshness: Option<Spanned<RawFreshness>>,
+    /// Stop a run that takes longer, e.g. `30m`.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
     pub source: Spanned<RawSource>,
     #[serde(default)]
     pub bronze: RawBronze,
@@ -34,6 +47,28 @@ pub struct RawSpec {
     /// Descriptions, tags and masks of the dataset's columns (by their silver name).
     #[serde(default)]
     pub columns: BTreeMap<String, Spanned<RawColumn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreshness {
+    #[serde(default)]
+    pub warn_after: Option<Spanned<String>>,
+    #[serde(default)]
+    pub error_after: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Attempts after the first.
+    pub max: Spanned<u32>,
+    /// Wait before the first retry, e.g. `30s` (default 30s).
+    #[serde(default)]
+    pub delay: Option<Spanned<String>>,
+    /// Each later wait is the previous one times this (default 2).
+    #[serde(default)]
+    pub backoff: Option<Spanned<f64>>,
 }
 
 /// What a spec says about one column.

@@ -17,6 +17,9 @@ use super::yaml::{self, Spanned, position_of};
 use super::*;
 use crate::storage::is_identifier;
 
+/// `retries.max`, at most.
+const MAX_RETRIES: u32 = 20;
+
 /// Load every `*.yaml` / `*.yml` spec in `dir` and every `gold/*.sql` model.
 /// All errors are collected, not just the first.
 pub fn load_dir(dir: &Path) -> Result<Project, Vec<SpecError>> {
@@ -70,11 +73,56 @@ pub fn load_dir(dir: &Path) -> Result<Project, Vec<SpecError>> {
             Vec::new()
         }
     };
+    let project = Project { datasets, gold };
+    errors.extend(check_dependencies(&project));
     if errors.is_empty() {
-        Ok(Project { datasets, gold })
+        Ok(project)
     } else {
         Err(errors)
     }
+}
+
+/// `depends_on` names datasets that exist, and no dataset follows itself.
+fn check_dependencies(project: &Project) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    for spec in &project.datasets {
+        for dependency in &spec.depends_on {
+            if dependency.value == spec.name {
+                errors.push(SpecError::new(dependency.location.clone(), format!("dataset '{}' depends on itself", spec.name)).hint("remove it from depends_on"));
+            } else if project.dataset(&dependency.value).is_none() {
+                let known: Vec<&str> = project.datasets.iter().map(|d| d.name.as_str()).collect();
+                errors.push(
+                    SpecError::new(dependency.location.clone(), format!("depends_on names unknown dataset '{}'", dependency.value))
+                        .hint(format!("datasets: {}", known.join(", "))),
+                );
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return errors;
+    }
+    // A cycle: following upstream edges from a dataset comes back to it.
+    for spec in &project.datasets {
+        let mut path = vec![spec.name.clone()];
+        let mut frontier = project.upstream(&spec.name);
+        let mut seen = std::collections::HashSet::new();
+        while let Some(next) = frontier.pop() {
+            if next == spec.name {
+                path.push(next);
+                let location = spec.depends_on.first().map(|d| d.location.clone()).unwrap_or_else(|| Location::start_of(&spec.file));
+                errors.push(
+                    SpecError::new(location, format!("dataset '{}' depends on itself through other datasets ({})", spec.name, path.join(" → ")))
+                        .hint("datasets must form a graph without cycles: remove one of the dependencies (depends_on, gold SQL reads or relationships)"),
+                );
+                return errors;
+            }
+            if seen.insert(next.clone()) {
+                path.push(next.clone());
+                frontier.extend(project.upstream(&next));
+            }
+        }
+    }
+    errors
 }
 
 /// Load and validate one spec file; returns the spec and its gold models.
@@ -135,6 +183,8 @@ impl Validator {
         }
         let silver = raw.silver.as_ref().and_then(|s| self.silver(s));
         let schedule = self.schedule(&raw);
+        let policy = self.policy(&raw);
+        let freshness = raw.freshness.as_ref().and_then(|f| self.freshness(f));
         let mut gold = Vec::new();
         for model in &raw.gold {
             if let Some(m) = self.gold_model(model, &name) {
@@ -148,6 +198,9 @@ impl Validator {
                 description: raw.description,
                 owner: raw.owner,
                 schedule,
+                policy,
+                freshness,
+                depends_on: raw.depends_on.iter().map(|d| Located { value: d.value.clone(), location: self.at(d) }).collect(),
                 file: self.file.clone(),
                 text: text.to_string(),
                 hash,
@@ -276,6 +329,67 @@ impl Validator {
                 None
             }
         }
+    }
+
+    fn policy(&mut self, raw: &RawSpec) -> RunPolicy {
+        let mut policy = RunPolicy::default();
+        if let Some(retries) = &raw.retries {
+            let r = &retries.value;
+            if r.max.value > MAX_RETRIES {
+                self.error(self.at(&r.max), format!("retries.max is {}, at most {MAX_RETRIES}", r.max.value), "a run that fails this often needs a person; alerts tell them");
+            }
+            policy.retries.max = r.max.value.min(MAX_RETRIES);
+            if let Some(delay) = &r.delay {
+                match humantime::parse_duration(delay.value.trim()) {
+                    Ok(d) => policy.retries.delay = d,
+                    Err(e) => self.error(self.at(delay), format!("invalid retries.delay '{}': {e}", delay.value), "write a duration with its unit, e.g. 30s or 5m"),
+                }
+            }
+            if let Some(backoff) = &r.backoff {
+                if !(1.0..=10.0).contains(&backoff.value) {
+                    self.error(self.at(backoff), format!("retries.backoff is {}, must be between 1 and 10", backoff.value), "1 waits the same delay each time, 2 doubles it");
+                } else {
+                    policy.retries.backoff = backoff.value;
+                }
+            }
+        }
+        if let Some(timeout) = &raw.timeout {
+            match humantime::parse_duration(timeout.value.trim()) {
+                Ok(d) if !d.is_zero() => policy.timeout = Some(d),
+                Ok(_) => self.error(self.at(timeout), "timeout is zero", "write how long a run may take, e.g. 30m, or remove it"),
+                Err(e) => self.error(self.at(timeout), format!("invalid timeout '{}': {e}", timeout.value), "write a duration with its unit, e.g. 30m or 2h"),
+            }
+        }
+        policy
+    }
+
+    fn freshness(&mut self, raw: &Spanned<raw::RawFreshness>) -> Option<Freshness> {
+        let mut duration = |value: &Option<Spanned<String>>, name: &str| -> Option<std::time::Duration> {
+            let v = value.as_ref()?;
+            match humantime::parse_duration(v.value.trim()) {
+                Ok(d) if !d.is_zero() => Some(d),
+                Ok(_) => {
+                    self.error(self.at(v), format!("freshness.{name} is zero"), "write how old the last successful run may get, e.g. 26h");
+                    None
+                }
+                Err(e) => {
+                    self.error(self.at(v), format!("invalid freshness.{name} '{}': {e}", v.value), "write a duration with its unit, e.g. 26h or 2d");
+                    None
+                }
+            }
+        };
+        let warn_after = duration(&raw.value.warn_after, "warn_after");
+        let error_after = duration(&raw.value.error_after, "error_after");
+        if raw.value.warn_after.is_none() && raw.value.error_after.is_none() {
+            self.error(self.at(raw), "freshness needs warn_after, error_after or both", "e.g. freshness: { warn_after: 26h, error_after: 48h }");
+            return None;
+        }
+        if let (Some(w), Some(e)) = (warn_after, error_after)
+            && e < w
+        {
+            self.error(self.at(raw), "freshness.error_after is shorter than warn_after", "a dataset warns first, then errors: error_after >= warn_after");
+        }
+        (warn_after.is_some() || error_after.is_some()).then_some(Freshness { warn_after, error_after })
     }
 
     fn single_byte(&mut self, value: Option<&Spanned<String>>, default: u8, what: &str) -> u8 {

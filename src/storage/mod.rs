@@ -78,6 +78,21 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Trying again may succeed: the object store failed or timed out, or
+    /// another writer committed first.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Conflict { .. } | StorageError::List { .. } => true,
+            StorageError::Table { source, .. } => matches!(
+                source.as_ref(),
+                DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. } | DeltaTableError::VersionAlreadyExists(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// A lake root plus the storage options needed to reach it.
 #[derive(Debug)]
 pub struct Lake {

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{BIN, Server, ServerOptions, replica_args};
+use crate::harness::{BIN, PrivatePostgres, Server, ServerOptions, replica_args};
 use crate::metadata::ScratchDb;
 
 fn prefix() -> String {
@@ -247,62 +247,6 @@ async fn when_redis_goes_away_queries_work_runs_fail_clearly_and_recover_when_it
 
 /// A private PostgreSQL cluster on a free port (initdb + pg_ctl as the
 /// `postgres` user), so stopping it disturbs no other test.
-struct PrivatePostgres {
-    dir: tempfile::TempDir,
-    port: u16,
-    bin: std::path::PathBuf,
-}
-
-impl PrivatePostgres {
-    fn start() -> PrivatePostgres {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .find(|p| p.join("initdb").is_file())
-            .expect("initdb");
-        let dir = tempfile::TempDir::new().unwrap();
-        Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let out = as_postgres(&bin.join("initdb"), &["-D", &dir.path().join("data").display().to_string(), "-U", "postgres", "--auth=trust"]);
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let pg = PrivatePostgres { dir, port, bin };
-        pg.up();
-        pg
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        let data = self.dir.path().join("data").display().to_string();
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
-        let mut all = vec!["-D", &data, "-o", &options, "-w"];
-        all.extend_from_slice(args);
-        as_postgres(&self.bin.join("pg_ctl"), &all)
-    }
-
-    fn up(&self) {
-        let out = self.ctl(&["-l", &self.dir.path().join("log").display().to_string(), "start"]);
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn down(&self) {
-        let _ = self.ctl(&["-m", "immediate", "stop"]);
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new("runuser").args(["-u", "postgres", "--"]).arg(program).args(args).output().expect("runuser")
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
 #[tokio::test]
 async fn when_postgres_goes_away_queries_work_runs_fail_clearly_and_recover_when_it_returns() {
     let pg = PrivatePostgres::start();

@@ -312,3 +312,61 @@ pub fn replica_args(specs: &Path, database_url: &str, redis_prefix: &str) -> Vec
     .map(String::from)
     .to_vec()
 }
+
+/// A PostgreSQL cluster of a test's own (initdb in a temp dir, on a free
+/// port), for tests that stop and start it.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").is_file())
+            .expect("initdb");
+        let dir = tempfile::TempDir::new().unwrap();
+        std::process::Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let out = as_postgres(&bin.join("initdb"), &["-D", &dir.path().join("data").display().to_string(), "-U", "postgres", "--auth=trust"]);
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let pg = PrivatePostgres { dir, port, bin };
+        pg.up();
+        pg
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let data = self.dir.path().join("data").display().to_string();
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let mut all = vec!["-D", &data, "-o", &options, "-w"];
+        all.extend_from_slice(args);
+        as_postgres(&self.bin.join("pg_ctl"), &all)
+    }
+
+    pub fn up(&self) {
+        let out = self.ctl(&["-l", &self.dir.path().join("log").display().to_string(), "start"]);
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn down(&self) {
+        let _ = self.ctl(&["-m", "immediate", "stop"]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("runuser").args(["-u", "postgres", "--"]).arg(program).args(args).output().expect("runuser")
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.down();
+    }
+}

@@ -10,5 +10,6 @@ mod governance;
 mod hardening;
 mod metadata;
 mod pipeline;
+mod run_control;
 mod scheduler;
 mod server;

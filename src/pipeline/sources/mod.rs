@@ -24,6 +24,10 @@ pub enum SourceError {
     File { file: String, message: String },
     #[error("postgres source: {0}")]
     Postgres(String),
+    /// The source could not be reached or dropped the connection: worth
+    /// trying again later (a run's `retries` do).
+    #[error("postgres source unreachable: {0}")]
+    Unreachable(String),
 }
 
 pub fn file_error(file: &str, message: impl Into<String>) -> SourceError {

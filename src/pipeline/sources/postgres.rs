@@ -43,6 +43,22 @@ fn err(message: impl Into<String>) -> SourceError {
     SourceError::Postgres(message.into())
 }
 
+/// A failed connection or query: `Unreachable` when the server could not be
+/// reached, went away or is shutting down (SQLSTATE class 08, 57P01-57P03),
+/// so the run may be retried; `Postgres` for what the query itself did wrong.
+fn query_error(what: &str, e: sqlx::Error) -> SourceError {
+    let transient = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")),
+        sqlx::Error::Protocol(message) => message.contains("closed") || message.contains("EOF"),
+        _ => false,
+    };
+    let message = format!("{what}: {e}");
+    if transient { SourceError::Unreachable(message) } else { err(message) }
+}
+
 /// Resolve `env:NAME` URLs.
 fn resolve_url(url: &str) -> Result<String, SourceError> {
     match url.strip_prefix("env:") {
@@ -81,7 +97,7 @@ pub async fn read_postgres(options: &PostgresOptions, window: DateWindow) -> Res
     let (sql, params) = bind_placeholders(&options.query);
     let mut conn = PgConnection::connect(&url)
         .await
-        .map_err(|e| err(format!("cannot connect: {e}")))?;
+        .map_err(|e| query_error("cannot connect", e))?;
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
     for name in &params {
         let value = match name.as_str() {
@@ -97,7 +113,7 @@ pub async fn read_postgres(options: &PostgresOptions, window: DateWindow) -> Res
     let mut rows = query.fetch(&mut conn);
     let mut names: Vec<String> = Vec::new();
     let mut columns: Vec<Values> = Vec::new();
-    while let Some(row) = rows.try_next().await.map_err(|e| err(format!("query failed: {e}")))? {
+    while let Some(row) = rows.try_next().await.map_err(|e| query_error("query failed", e))? {
         if columns.is_empty() {
             for column in row.columns() {
                 names.push(column.name().to_string());
@@ -115,7 +131,7 @@ pub async fn read_postgres(options: &PostgresOptions, window: DateWindow) -> Res
         let prepared = conn
             .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql.clone())))
             .await
-            .map_err(|e| err(format!("query failed: {e}")))?;
+            .map_err(|e| query_error("query failed", e))?;
         for column in prepared.columns() {
             names.push(column.name().to_string());
             columns.push(values_for(column.type_info().name(), column.name())?);
