@@ -98,6 +98,31 @@ fn column_arg(kind: &str, args: &serde_json::Value) -> Result<String> {
         .ok_or_else(|| invalid(format!("{kind} needs `column`, e.g. {kind}: {{ column: amount, ... }}")))
 }
 
+/// Where `row_count_anomaly` receives the row counts of earlier runs.
+pub const ANOMALY_HISTORY: &str = "__history";
+/// Earlier runs `row_count_anomaly` needs before it judges.
+pub const ANOMALY_MIN_HISTORY: usize = 3;
+
+/// `row_count_anomaly`'s `max_deviation` (default 3).
+pub fn max_deviation(args: &serde_json::Value) -> f64 {
+    args.get("max_deviation").and_then(|v| v.as_f64()).unwrap_or(3.0)
+}
+
+/// The row counts a run may have given earlier runs' `history`: the mean
+/// plus or minus `max_deviation` sample standard deviations. A perfectly
+/// steady history would flag any change, so the spread is at least 5% of
+/// the mean (and one row). `None` with fewer than three earlier runs.
+pub fn anomaly_bounds(history: &[f64], max_deviation: f64) -> Option<(i64, i64)> {
+    if history.len() < ANOMALY_MIN_HISTORY {
+        return None;
+    }
+    let n = history.len() as f64;
+    let mean = history.iter().sum::<f64>() / n;
+    let variance = history.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let spread = variance.sqrt().max(mean.abs() * 0.05).max(1.0);
+    Some(((mean - max_deviation * spread).floor().max(0.0) as i64, (mean + max_deviation * spread).ceil() as i64))
+}
+
 /// Turn declared expectations into checks.
 pub fn compile(expectation: &Expectation) -> Result<Vec<Check>> {
     let kind = expectation.kind.as_str();
@@ -249,6 +274,23 @@ pub fn compile(expectation: &Expectation) -> Result<Vec<Check>> {
                     format!("__value >= CAST(now() AS TIMESTAMP) - INTERVAL {}", literal(&serde_json::json!(max_age))),
                 )),
                 ..base(vec![column])
+            }]
+        }
+        "row_count_anomaly" => {
+            // The pipeline passes the rows of earlier runs in `__history`.
+            let history: Vec<f64> = args
+                .get(ANOMALY_HISTORY)
+                .and_then(|h| h.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+                .unwrap_or_default();
+            let condition = match anomaly_bounds(&history, max_deviation(args)) {
+                Some((low, high)) => format!("__value >= {low} AND __value <= {high}"),
+                // Too little history to judge: passes, observed value shown.
+                None => "true".to_string(),
+            };
+            vec![Check {
+                table_level: Some(("count(*)".into(), condition)),
+                ..base(vec![])
             }]
         }
         other => return Err(invalid(format!("unknown expectation '{other}'"))),

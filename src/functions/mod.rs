@@ -3,6 +3,7 @@
 
 mod args;
 mod cancel_run;
+mod freshness;
 mod history;
 mod lineage;
 mod preview;
@@ -250,8 +251,10 @@ const DOCS: &[FunctionDoc] = &[
     },
 ];
 
-/// Add `workbench.schedules` (the scheduled datasets of `pipeline`) to `ctx`'s catalog.
+/// Add `workbench.schedules` (the scheduled datasets of `pipeline`) and
+/// `workbench.freshness` to `ctx`'s catalog.
 pub fn register_schedules(ctx: &SessionContext, pipeline: Arc<Pipeline>, meta: Arc<MetaStore>) -> datafusion::error::Result<()> {
+    ctx.register_table("workbench.freshness", Arc::new(RowsTable(freshness::FreshnessTable { pipeline: pipeline.clone() })))?;
     ctx.register_table("workbench.schedules", Arc::new(RowsTable(schedules::Schedules { pipeline, meta })))
         .map(|_| ())
 }

@@ -329,6 +329,33 @@ impl MetaStore {
         self.run_status(id).await
     }
 
+    /// When the last successful run of `dataset` finished.
+    pub async fn last_success(&self, dataset: &str) -> Result<Option<DateTime<Utc>>, MetaError> {
+        let pattern = format!("%\"{}\"%", dataset.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%"));
+        let last: Option<Option<DateTime<Utc>>> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT finished_at FROM runs WHERE status = 'succeeded' AND CAST(datasets AS TEXT) LIKE $1 ESCAPE '\\' \
+             ORDER BY finished_at DESC LIMIT 1"
+        )
+        .bind(&pattern)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(last.flatten())
+    }
+
+    /// The rows the last `limit` successful runs wrote to silver `table`, newest first.
+    pub async fn silver_rows_history(&self, table: &str, limit: u32) -> Result<Vec<i64>, MetaError> {
+        let counts: Vec<i64> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT CAST(s.rows_out AS BIGINT) FROM run_steps s JOIN runs r ON r.id = s.run_id \
+             WHERE s.layer = 'silver' AND s.table_name = $1 AND s.status = 'ok' AND r.status = 'succeeded' \
+             ORDER BY r.started_at DESC LIMIT $2"
+        )
+        .bind(table)
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await)?;
+        Ok(counts)
+    }
+
     /// Run `id`'s status and datasets.
     pub async fn run_status(&self, id: &str) -> Result<Option<(String, Vec<String>)>, MetaError> {
         let row: Option<(String, Json<Vec<String>>)> = on_pool!(self, |pool| sqlx::query_as("SELECT status, datasets FROM runs WHERE id = $1")

@@ -209,6 +209,24 @@ pub struct RunReport {
     transient: bool,
 }
 
+/// A dataset's last success against its `freshness:`.
+#[derive(Debug, Clone)]
+pub struct DatasetFreshness {
+    pub dataset: String,
+    pub freshness: Option<crate::spec::Freshness>,
+    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DatasetFreshness {
+    /// fresh, warn, error, never, or unmonitored.
+    pub fn state(&self) -> &'static str {
+        match self.freshness {
+            None => "unmonitored",
+            Some(f) => f.state(self.last_success.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())).as_str(),
+        }
+    }
+}
+
 pub struct Pipeline {
     lake: Arc<Lake>,
     engine: Arc<Engine>,
@@ -258,6 +276,19 @@ impl Pipeline {
             })
             .collect();
         self.meta.sync_datasets(&records).await
+    }
+
+    /// Every dataset's last success and freshness state, in spec order.
+    pub async fn freshness(&self) -> Result<Vec<DatasetFreshness>, crate::meta::MetaError> {
+        let mut states = Vec::with_capacity(self.project.datasets.len());
+        for d in &self.project.datasets {
+            states.push(DatasetFreshness {
+                dataset: d.name.clone(),
+                freshness: d.freshness,
+                last_success: self.meta.last_success(&d.name).await?,
+            });
+        }
+        Ok(states)
     }
 
     /// How long a lock (and a heartbeat) outlives a process that died.

@@ -180,7 +180,21 @@ impl Pipeline {
         let view = quality::register_view(ctx, refined.clone()).map_err(|e| step_error(&step, e))?;
         let mut rejecting: Vec<(quality::Check, OnFail)> = Vec::new();
         for expectation in expectations {
-            let checks = quality::compile(&expectation.value)
+            // A volume check compares this run with the rows earlier runs wrote.
+            let mut declared = expectation.value.clone();
+            let mut bounds = None;
+            if declared.kind == "row_count_anomaly" {
+                let lookback = declared.args.get("lookback").and_then(|v| v.as_u64()).unwrap_or(14) as u32;
+                let history = self.meta.silver_rows_history(&spec.name, lookback).await?;
+                let history: Vec<f64> = history.into_iter().map(|n| n as f64).collect();
+                bounds = Some((quality::anomaly_bounds(&history, quality::max_deviation(&declared.args)), history.len()));
+                if let Some(args) = declared.args.as_object_mut() {
+                    args.insert(quality::ANOMALY_HISTORY.into(), serde_json::json!(history));
+                } else {
+                    declared.args = serde_json::json!({ quality::ANOMALY_HISTORY: history });
+                }
+            }
+            let checks = quality::compile(&declared)
                 .map_err(|e| step_error(&step, format!("{}: {}", expectation.location, e.strip_backtrace())))?;
             for check in checks {
                 let result = quality::evaluate(ctx, &view, &check)
@@ -195,6 +209,21 @@ impl Pipeline {
                         if !result.success {
                             tracing::warn!(expectation = %check.label(), unexpected = result.unexpected_count, "expectation failed (warn)");
                         }
+                    }
+                    OnFail::Fail if !result.success && check.table_level.is_some() => {
+                        let expected = match bounds {
+                            Some((Some((low, high)), runs)) => format!(" (expected {low} to {high} from the last {runs} successful runs)"),
+                            _ => String::new(),
+                        };
+                        return Err(step_error(
+                            &step,
+                            format!(
+                                "{}: expectation {} failed: observed {}{expected}; nothing was written",
+                                expectation.location,
+                                check.label(),
+                                result.observed_value.as_deref().unwrap_or("nothing"),
+                            ),
+                        ));
                     }
                     OnFail::Fail if !result.success => {
                         return Err(step_error(

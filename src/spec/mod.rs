@@ -550,6 +550,7 @@ pub const EXPECTATION_KINDS: &[&str] = &[
     "relationships",
     "freshness",
     "expression",
+    "row_count_anomaly",
 ];
 
 /// A gold model: a SQL query materialized as `gold.<name>`.

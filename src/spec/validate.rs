@@ -645,6 +645,25 @@ impl Validator {
             self.error(at.clone(), "expectation without a check", format!("use one of {}", EXPECTATION_KINDS.join(", ")));
             return None;
         };
+        if kind == "row_count_anomaly" {
+            let lookback = args.get("lookback").map(|v| v.as_u64());
+            if let Some(None | Some(0..=2)) | Some(Some(1001..)) = lookback {
+                self.error(at.clone(), "row_count_anomaly.lookback must be a whole number of runs between 3 and 1000", "e.g. row_count_anomaly: { lookback: 14, max_deviation: 3 }");
+                return None;
+            }
+            if args.get("max_deviation").is_some_and(|v| v.as_f64().is_none_or(|d| d <= 0.0)) {
+                self.error(at.clone(), "row_count_anomaly.max_deviation must be a positive number (of standard deviations)", "e.g. max_deviation: 3");
+                return None;
+            }
+            if let Some(extra) = args.as_object().and_then(|o| o.keys().find(|k| !matches!(k.as_str(), "lookback" | "max_deviation"))) {
+                self.error(at.clone(), format!("row_count_anomaly has no option '{extra}'"), "it takes lookback and max_deviation");
+                return None;
+            }
+            if matches!(on_fail, OnFail::Drop | OnFail::Quarantine) {
+                self.error(at.clone(), "row_count_anomaly checks the run's row count, not rows: it cannot drop or quarantine", "use on_fail: warn or fail");
+                return None;
+            }
+        }
         Some(Expectation { kind, args, on_fail, mostly })
     }
 

@@ -9,6 +9,7 @@ mod functions;
 mod governance;
 mod hardening;
 mod metadata;
+mod monitoring;
 mod pipeline;
 mod run_control;
 mod scheduler;
