@@ -187,3 +187,87 @@ async fn wait_for_status(server: &Server, run_id: &str, status: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn run_downstream_follows_dependencies_runs_branches_in_parallel_and_skips_after_a_failure() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    let csv = |name: &str, body: &str, extra: &str| {
+        std::fs::create_dir_all(lake.path().join(format!("landing/{name}"))).unwrap();
+        std::fs::write(lake.path().join(format!("landing/{name}/a.csv")), body).unwrap();
+        std::fs::write(
+            specs.path().join(format!("{name}.yaml")),
+            format!("name: {name}\nsource: {{ format: csv, path: landing/{name}/*.csv }}\n{extra}silver:\n  rules:\n    - type_cast: {{ n: int }}\n"),
+        )
+        .unwrap();
+    };
+    csv("root", "n\n1\n", "");
+    // Two slow branches after root, one that fails, and what follows them.
+    for branch in ["left", "right"] {
+        std::fs::write(specs.path().join(format!("{branch}.yaml")), format!("name: {branch}\ndepends_on: [root]\n{}", slow_source(2))).unwrap();
+    }
+    csv("joined", "n\n1\n", "depends_on: [left, right]\n");
+    csv("broken", "n\nnot a number\n", "depends_on: [root]\n");
+    csv("after_broken", "n\n1\n", "depends_on: [broken]\n");
+    csv("unrelated", "n\n1\n", "");
+    let out = workbench(lake.path(), specs.path(), &["run", "root", "--downstream", "--parallel", "2"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a dataset failed: {stdout}");
+    let status_of = |dataset: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(dataset))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("absent")
+            .to_string()
+    };
+    for (dataset, status) in [
+        ("root", "succeeded"),
+        ("left", "succeeded"),
+        ("right", "succeeded"),
+        ("joined", "succeeded"),
+        ("broken", "failed"),
+        ("after_broken", "skipped"),
+        ("unrelated", "absent"),
+    ] {
+        assert_eq!(status_of(dataset), status, "{dataset}: {stdout}");
+    }
+    let server = serve(lake.path(), specs.path());
+    let times = rows(
+        &server,
+        "SELECT CAST(datasets AS TEXT), status, trigger, CAST(date_part('epoch', started_at) * 1000 AS BIGINT), \
+         CAST(date_part('epoch', finished_at) * 1000 AS BIGINT), error FROM workbench.runs WHERE trigger IN ('cli', 'downstream') ORDER BY started_at",
+    )
+    .await;
+    let find = |dataset: &str| -> (i64, i64) {
+        let row = times.iter().find(|r| r.starts_with(&format!("[\"{dataset}\"]|"))).unwrap_or_else(|| panic!("{dataset}: {times:#?}"));
+        let cells: Vec<&str> = row.split('|').collect();
+        (cells[3].parse().unwrap(), cells[4].parse().unwrap())
+    };
+    let (root, left, right, joined) = (find("root"), find("left"), find("right"), find("joined"));
+    assert!(root.1 <= left.0 && root.1 <= right.0, "branches start after root: {times:#?}");
+    assert!(left.0 < right.1 && right.0 < left.1, "the two branches overlap: {times:#?}");
+    assert!(joined.0 >= left.1 && joined.0 >= right.1, "joined starts after both branches: {times:#?}");
+    let skipped = times.iter().find(|r| r.starts_with("[\"after_broken\"]|")).unwrap();
+    assert!(skipped.contains("|skipped|downstream|") && skipped.ends_with("skipped: upstream dataset broken failed"), "{skipped}");
+}
+
+#[tokio::test]
+async fn check_refuses_unknown_and_circular_dependencies_with_their_location() {
+    let specs = tempfile::TempDir::new().unwrap();
+    let spec = |name: &str, deps: &str| {
+        std::fs::write(specs.path().join(format!("{name}.yaml")), format!("name: {name}\nsource: {{ format: csv, path: landing/{name}/*.csv }}\ndepends_on: [{deps}]\n")).unwrap();
+    };
+    spec("a", "nowhere");
+    let lake = tempfile::TempDir::new().unwrap();
+    let out = workbench(lake.path(), specs.path(), &["check"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("a.yaml:3:") && stderr.contains("unknown dataset 'nowhere'"), "{stderr}");
+    spec("a", "b");
+    spec("b", "a");
+    let out = workbench(lake.path(), specs.path(), &["check"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("a.yaml:3:") && stderr.contains("depends on itself through other datasets"), "{stderr}");
+}
