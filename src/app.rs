@@ -229,6 +229,7 @@ pub async fn run(config: &Config, datasets: &[String], options: &RunOptions) -> 
     let started = std::time::Instant::now();
     let at = chrono::Utc::now();
     let result = pipeline.run(datasets, options).await;
+    pipeline.flush_alerts().await;
     let succeeded = matches!(&result, Ok(report) if report.error.is_none());
     audit_cli_run(config, &meta, datasets, at, started, succeeded).await;
     Ok(result?)
@@ -240,6 +241,7 @@ pub async fn run_downstream(config: &Config, root: &str, options: &RunOptions, w
     let started = std::time::Instant::now();
     let at = chrono::Utc::now();
     let result = pipeline.run_downstream(root, options, workers).await;
+    pipeline.flush_alerts().await;
     let succeeded = matches!(&result, Ok(outcomes) if outcomes.iter().all(|o| o.status == crate::pipeline::RunStatus::Succeeded));
     audit_cli_run(config, &meta, &[format!("{root} --downstream")], at, started, succeeded).await;
     Ok(result?)

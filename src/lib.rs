@@ -17,8 +17,14 @@
 //! - [`meta`]: metadata store (Postgres or embedded SQLite): runs, steps, files, lineage.
 //! - [`quality`]: expectations compiled to SQL checks (validate, pipeline on_fail).
 //! - [`spec`]: dataset specs (YAML → raw serde types → validated).
-//! - [`pipeline`]: runs datasets: sources → bronze → silver rules → gold.
+//! - [`pipeline`]: runs datasets: sources → bronze → silver rules → gold;
+//!   retries, timeouts, cancel, downstream runs.
+//! - [`scheduler`]: runs datasets at their cron slots, once across replicas,
+//!   and watches freshness.
+//! - [`alerts`]: webhooks told about failures, failed expectations,
+//!   anomalies and stale datasets (`workbench.alerts`).
 
+pub mod alerts;
 pub mod app;
 pub mod cache;
 pub mod config;

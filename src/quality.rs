@@ -148,8 +148,19 @@ pub fn compile(expectation: &Expectation) -> Result<Vec<Check>> {
             }).unwrap_or_default(),
         }
     };
+    // A YAML scalar like `n` or `y` reads as a boolean: say so rather than
+    // check nothing.
+    let names = |v: &serde_json::Value| -> Result<Vec<String>> {
+        let found = names(v);
+        if found.is_empty() {
+            return Err(invalid(format!(
+                "{kind} names no column (got {v}); write the column name in quotes if YAML reads it as a boolean or number, e.g. {kind}: \"n\""
+            )));
+        }
+        Ok(found)
+    };
     Ok(match kind {
-        "not_null" => names(args)
+        "not_null" => names(args)?
             .into_iter()
             .map(|c| Check {
                 failing: Some(format!("{} IS NULL", q(&c))),
@@ -158,10 +169,7 @@ pub fn compile(expectation: &Expectation) -> Result<Vec<Check>> {
             })
             .collect(),
         "unique" => {
-            let columns = names(args);
-            if columns.is_empty() {
-                return Err(invalid("unique needs the key columns, e.g. unique: [id]".into()));
-            }
+            let columns = names(args)?;
             // As in SQL UNIQUE: rows with a NULL in the key are not duplicates.
             let keys_present = columns.iter().map(|c| format!("{} IS NOT NULL", q(c))).collect::<Vec<_>>().join(" AND ");
             vec![Check {

@@ -11,6 +11,8 @@
 //! A scheduled run of a dataset is followed by the datasets downstream of
 //! it (`depends_on`, gold SQL, `relationships`), in dependency order.
 //!
+//! It also watches the freshness of datasets that alert on it.
+//!
 //! When a server starts, each dataset's `catchup` decides what the slots
 //! missed since the last claimed one do: `latest` runs the most recent once,
 //! `all` runs each (at most [`CATCHUP_LIMIT`], oldest first), `none` skips them.
@@ -33,6 +35,8 @@ const WORKERS: usize = 4;
 /// The scheduler looks at the clock at least this often (a slot is never
 /// later than this after a jump of the system clock).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How often freshness is checked when a dataset alerts on it.
+const FRESHNESS_EVERY: Duration = Duration::from_secs(5);
 /// How long a scheduled run waits for a run of the same dataset to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(600);
 
@@ -43,6 +47,8 @@ pub struct Scheduler {
     replica: String,
     datasets: Vec<(String, Schedule)>,
     workers: Arc<Semaphore>,
+    /// Some dataset alerts when it goes stale: look every [`FRESHNESS_EVERY`].
+    watch_freshness: bool,
 }
 
 impl Scheduler {
@@ -55,7 +61,12 @@ impl Scheduler {
             .iter()
             .filter_map(|d| d.schedule.clone().map(|s| (d.name.clone(), s)))
             .collect();
-        if datasets.is_empty() {
+        let watch_freshness = pipeline
+            .project()
+            .datasets
+            .iter()
+            .any(|d| d.freshness.is_some() && d.notify.iter().any(|n| n.on.contains(&crate::spec::AlertEvent::Freshness)));
+        if datasets.is_empty() && !watch_freshness {
             return None;
         }
         let host = std::fs::read_to_string("/etc/hostname")
@@ -69,6 +80,7 @@ impl Scheduler {
             replica: format!("{host}:{}", std::process::id()),
             datasets,
             workers: Arc::new(Semaphore::new(WORKERS)),
+            watch_freshness,
         })
     }
 
@@ -91,15 +103,20 @@ impl Scheduler {
                 .zip(&cursors)
                 .filter_map(|((_, schedule), cursor)| schedule.next_after(*cursor))
                 .min();
+            let longest = if this.watch_freshness { FRESHNESS_EVERY } else { MAX_SLEEP };
             let wait = due
                 .map(|due| (due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-                .unwrap_or(MAX_SLEEP)
-                .min(MAX_SLEEP);
+                .unwrap_or(longest)
+                .min(longest);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
             this.abandon_silent_slots().await;
+            if this.watch_freshness {
+                let pipeline = this.pipeline.clone();
+                tokio::spawn(async move { pipeline.alert_stale().await });
+            }
             let now = Utc::now();
             for ((dataset, schedule), cursor) in this.datasets.iter().zip(cursors.iter_mut()) {
                 // Slots that came due while this replica slept or was busy;

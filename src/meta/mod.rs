@@ -14,7 +14,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-pub use records::{AuditRecord, DatasetRecord, FileRecord, LineageEdge, RunRecord, SlotRecord, StepRecord, ValidationRecord};
+pub use records::{AlertRecord, AuditRecord, DatasetRecord, FileRecord, LineageEdge, RunRecord, SlotRecord, StepRecord, ValidationRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -74,6 +74,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "audit", include_str!("../../migrations/postgres/0004_audit.sql")),
     (5, "schedule", include_str!("../../migrations/postgres/0005_schedule.sql")),
     (6, "run control", include_str!("../../migrations/postgres/0006_run_control.sql")),
+    (7, "alerts", include_str!("../../migrations/postgres/0007_alerts.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql")),
@@ -82,6 +83,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "audit", include_str!("../../migrations/sqlite/0004_audit.sql")),
     (5, "schedule", include_str!("../../migrations/sqlite/0005_schedule.sql")),
     (6, "run control", include_str!("../../migrations/sqlite/0006_run_control.sql")),
+    (7, "alerts", include_str!("../../migrations/sqlite/0007_alerts.sql")),
 ];
 
 fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -66,6 +66,20 @@ pub struct LineageEdge {
     pub transform: String,
 }
 
+/// An alert about to be sent.
+#[derive(Debug, Clone)]
+pub struct AlertRecord {
+    pub id: String,
+    /// The same alert noticed twice (by two replicas) has the same key.
+    pub dedupe_key: String,
+    pub dataset: String,
+    pub event: String,
+    pub run_id: Option<String>,
+    /// Where it goes, without secrets.
+    pub target: String,
+    pub payload: serde_json::Value,
+}
+
 /// One expectation's result, as `workbench.validations` stores it.
 #[derive(Debug, Clone)]
 pub struct ValidationRecord {
@@ -327,6 +341,55 @@ impl MetaStore {
         .await
         .map(|_| ()))?;
         self.run_status(id).await
+    }
+
+    /// Record `alert` as being sent: `false` when an alert with its key
+    /// exists (someone else sends it).
+    pub async fn claim_alert(&self, alert: &AlertRecord) -> Result<bool, MetaError> {
+        let now = Utc::now();
+        let inserted = on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO alerts (id, dedupe_key, dataset, event, run_id, target, status, attempts, payload, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'sending', 0, $7, $8, $8) ON CONFLICT (dedupe_key) DO NOTHING"
+        )
+        .bind(&alert.id)
+        .bind(&alert.dedupe_key)
+        .bind(&alert.dataset)
+        .bind(&alert.event)
+        .bind(&alert.run_id)
+        .bind(&alert.target)
+        .bind(Json(&alert.payload))
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(inserted == 1)
+    }
+
+    /// How delivery of alert `id` went after `attempts` attempts.
+    pub async fn alert_attempted(&self, id: &str, status: &str, attempts: u32, error: Option<&str>) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query("UPDATE alerts SET status = $2, attempts = $3, last_error = $4, updated_at = $5 WHERE id = $1")
+            .bind(id)
+            .bind(status)
+            .bind(attempts as i32)
+            .bind(error)
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The expectations that failed in run `run_id`: (table, expectation,
+    /// columns, unexpected count, observed value).
+    pub async fn failed_validations(&self, run_id: &str) -> Result<Vec<(String, String, String, i64, Option<String>)>, MetaError> {
+        let rows = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT table_name, expectation, columns, CAST(unexpected_count AS BIGINT), observed_value FROM validations \
+             WHERE run_id = $1 AND success = false ORDER BY validated_at"
+        )
+        .bind(run_id)
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows)
     }
 
     /// When the last successful run of `dataset` finished.

@@ -102,6 +102,14 @@ pub const TABLES: &[TableDef] = &[
         ],
         order_by: "slot, dataset",
     },
+    TableDef {
+        name: "alerts",
+        columns: &[
+            ("id", Text), ("dataset", Text), ("event", Text), ("run_id", Text), ("target", Text), ("status", Text),
+            ("attempts", Int), ("last_error", Text), ("payload", Json), ("created_at", Timestamp), ("updated_at", Timestamp),
+        ],
+        order_by: "created_at, id",
+    },
 ];
 
 impl TableDef {

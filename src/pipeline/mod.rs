@@ -234,6 +234,7 @@ pub struct Pipeline {
     coordinator: Arc<Coordinator>,
     lock_ttl: std::time::Duration,
     project: Project,
+    notifier: Arc<crate::alerts::Notifier>,
     /// Runs working in this process, by id: cancelling one stops it.
     running: std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
 }
@@ -247,7 +248,8 @@ impl Pipeline {
         lock_ttl: std::time::Duration,
         project: Project,
     ) -> Self {
-        Pipeline { lake, engine, meta, coordinator, lock_ttl, project, running: Default::default() }
+        let notifier = Arc::new(crate::alerts::Notifier::new(meta.clone(), coordinator.clone()));
+        Pipeline { lake, engine, meta, coordinator, lock_ttl, project, notifier, running: Default::default() }
     }
 
     /// Record every spec in the metadata store; specs that disappeared are
@@ -276,6 +278,54 @@ impl Pipeline {
             })
             .collect();
         self.meta.sync_datasets(&records).await
+    }
+
+    /// Wait for alerts being delivered (before a `workbench run` exits).
+    pub async fn flush_alerts(&self) {
+        self.notifier.flush().await;
+    }
+
+    /// Alert the webhooks of datasets whose freshness is warn or error
+    /// (once per state and last success, across replicas).
+    pub async fn alert_stale(&self) {
+        let watched = self.project.datasets.iter().any(|d| d.notify.iter().any(|n| n.on.contains(&crate::spec::AlertEvent::Freshness)));
+        if !watched {
+            return;
+        }
+        let states = match self.freshness().await {
+            Ok(states) => states,
+            Err(err) => {
+                tracing::warn!(%err, "cannot check freshness");
+                return;
+            }
+        };
+        for state in states {
+            let level = state.state();
+            if !matches!(level, "warn" | "error") {
+                continue;
+            }
+            let Some(spec) = self.project.dataset(&state.dataset) else { continue };
+            let last = state.last_success.map(|t| t.to_rfc3339()).unwrap_or_default();
+            let body = serde_json::json!({
+                "event": "freshness",
+                "dataset": state.dataset,
+                "state": level,
+                "last_success": state.last_success.map(|t| t.to_rfc3339()),
+                "age_seconds": state.last_success.map(|t| (chrono::Utc::now() - t).num_seconds()),
+                "warn_after": state.freshness.and_then(|f| f.warn_after).map(|d| humantime::format_duration(d).to_string()),
+                "error_after": state.freshness.and_then(|f| f.error_after).map(|d| humantime::format_duration(d).to_string()),
+                "sent_by": concat!("workbench/", env!("CARGO_PKG_VERSION")),
+                "at": chrono::Utc::now().to_rfc3339(),
+            });
+            let alert = crate::alerts::Alert {
+                dataset: state.dataset.clone(),
+                event: crate::spec::AlertEvent::Freshness,
+                run_id: None,
+                key: format!("{level}:{last}"),
+                body,
+            };
+            self.notifier.notify(spec, alert).await;
+        }
     }
 
     /// Every dataset's last success and freshness state, in spec order.

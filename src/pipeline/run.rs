@@ -101,6 +101,7 @@ impl Pipeline {
                 Err(err) => err.is_transient(),
             };
             if !transient || attempt.number > policy.retries.max {
+                self.alert_run(&names, &run_id, &result).await;
                 return result.map(|mut report| {
                     report.attempts = attempt.number;
                     report
@@ -129,6 +130,45 @@ impl Pipeline {
                 return Err(PipelineError::Cancelled { run_id });
             }
             attempt = Attempt { number: attempt.number + 1, first: Some(first) };
+        }
+    }
+
+    /// Tell the webhooks of the run's datasets how it ended: failure or
+    /// success, failed expectations, volume anomalies.
+    async fn alert_run(&self, names: &[String], run_id: &str, result: &Result<RunReport, PipelineError>) {
+        use crate::alerts::{Alert, run_body};
+        use crate::spec::AlertEvent;
+        let watched: Vec<&Spec> = names.iter().filter_map(|n| self.project.dataset(n)).filter(|s| !s.notify.is_empty()).collect();
+        if watched.is_empty() {
+            return;
+        }
+        let (status, error) = match result {
+            Ok(report) => (report.status, report.error.clone()),
+            Err(err) => (RunStatus::of(err), Some(redact(&err.to_string()))),
+        };
+        let failed = self.meta.failed_validations(run_id).await.unwrap_or_else(|err| {
+            tracing::warn!(%err, "cannot read the run's failed expectations for its alerts");
+            Vec::new()
+        });
+        for spec in watched {
+            let table = format!("silver.{}", spec.name);
+            let mine: Vec<_> = failed.iter().filter(|f| f.0 == table).cloned().collect();
+            let mut events = match status {
+                RunStatus::Failed | RunStatus::TimedOut => vec![AlertEvent::Failure],
+                RunStatus::Succeeded => vec![AlertEvent::Success],
+                RunStatus::Cancelled | RunStatus::Skipped => vec![],
+            };
+            if mine.iter().any(|f| f.1 != "row_count_anomaly") {
+                events.push(AlertEvent::ExpectationFailure);
+            }
+            if mine.iter().any(|f| f.1 == "row_count_anomaly") {
+                events.push(AlertEvent::Anomaly);
+            }
+            for event in events {
+                let body = run_body(&spec.name, event, run_id, status.as_str(), error.as_deref(), &mine);
+                let alert = Alert { dataset: spec.name.clone(), event, run_id: Some(run_id.to_string()), key: run_id.to_string(), body };
+                self.notifier.notify(spec, alert).await;
+            }
         }
     }
 

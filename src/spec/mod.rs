@@ -175,6 +175,8 @@ pub struct Spec {
     pub policy: RunPolicy,
     /// How stale the dataset may get before it warns / errors.
     pub freshness: Option<Freshness>,
+    /// Webhooks to alert.
+    pub notify: Vec<Notify>,
     /// Datasets named in `depends_on:`.
     pub depends_on: Vec<Located<String>>,
     pub file: PathBuf,
@@ -188,6 +190,48 @@ pub struct Spec {
     /// Descriptions, tags and masks of its columns; they apply to the
     /// dataset's bronze, silver and quarantine tables.
     pub columns: Vec<ColumnPolicy>,
+}
+
+/// A webhook and the events it is told about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notify {
+    /// The environment variable holding the URL (URLs carry their secret).
+    pub webhook_env: String,
+    pub on: Vec<AlertEvent>,
+    pub location: Location,
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertEvent {
+    /// A run failed or timed out (after its retries).
+    Failure,
+    Success,
+    /// An expectation failed in a run (whatever its on_fail).
+    ExpectationFailure,
+    /// A `row_count_anomaly` failed in a run.
+    Anomaly,
+    /// The dataset's freshness turned warn or error.
+    Freshness,
+}
+
+impl AlertEvent {
+    pub const ALL: [AlertEvent; 5] =
+        [AlertEvent::Failure, AlertEvent::Success, AlertEvent::ExpectationFailure, AlertEvent::Anomaly, AlertEvent::Freshness];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertEvent::Failure => "failure",
+            AlertEvent::Success => "success",
+            AlertEvent::ExpectationFailure => "expectation_failure",
+            AlertEvent::Anomaly => "anomaly",
+            AlertEvent::Freshness => "freshness",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AlertEvent> {
+        AlertEvent::ALL.into_iter().find(|e| e.as_str() == text)
+    }
 }
 
 /// How long after its last successful run a dataset is stale.

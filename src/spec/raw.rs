@@ -34,6 +34,9 @@ pub struct RawSpec {
     /// How old the last successful run may get: `{ warn_after: 26h, error_after: 48h }`.
     #[serde(default)]
     pub freshness: Option<Spanned<RawFreshness>>,
+    /// Webhooks told about failures, expectation failures, anomalies, staleness.
+    #[serde(default)]
+    pub notify: Vec<Spanned<RawNotify>>,
     /// Stop a run that takes longer, e.g. `30m`.
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,
@@ -47,6 +50,16 @@ pub struct RawSpec {
     /// Descriptions, tags and masks of the dataset's columns (by their silver name).
     #[serde(default)]
     pub columns: BTreeMap<String, Spanned<RawColumn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// `env:NAME`: the variable holding the webhook URL.
+    pub webhook: Spanned<String>,
+    /// Events: failure, success, expectation_failure, anomaly, freshness.
+    #[serde(default)]
+    pub on: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -185,6 +185,7 @@ impl Validator {
         let schedule = self.schedule(&raw);
         let policy = self.policy(&raw);
         let freshness = raw.freshness.as_ref().and_then(|f| self.freshness(f));
+        let notify = raw.notify.iter().filter_map(|n| self.notify(n)).collect();
         let mut gold = Vec::new();
         for model in &raw.gold {
             if let Some(m) = self.gold_model(model, &name) {
@@ -200,6 +201,7 @@ impl Validator {
                 schedule,
                 policy,
                 freshness,
+                notify,
                 depends_on: raw.depends_on.iter().map(|d| Located { value: d.value.clone(), location: self.at(d) }).collect(),
                 file: self.file.clone(),
                 text: text.to_string(),
@@ -361,6 +363,32 @@ impl Validator {
             }
         }
         policy
+    }
+
+    fn notify(&mut self, raw: &Spanned<raw::RawNotify>) -> Option<Notify> {
+        let webhook = &raw.value.webhook;
+        let Some(variable) = webhook.value.strip_prefix("env:").map(str::trim).filter(|v| !v.is_empty()) else {
+            self.error(
+                self.at(webhook),
+                "a webhook is given as env:NAME, not inline",
+                "webhook URLs carry their secret (Slack, Teams, PagerDuty): put it in an environment variable and write webhook: env:ALERTS_URL",
+            );
+            return None;
+        };
+        let mut on = Vec::new();
+        for event in raw.value.on.iter().flatten() {
+            match AlertEvent::parse(&event.value) {
+                Some(e) => on.push(e),
+                None => {
+                    let known: Vec<&str> = AlertEvent::ALL.iter().map(|e| e.as_str()).collect();
+                    self.error(self.at(event), format!("unknown alert event '{}'", event.value), format!("use {}", known.join(", ")));
+                }
+            }
+        }
+        if raw.value.on.is_none() {
+            on.push(AlertEvent::Failure);
+        }
+        Some(Notify { webhook_env: variable.to_string(), on, location: self.at(raw) })
     }
 
     fn freshness(&mut self, raw: &Spanned<raw::RawFreshness>) -> Option<Freshness> {

@@ -28,7 +28,8 @@ impl Governed {
             ServerOptions {
                 config_yaml: format!("{}{extra}", self.config),
                 args: vec!["--specs".into(), self._specs.path().display().to_string()],
-            },
+            env: vec![],
+        },
         )
     }
 }
@@ -93,6 +94,7 @@ roles:
         ServerOptions {
             config_yaml: config.clone() + &extra(lake.path()),
             args: vec!["--specs".into(), specs.path().display().to_string()],
+            env: vec![],
         },
     );
     Governed {
@@ -359,6 +361,7 @@ roles:
 "#
             ),
             args: vec!["--specs".into(), specs.path().display().to_string()],
+            env: vec![],
         },
     );
     let rosa = server.connect_as("rosa", Some(PASSWORD)).await.expect("login");

@@ -23,6 +23,8 @@ pub struct ServerOptions {
     pub config_yaml: String,
     /// Extra command-line flags.
     pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Server {
@@ -69,6 +71,7 @@ impl Server {
             .arg("--config")
             .arg(&config)
             .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn,workbench=info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("server log"))
@@ -368,5 +371,80 @@ fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.down();
+    }
+}
+
+/// A local HTTP server standing in for a webhook: records each request
+/// (path, the status it answered, body) and answers the first
+/// `fail_first` with 500, the rest with 200.
+pub struct Hook {
+    pub url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<(String, u16, String)>>>,
+}
+
+impl Hook {
+    pub async fn start(fail_first: usize) -> Hook {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received: std::sync::Arc<std::sync::Mutex<Vec<(String, u16, String)>>> = Default::default();
+        let log = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { return };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(socket);
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let status = {
+                            let mut log = log.lock().unwrap();
+                            let status = if log.len() < fail_first { 500 } else { 200 };
+                            log.push((path, status, String::from_utf8_lossy(&body).into_owned()));
+                            status
+                        };
+                        let reason = if status == 200 { "OK" } else { "Internal Server Error" };
+                        let response = format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\n\r\n");
+                        if reader.get_mut().write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Hook { url, received }
+    }
+
+    /// What it received so far: (path, status answered, body as JSON).
+    pub fn received(&self) -> Vec<(String, u16, serde_json::Value)> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, s, b)| (p.clone(), *s, serde_json::from_str(b).unwrap_or(serde_json::Value::Null)))
+            .collect()
     }
 }
