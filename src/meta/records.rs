@@ -392,6 +392,15 @@ impl MetaStore {
         Ok(rows)
     }
 
+    /// The landing files of `dataset` ingested so far, with their sizes.
+    pub async fn ingested_sizes(&self, dataset: &str) -> Result<std::collections::HashMap<String, i64>, MetaError> {
+        let rows: Vec<(String, i64)> = on_pool!(self, |pool| sqlx::query_as("SELECT path, CAST(size_bytes AS BIGINT) FROM files WHERE dataset = $1")
+            .bind(dataset)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// When the last successful run of `dataset` finished.
     pub async fn last_success(&self, dataset: &str) -> Result<Option<DateTime<Utc>>, MetaError> {
         let pattern = format!("%\"{}\"%", dataset.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%"));

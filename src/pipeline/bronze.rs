@@ -188,6 +188,9 @@ impl Pipeline {
         let mut new_files = Vec::new();
         let mut skipped = 0;
         for path in self.landing_files(pattern).await.map_err(|e| step_error(&step, e))? {
+            if options.files.as_ref().is_some_and(|only| !only.contains(&path)) {
+                continue;
+            }
             let bytes = self
                 .lake
                 .read_bytes(&path)

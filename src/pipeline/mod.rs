@@ -137,6 +137,9 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// The scheduled slot this run is for, recorded in its parameters.
     pub slot: Option<chrono::DateTime<chrono::Utc>>,
+    /// Ingest only these landing files (a file-arrival run: the files seen
+    /// complete), not every file the source path matches.
+    pub files: Option<Vec<String>>,
 }
 
 /// Which attempt of a run this is: the first, or a retry of `first`.
@@ -401,6 +404,12 @@ impl Pipeline {
 
     /// Landing files matching `pattern` with their modification times, sorted by name.
     async fn landing_files_with_times(&self, pattern: &str) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, String> {
+        Ok(self.landing_listing(pattern).await?.into_iter().map(|(p, _, t)| (p, t)).collect())
+    }
+
+    /// Landing files matching `pattern` with their size and modification
+    /// time, sorted by name (local and object-store lakes alike).
+    pub async fn landing_listing(&self, pattern: &str) -> Result<Vec<(String, u64, chrono::DateTime<chrono::Utc>)>, String> {
         let glob = glob::Pattern::new(pattern).map_err(|e| e.to_string())?;
         let parts: Vec<&str> = pattern.split('/').collect();
         let prefix = parts
@@ -410,9 +419,9 @@ impl Pipeline {
             .copied()
             .collect::<Vec<_>>()
             .join("/");
-        let listed = self.lake.list_files(&prefix).await.map_err(|e| e.to_string())?;
-        let mut matched: Vec<(String, chrono::DateTime<chrono::Utc>)> =
-            listed.into_iter().filter(|(p, _)| glob.matches(p)).collect();
+        let listed = self.lake.list_sized(&prefix).await.map_err(|e| e.to_string())?;
+        let mut matched: Vec<(String, u64, chrono::DateTime<chrono::Utc>)> =
+            listed.into_iter().filter(|(p, _, _)| glob.matches(p)).collect();
         matched.sort();
         Ok(matched)
     }

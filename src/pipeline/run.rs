@@ -232,6 +232,7 @@ impl Pipeline {
                     "from": options.window.start.map(|d| d.to_string()),
                     "to": options.window.end.map(|d| d.to_string()),
                     "slot": options.slot.map(|s| s.to_rfc3339()),
+                    "files": options.files,
                 }),
                 started_at: chrono::Utc::now(),
                 attempt: attempt.number,

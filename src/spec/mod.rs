@@ -177,6 +177,8 @@ pub struct Spec {
     pub freshness: Option<Freshness>,
     /// Webhooks to alert.
     pub notify: Vec<Notify>,
+    /// `trigger: on_file`: run when new landing files arrive.
+    pub on_file: bool,
     /// Datasets named in `depends_on:`.
     pub depends_on: Vec<Located<String>>,
     pub file: PathBuf,

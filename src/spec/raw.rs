@@ -37,6 +37,9 @@ pub struct RawSpec {
     /// Webhooks told about failures, expectation failures, anomalies, staleness.
     #[serde(default)]
     pub notify: Vec<Spanned<RawNotify>>,
+    /// `on_file`: also run when new landing files arrive (and are complete).
+    #[serde(default)]
+    pub trigger: Option<Spanned<String>>,
     /// Stop a run that takes longer, e.g. `30m`.
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,

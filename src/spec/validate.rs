@@ -186,6 +186,19 @@ impl Validator {
         let policy = self.policy(&raw);
         let freshness = raw.freshness.as_ref().and_then(|f| self.freshness(f));
         let notify = raw.notify.iter().filter_map(|n| self.notify(n)).collect();
+        let on_file = match &raw.trigger {
+            None => false,
+            Some(t) if t.value == "on_file" => {
+                if raw.source.value.path.is_none() {
+                    self.error(self.at(t), "trigger: on_file needs a file source", "a postgres source has no landing files: give it a schedule instead");
+                }
+                true
+            }
+            Some(t) => {
+                self.error(self.at(t), format!("unknown trigger '{}'", t.value), "use trigger: on_file (run when new landing files arrive), or schedule: for times");
+                false
+            }
+        };
         let mut gold = Vec::new();
         for model in &raw.gold {
             if let Some(m) = self.gold_model(model, &name) {
@@ -202,6 +215,7 @@ impl Validator {
                 policy,
                 freshness,
                 notify,
+                on_file,
                 depends_on: raw.depends_on.iter().map(|d| Located { value: d.value.clone(), location: self.at(d) }).collect(),
                 file: self.file.clone(),
                 text: text.to_string(),

@@ -697,6 +697,21 @@ impl Lake {
         Ok(objects.into_iter().map(|o| (o.location.to_string(), o.last_modified)).collect())
     }
 
+    /// Files under `prefix` with their size and modification time.
+    pub async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64, chrono::DateTime<chrono::Utc>)>, StorageError> {
+        use futures::TryStreamExt;
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&ObjectPath::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::List {
+                what: format!("{}{prefix}", self.root),
+                source: Box::new(e),
+            })?;
+        Ok(objects.into_iter().map(|o| (o.location.to_string(), o.size, o.last_modified)).collect())
+    }
+
     /// The bytes of a landing file (relative to the lake root).
     pub async fn read_bytes(&self, path: &str) -> Result<bytes::Bytes, object_store::Error> {
         use object_store::ObjectStoreExt;

@@ -217,3 +217,78 @@ fn bad_schedules_are_refused_at_check_with_their_place() {
     let out = Command::new(BIN).args(["check", "--lake"]).arg(lake.path()).arg("--specs").arg(specs.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+async fn file_runs(server: &Server) -> Vec<String> {
+    rows(server, "SELECT status, parameters FROM workbench.runs WHERE trigger = 'file' ORDER BY started_at").await
+}
+
+#[tokio::test]
+async fn new_landing_files_start_a_run_once_complete_and_a_slowly_written_file_waits_until_it_settles() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/arrivals")).unwrap();
+    std::fs::write(
+        specs.path().join("arrivals.yaml"),
+        "name: arrivals\nsource: { format: csv, path: landing/arrivals/*.csv }\ntrigger: on_file\nsilver:\n  mode: append\n  rules:\n    - type_cast: { n: int }\n",
+    )
+    .unwrap();
+    // A file there before the server starts is built at start-up, and
+    // the watcher does not run it again.
+    std::fs::write(lake.path().join("landing/arrivals/0.csv"), "n\n0\n").unwrap();
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions { args: vec!["--specs".into(), specs.path().display().to_string()], ..Default::default() },
+    );
+    let started = Instant::now();
+    while rows(&server, "SELECT status FROM workbench.runs WHERE trigger = 'startup'").await != ["succeeded"] {
+        assert!(started.elapsed() < Duration::from_secs(15), "no start-up build\n{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(file_runs(&server).await, Vec::<String>::new(), "a file already ingested started a run");
+    // A file dropped in whole: a run within seconds.
+    std::fs::write(lake.path().join("landing/arrivals/a.csv"), "n\n1\n2\n3\n").unwrap();
+    let arrived = Instant::now();
+    loop {
+        let runs = file_runs(&server).await;
+        if runs.iter().any(|r| r.starts_with("succeeded|")) {
+            assert_eq!(runs.len(), 1, "{runs:?}");
+            assert!(runs[0].contains("landing/arrivals/a.csv"), "{runs:?}");
+            break;
+        }
+        assert!(arrived.elapsed() < Duration::from_secs(15), "no run for a.csv: {runs:?}\n{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("a.csv ingested {:?} after it arrived", arrived.elapsed());
+    assert_eq!(rows(&server, "SELECT count(*) FROM silver.arrivals").await, vec!["4"]);
+    // A file written slowly, a chunk every 600 ms for 4 s: nothing reads it
+    // while it grows; once complete, all of it is ingested.
+    let path = lake.path().join("landing/arrivals/b.csv");
+    let mut writer = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    writer.write_all(b"n\n").unwrap();
+    for chunk in 0..7 {
+        for i in 0..100 {
+            writeln!(writer, "{}", 1000 + chunk * 100 + i).unwrap();
+        }
+        writer.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(file_runs(&server).await.len(), 1, "a run started while b.csv was being written");
+    }
+    drop(writer);
+    let finished = Instant::now();
+    loop {
+        let runs = file_runs(&server).await;
+        if runs.len() == 2 && runs[1].starts_with("succeeded|") {
+            assert!(runs[1].contains("landing/arrivals/b.csv") && !runs[1].contains("a.csv"), "{runs:?}");
+            break;
+        }
+        assert!(finished.elapsed() < Duration::from_secs(15), "no run for b.csv: {runs:?}\n{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(finished.elapsed() >= Duration::from_secs(2), "read before it settled: {:?}", finished.elapsed());
+    assert_eq!(rows(&server, "SELECT count(*) FROM silver.arrivals").await, vec!["704"]);
+    // Nothing new: no more runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(file_runs(&server).await.len(), 2);
+}

@@ -11,11 +11,14 @@
 //! A scheduled run of a dataset is followed by the datasets downstream of
 //! it (`depends_on`, gold SQL, `relationships`), in dependency order.
 //!
-//! It also watches the freshness of datasets that alert on it.
+//! It also watches the freshness of datasets that alert on it, and the
+//! landing files of datasets with `trigger: on_file` ([`files`]).
 //!
 //! When a server starts, each dataset's `catchup` decides what the slots
 //! missed since the last claimed one do: `latest` runs the most recent once,
 //! `all` runs each (at most [`CATCHUP_LIMIT`], oldest first), `none` skips them.
+
+mod files;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +69,8 @@ impl Scheduler {
             .datasets
             .iter()
             .any(|d| d.freshness.is_some() && d.notify.iter().any(|n| n.on.contains(&crate::spec::AlertEvent::Freshness)));
-        if datasets.is_empty() && !watch_freshness {
+        let watch_files = pipeline.project().datasets.iter().any(|d| d.on_file);
+        if datasets.is_empty() && !watch_freshness && !watch_files {
             return None;
         }
         let host = std::fs::read_to_string("/etc/hostname")
@@ -88,6 +92,7 @@ impl Scheduler {
     /// stopped with the server).
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
+        tokio::spawn(this.clone().watch_files(shutdown.clone()));
         let started = Utc::now();
         for (dataset, schedule) in &this.datasets {
             tracing::info!(%dataset, schedule = %schedule.describe(), next = ?schedule.next_after(started), "scheduled");
