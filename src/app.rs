@@ -247,6 +247,28 @@ pub async fn run_downstream(config: &Config, root: &str, options: &RunOptions, w
     Ok(result?)
 }
 
+/// `workbench run X --from --to --step`: a backfill, slice by slice.
+#[allow(clippy::too_many_arguments)]
+pub async fn backfill(
+    config: &Config,
+    dataset: &str,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    step: crate::pipeline::Step,
+    parallel: usize,
+    options: &RunOptions,
+    progress: &mut (dyn FnMut(&crate::pipeline::BackfillProgress) + Send),
+) -> Result<crate::pipeline::BackfillProgress, AppError> {
+    let (pipeline, meta) = cli_pipeline(config).await?;
+    let started = std::time::Instant::now();
+    let at = chrono::Utc::now();
+    let result = pipeline.backfill(dataset, from, to, step, parallel, options, progress).await;
+    pipeline.flush_alerts().await;
+    let succeeded = matches!(&result, Ok(p) if p.failed == 0);
+    audit_cli_run(config, &meta, &[format!("{dataset} --from {from} --to {to} --step")], at, started, succeeded).await;
+    Ok(result?)
+}
+
 async fn cli_pipeline(config: &Config) -> Result<(Pipeline, Arc<MetaStore>), AppError> {
     let project = load_project(config).map_err(AppError::Specs)?;
     let core = Core::build(config, vec![]).await?;

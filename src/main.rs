@@ -138,9 +138,14 @@ struct RunArgs {
     /// order (independent ones in parallel)
     #[arg(long)]
     downstream: bool,
-    /// Datasets run at the same time with --downstream
-    #[arg(long, default_value_t = 4)]
-    parallel: usize,
+    /// Datasets run at the same time with --downstream (default 4), slices
+    /// with --step (default 1)
+    #[arg(long)]
+    parallel: Option<usize>,
+    /// Backfill: one run per slice of --from..--to this long (1d, 1w, 1mo,
+    /// 1y); slices that already succeeded are skipped
+    #[arg(long, requires = "from", requires = "to")]
+    step: Option<String>,
     /// If another run of a dataset is in progress, wait up to this long (e.g. 10m)
     #[arg(long)]
     wait: Option<humantime::Duration>,
@@ -320,11 +325,25 @@ async fn run() -> anyhow::Result<()> {
                 wait: args.wait.map(Into::into),
                 ..Default::default()
             };
+            if let Some(step) = &args.step {
+                let [dataset] = args.datasets.as_slice() else {
+                    anyhow::bail!("--step backfills one dataset: name exactly one");
+                };
+                let step = workbench::pipeline::Step::parse(step).map_err(|e| anyhow::anyhow!("--step: {e}"))?;
+                let (from, to) = (args.from.expect("required by clap"), args.to.expect("required by clap"));
+                let mut bar = Progress::new();
+                let done = workbench::app::backfill(&config, dataset, from, to, step, args.parallel.unwrap_or(1), &options, &mut |p| bar.show(p)).await?;
+                bar.finish(&done);
+                if done.failed > 0 {
+                    std::process::exit(1);
+                }
+                return Ok(());
+            }
             if args.downstream {
                 let [root] = args.datasets.as_slice() else {
                     anyhow::bail!("--downstream runs one dataset and what follows it: name exactly one dataset");
                 };
-                let outcomes = workbench::app::run_downstream(&config, root, &options, args.parallel).await?;
+                let outcomes = workbench::app::run_downstream(&config, root, &options, args.parallel.unwrap_or(4)).await?;
                 let mut failed = false;
                 for outcome in &outcomes {
                     if let Some(report) = &outcome.report {
@@ -360,4 +379,58 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Backfill progress: a bar redrawn in place on a terminal, one line per
+/// finished slice otherwise (logs, CI).
+struct Progress {
+    terminal: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress { terminal: std::io::stderr().is_terminal() }
+    }
+
+    fn show(&mut self, p: &workbench::pipeline::BackfillProgress) {
+        let finished = p.already_done + p.succeeded + p.failed;
+        if let Some((window, status, run_id, error)) = &p.last {
+            let slice = format!("{}..{}", window.start.map(|d| d.to_string()).unwrap_or_default(), window.end.map(|d| d.to_string()).unwrap_or_default());
+            let line = format!("slice {slice} {} run {run_id} ({finished}/{}){}", status.as_str(), p.total, error.as_ref().map(|e| format!(": {e}")).unwrap_or_default());
+            if self.terminal {
+                eprint!("\r\x1b[K{line}\n");
+            } else {
+                eprintln!("{line}");
+            }
+        } else if !self.terminal {
+            eprintln!("backfill: {} slices, {} already done, {} to run", p.total, p.already_done, p.total - p.already_done);
+        }
+        if self.terminal {
+            let width = 30;
+            let filled = (finished * width).checked_div(p.total).unwrap_or(width);
+            eprint!(
+                "\r\x1b[K[{}{}] {finished}/{} slices · {} running · {} failed",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                p.total,
+                p.running,
+                p.failed
+            );
+        }
+    }
+
+    fn finish(&mut self, p: &workbench::pipeline::BackfillProgress) {
+        if self.terminal {
+            eprintln!();
+        }
+        println!(
+            "backfill: {} slices: {} succeeded now, {} already done before, {} failed{}",
+            p.total,
+            p.succeeded,
+            p.already_done,
+            p.failed,
+            if p.failed > 0 { " (run the same command again to retry only those)" } else { "" }
+        );
+    }
 }

@@ -401,6 +401,21 @@ impl MetaStore {
         Ok(rows.into_iter().collect())
     }
 
+    /// The date windows (from, to) of the successful runs of `dataset`.
+    pub async fn succeeded_windows(&self, dataset: &str) -> Result<std::collections::HashSet<(Option<String>, Option<String>)>, MetaError> {
+        let rows: Vec<(Json<Vec<String>>, Json<serde_json::Value>)> =
+            on_pool!(self, |pool| sqlx::query_as("SELECT datasets, parameters FROM runs WHERE status = 'succeeded' AND trigger IN ('backfill', 'cli', 'sql', 'api')")
+                .fetch_all(pool)
+                .await)?;
+        let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|d| d.as_str()).map(str::to_string);
+        Ok(rows
+            .into_iter()
+            .filter(|(datasets, _)| datasets.0.len() == 1 && datasets.0[0] == dataset)
+            .map(|(_, parameters)| (text(&parameters.0, "from"), text(&parameters.0, "to")))
+            .filter(|(from, to)| from.is_some() || to.is_some())
+            .collect())
+    }
+
     /// When the last successful run of `dataset` finished.
     pub async fn last_success(&self, dataset: &str) -> Result<Option<DateTime<Utc>>, MetaError> {
         let pattern = format!("%\"{}\"%", dataset.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%"));

@@ -8,6 +8,7 @@
 //! a run (locks, history, heartbeat, events); this file holds the types they
 //! share and the pipeline's set-up.
 
+mod backfill;
 mod bronze;
 mod column_lineage;
 mod downstream;
@@ -30,6 +31,7 @@ use crate::engine::Engine;
 use crate::meta::{DatasetRecord, LineageEdge, MetaStore};
 use crate::spec::{Project, Spec};
 use crate::storage::{Lake, Layer, StorageError};
+pub use backfill::{BackfillProgress, Step, slices};
 pub use downstream::DatasetOutcome;
 pub use run::new_run_id;
 pub use sources::DateWindow;
@@ -62,6 +64,8 @@ pub enum PipelineError {
     Locked { dataset: String, holder: String },
     #[error("cannot take the run lock: {0}")]
     Coordination(String),
+    #[error("cannot backfill: {0}")]
+    Backfill(String),
     #[error("run {run_id} was cancelled; each table keeps its last fully committed version")]
     Cancelled { run_id: String },
     #[error("run {run_id} timed out after {after} (the dataset's `timeout`); each table keeps its last fully committed version")]
@@ -140,7 +144,15 @@ pub struct RunOptions {
     /// Ingest only these landing files (a file-arrival run: the files seen
     /// complete), not every file the source path matches.
     pub files: Option<Vec<String>>,
+    /// Whether the caller holds the datasets' run locks (a backfill runs
+    /// its slices side by side under one lock; their writes reconcile as
+    /// racing runs'). Only the pipeline itself can say yes.
+    pub lock_held: LockHeld,
 }
+
+/// See [`RunOptions::lock_held`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockHeld(bool);
 
 /// Which attempt of a run this is: the first, or a retry of `first`.
 #[derive(Debug, Clone)]

@@ -271,3 +271,66 @@ async fn check_refuses_unknown_and_circular_dependencies_with_their_location() {
     assert!(!out.status.success());
     assert!(stderr.contains("a.yaml:3:") && stderr.contains("depends on itself through other datasets"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_backfill_runs_one_slice_per_month_and_a_rerun_resumes_only_what_did_not_succeed() {
+    let source = crate::metadata::ScratchDb::create("backfill");
+    let (client, connection) = tokio_postgres::connect(&source.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE TABLE events (d date, amount text); \
+             INSERT INTO events SELECT make_date(2024, m, day), CASE WHEN m = 5 AND day = 9 THEN 'bad' ELSE '10' END \
+             FROM generate_series(1, 6) AS m, (VALUES (2), (9)) AS days(day)",
+        )
+        .await
+        .unwrap();
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = specs_with(
+        "events",
+        &format!(
+            "name: events\nsource:\n  format: postgres\n  url: {}\n  \
+             query: SELECT d, CAST(amount AS int) AS amount FROM events WHERE d BETWEEN {{{{ start_date }}}} AND {{{{ end_date }}}}\n\
+             silver:\n  mode: append\n",
+            source.url()
+        ),
+    );
+    let backfill = |to: &str| {
+        workbench(lake.path(), specs.path(), &["run", "events", "--from", "2024-01-01", "--to", to, "--step", "1mo", "--parallel", "2"])
+            .output()
+            .unwrap()
+    };
+    // The first quarter.
+    let out = backfill("2024-03-31");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("slice 2024-02-01..2024-02-29 succeeded run "), "one progress line per slice: {stderr}");
+    assert!(stdout.contains("3 slices: 3 succeeded now, 0 already done before, 0 failed"), "{stdout}");
+    // The half year: the quarter is not run again; May's query fails on a
+    // bad value at the source.
+    let out = backfill("2024-06-30");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(stdout.contains("6 slices: 2 succeeded now, 3 already done before, 1 failed"), "{stdout}{stderr}");
+    assert!(stderr.contains("slice 2024-05-01..2024-05-31 failed") && stderr.contains("\"bad\""), "{stderr}");
+    // Fixed at the source, the same command runs only May.
+    client.batch_execute("UPDATE events SET amount = '20' WHERE amount = 'bad'").await.unwrap();
+    let out = backfill("2024-06-30");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("6 slices: 1 succeeded now, 5 already done before, 0 failed"), "{stdout}");
+    let server = serve(lake.path(), specs.path());
+    assert_eq!(rows(&server, "SELECT count(*), sum(amount) FROM silver.events").await, vec!["12|130"]);
+    let windows = rows(
+        &server,
+        "SELECT status, count(*) FROM workbench.runs WHERE trigger = 'backfill' GROUP BY status ORDER BY status",
+    )
+    .await;
+    assert_eq!(windows, vec!["failed|1", "succeeded|6"]);
+    // Files have no date window to slice.
+    let lake_files = tempfile::TempDir::new().unwrap();
+    let file_specs = specs_with("files", "name: files\nsource: { format: csv, path: landing/files/*.csv }\n");
+    let out = workbench(lake_files.path(), file_specs.path(), &["run", "files", "--from", "2024-01-01", "--to", "2024-02-01", "--step", "1w"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no date window to slice"), "{}", String::from_utf8_lossy(&out.stderr));
+}
