@@ -10,6 +10,7 @@ mod preview;
 mod preview_raw;
 mod profile;
 mod run;
+mod schedule_preview;
 mod schedules;
 mod search;
 mod table_at;
@@ -202,6 +203,12 @@ const DOCS: &[FunctionDoc] = &[
         description: "Stop a running run (on any replica); it ends cancelled, tables keep their last committed version.",
     },
     FunctionDoc {
+        name: "schedule_preview",
+        args: &[("dataset", "text"), ("from", "text"), ("n", "bigint")],
+        optional: 2,
+        description: "The next slots of a dataset's schedule after a time, in UTC and in its zone (DST changes shown).",
+    },
+    FunctionDoc {
         name: "preview",
         args: &[("dataset", "text"), ("path", "text"), ("row_limit", "bigint")],
         optional: 2,
@@ -263,7 +270,7 @@ pub fn register_schedules(ctx: &SessionContext, pipeline: Arc<Pipeline>, meta: A
 pub fn register(ctx: &SessionContext, services: Services) {
     let documented: Vec<FunctionDoc> = DOCS
         .iter()
-        .filter(|d| services.pipeline.is_some() || !matches!(d.name, "run" | "preview" | "cancel_run"))
+        .filter(|d| services.pipeline.is_some() || !matches!(d.name, "run" | "preview" | "cancel_run" | "schedule_preview"))
         .cloned()
         .collect();
     services.engine.document_functions(&documented);
@@ -273,6 +280,7 @@ pub fn register(ctx: &SessionContext, services: Services) {
         }
         ctx.register_udtf("run", Arc::new(run::RunFunction::new(pipeline.clone())));
         ctx.register_udtf("cancel_run", Arc::new(cancel_run::CancelRun(pipeline.clone())));
+        ctx.register_udtf("schedule_preview", Arc::new(schedule_preview::SchedulePreview(pipeline.clone())));
         ctx.register_udtf("preview", Arc::new(preview::Preview(services.clone())));
     }
     ctx.register_udtf("preview_raw", Arc::new(preview_raw::PreviewRaw(services.clone())));

@@ -292,3 +292,37 @@ async fn new_landing_files_start_a_run_once_complete_and_a_slowly_written_file_w
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(file_runs(&server).await.len(), 2);
 }
+
+#[tokio::test]
+async fn schedule_preview_shows_slots_across_daylight_saving_changes_once_each() {
+    let (lake, specs) = scheduled("schedule: \"30 2 * * *\"\ntimezone: Europe/Berlin\n");
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions { args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], ..Default::default() },
+    );
+    // Spring: 02:30 does not exist on 2027-03-28 (02:00 → 03:00); it runs
+    // once, after the jump, and the UTC offset changes from +1 to +2.
+    let spring = rows(&server, "SELECT CAST(slot AS TEXT), local_time FROM schedule_preview('ticks', '2027-03-26', 4)").await;
+    eprintln!("{spring:#?}");
+    assert_eq!(spring.len(), 4);
+    assert_eq!(spring[0], "2027-03-26T01:30:00Z|2027-03-26 02:30:00 CET");
+    assert_eq!(spring[1], "2027-03-27T01:30:00Z|2027-03-27 02:30:00 CET");
+    assert!(spring[2].starts_with("2027-03-28T01:") && spring[2].contains("2027-03-28 03:"), "once on the day of the change: {spring:#?}");
+    assert_eq!(spring[3], "2027-03-29T00:30:00Z|2027-03-29 02:30:00 CEST");
+    // Autumn: 02:30 happens twice on 2027-10-31; it runs once.
+    let autumn = rows(&server, "SELECT CAST(slot AS TEXT), local_time FROM schedule_preview('ticks', '2027-10-30', 3)").await;
+    eprintln!("{autumn:#?}");
+    assert_eq!(autumn[0], "2027-10-30T00:30:00Z|2027-10-30 02:30:00 CEST");
+    assert!(autumn[1].starts_with("2027-10-31T0") && autumn[1].contains("2027-10-31 02:30:00"), "{autumn:#?}");
+    assert_eq!(autumn[2], "2027-11-01T01:30:00Z|2027-11-01 02:30:00 CET");
+    // Bad arguments are refused clearly.
+    let client = server.connect().await;
+    for (sql, says) in [
+        ("SELECT * FROM schedule_preview('ticks', 'soon')", "is not a timestamp"),
+        ("SELECT * FROM schedule_preview('ticks', '2027-01-01', 0)", "between 1 and 1000"),
+        ("SELECT * FROM schedule_preview('nope')", "unknown dataset"),
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        assert!(err.as_db_error().unwrap().message().contains(says), "{sql}: {err:?}");
+    }
+}
