@@ -323,6 +323,7 @@ async fn run() -> anyhow::Result<()> {
                 window: workbench::pipeline::DateWindow { start: args.from, end: args.to },
                 trigger: "cli".into(),
                 wait: args.wait.map(Into::into),
+                progress: step_lines(),
                 ..Default::default()
             };
             if let Some(step) = &args.step {
@@ -379,6 +380,26 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A run's steps as they start and end, on standard error (the report
+/// with every step follows on standard output when the run ends).
+fn step_lines() -> workbench::pipeline::ProgressSink {
+    use workbench::pipeline::{ProgressSink, RunProgress};
+    ProgressSink::new(|event| match event {
+        RunProgress::StepStarted { layer, table, .. } => eprintln!("{layer}.{table}: started"),
+        RunProgress::StepFinished(step) => eprintln!(
+            "{}.{}: {} in {:.1}s, {} rows in, {} out{}{}",
+            step.layer,
+            step.table,
+            step.status.as_str(),
+            step.duration_ms as f64 / 1000.0,
+            step.rows_in,
+            step.rows_out,
+            if step.rows_rejected > 0 { format!(", {} rejected", step.rows_rejected) } else { String::new() },
+            step.message.as_ref().filter(|m| !m.is_empty()).map(|m| format!(" ({m})")).unwrap_or_default(),
+        ),
+    })
 }
 
 /// Backfill progress: a bar redrawn in place on a terminal, one line per

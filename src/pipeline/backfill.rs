@@ -130,7 +130,7 @@ impl Pipeline {
         loop {
             while running.len() < parallel.max(1) {
                 let Some(window) = queue.next() else { break };
-                let options = RunOptions { window, trigger: "backfill".into(), run_id: None, slot: None, files: None, lock_held: super::LockHeld(true), ..options.clone() };
+                let options = RunOptions { window, trigger: "backfill".into(), run_id: None, slot: None, files: None, lock_held: super::LockHeld(true), progress: Default::default(), ..options.clone() };
                 running.push(async move {
                     let result = self.run(&[dataset.to_string()], &options).await;
                     (window, result)

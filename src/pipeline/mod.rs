@@ -13,6 +13,7 @@ mod bronze;
 mod column_lineage;
 mod downstream;
 mod gold;
+mod monitor;
 mod preview;
 mod rule_lineage;
 pub mod rules;
@@ -33,6 +34,7 @@ use crate::spec::{Project, Spec};
 use crate::storage::{Lake, Layer, StorageError};
 pub use backfill::{BackfillProgress, Step, slices};
 pub use downstream::DatasetOutcome;
+pub use monitor::DatasetFreshness;
 pub use run::new_run_id;
 pub use sources::DateWindow;
 use bronze::with_metadata;
@@ -148,6 +150,37 @@ pub struct RunOptions {
     /// its slices side by side under one lock; their writes reconcile as
     /// racing runs'). Only the pipeline itself can say yes.
     pub lock_held: LockHeld,
+    /// Told of each step as it starts and ends (`workbench run` shows it).
+    pub progress: ProgressSink,
+}
+
+/// What a run tells whoever watches it, as it goes.
+#[derive(Debug, Clone)]
+pub enum RunProgress {
+    StepStarted { run_id: String, dataset: String, layer: Layer, table: String },
+    StepFinished(StepReport),
+}
+
+/// Where a run's [`RunProgress`] goes.
+#[derive(Clone, Default)]
+pub struct ProgressSink(Option<Arc<dyn Fn(&RunProgress) + Send + Sync>>);
+
+impl ProgressSink {
+    pub fn new(sink: impl Fn(&RunProgress) + Send + Sync + 'static) -> ProgressSink {
+        ProgressSink(Some(Arc::new(sink)))
+    }
+
+    fn emit(&self, event: RunProgress) {
+        if let Some(sink) = &self.0 {
+            sink(&event);
+        }
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "ProgressSink(watched)" } else { "ProgressSink(none)" })
+    }
 }
 
 /// See [`RunOptions::lock_held`].
@@ -222,23 +255,24 @@ pub struct RunReport {
     pub attempts: u32,
     /// The failure was transient (see [`PipelineError::is_transient`]).
     transient: bool,
+    progress: ProgressSink,
 }
 
-/// A dataset's last success against its `freshness:`.
-#[derive(Debug, Clone)]
-pub struct DatasetFreshness {
-    pub dataset: String,
-    pub freshness: Option<crate::spec::Freshness>,
-    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
-}
+impl RunReport {
+    /// A step starts.
+    fn started(&self, dataset: &str, layer: Layer, table: &str) {
+        self.progress.emit(RunProgress::StepStarted {
+            run_id: self.run_id.clone(),
+            dataset: dataset.to_string(),
+            layer,
+            table: table.to_string(),
+        });
+    }
 
-impl DatasetFreshness {
-    /// fresh, warn, error, never, or unmonitored.
-    pub fn state(&self) -> &'static str {
-        match self.freshness {
-            None => "unmonitored",
-            Some(f) => f.state(self.last_success.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())).as_str(),
-        }
+    /// A step ended.
+    fn push(&mut self, step: StepReport) {
+        self.progress.emit(RunProgress::StepFinished(step.clone()));
+        self.steps.push(step);
     }
 }
 
@@ -298,62 +332,6 @@ impl Pipeline {
     /// Wait for alerts being delivered (before a `workbench run` exits).
     pub async fn flush_alerts(&self) {
         self.notifier.flush().await;
-    }
-
-    /// Alert the webhooks of datasets whose freshness is warn or error
-    /// (once per state and last success, across replicas).
-    pub async fn alert_stale(&self) {
-        let watched = self.project.datasets.iter().any(|d| d.notify.iter().any(|n| n.on.contains(&crate::spec::AlertEvent::Freshness)));
-        if !watched {
-            return;
-        }
-        let states = match self.freshness().await {
-            Ok(states) => states,
-            Err(err) => {
-                tracing::warn!(%err, "cannot check freshness");
-                return;
-            }
-        };
-        for state in states {
-            let level = state.state();
-            if !matches!(level, "warn" | "error") {
-                continue;
-            }
-            let Some(spec) = self.project.dataset(&state.dataset) else { continue };
-            let last = state.last_success.map(|t| t.to_rfc3339()).unwrap_or_default();
-            let body = serde_json::json!({
-                "event": "freshness",
-                "dataset": state.dataset,
-                "state": level,
-                "last_success": state.last_success.map(|t| t.to_rfc3339()),
-                "age_seconds": state.last_success.map(|t| (chrono::Utc::now() - t).num_seconds()),
-                "warn_after": state.freshness.and_then(|f| f.warn_after).map(|d| humantime::format_duration(d).to_string()),
-                "error_after": state.freshness.and_then(|f| f.error_after).map(|d| humantime::format_duration(d).to_string()),
-                "sent_by": concat!("workbench/", env!("CARGO_PKG_VERSION")),
-                "at": chrono::Utc::now().to_rfc3339(),
-            });
-            let alert = crate::alerts::Alert {
-                dataset: state.dataset.clone(),
-                event: crate::spec::AlertEvent::Freshness,
-                run_id: None,
-                key: format!("{level}:{last}"),
-                body,
-            };
-            self.notifier.notify(spec, alert).await;
-        }
-    }
-
-    /// Every dataset's last success and freshness state, in spec order.
-    pub async fn freshness(&self) -> Result<Vec<DatasetFreshness>, crate::meta::MetaError> {
-        let mut states = Vec::with_capacity(self.project.datasets.len());
-        for d in &self.project.datasets {
-            states.push(DatasetFreshness {
-                dataset: d.name.clone(),
-                freshness: d.freshness,
-                last_success: self.meta.last_success(&d.name).await?,
-            });
-        }
-        Ok(states)
     }
 
     /// How long a lock (and a heartbeat) outlives a process that died.

@@ -133,45 +133,6 @@ impl Pipeline {
         }
     }
 
-    /// Tell the webhooks of the run's datasets how it ended: failure or
-    /// success, failed expectations, volume anomalies.
-    async fn alert_run(&self, names: &[String], run_id: &str, result: &Result<RunReport, PipelineError>) {
-        use crate::alerts::{Alert, run_body};
-        use crate::spec::AlertEvent;
-        let watched: Vec<&Spec> = names.iter().filter_map(|n| self.project.dataset(n)).filter(|s| !s.notify.is_empty()).collect();
-        if watched.is_empty() {
-            return;
-        }
-        let (status, error) = match result {
-            Ok(report) => (report.status, report.error.clone()),
-            Err(err) => (RunStatus::of(err), Some(redact(&err.to_string()))),
-        };
-        let failed = self.meta.failed_validations(run_id).await.unwrap_or_else(|err| {
-            tracing::warn!(%err, "cannot read the run's failed expectations for its alerts");
-            Vec::new()
-        });
-        for spec in watched {
-            let table = format!("silver.{}", spec.name);
-            let mine: Vec<_> = failed.iter().filter(|f| f.0 == table).cloned().collect();
-            let mut events = match status {
-                RunStatus::Failed | RunStatus::TimedOut => vec![AlertEvent::Failure],
-                RunStatus::Succeeded => vec![AlertEvent::Success],
-                RunStatus::Cancelled | RunStatus::Skipped => vec![],
-            };
-            if mine.iter().any(|f| f.1 != "row_count_anomaly") {
-                events.push(AlertEvent::ExpectationFailure);
-            }
-            if mine.iter().any(|f| f.1 == "row_count_anomaly") {
-                events.push(AlertEvent::Anomaly);
-            }
-            for event in events {
-                let body = run_body(&spec.name, event, run_id, status.as_str(), error.as_deref(), &mine);
-                let alert = Alert { dataset: spec.name.clone(), event, run_id: Some(run_id.to_string()), key: run_id.to_string(), body };
-                self.notifier.notify(spec, alert).await;
-            }
-        }
-    }
-
     /// The retries and timeout of a run of `names`: the most retries any of
     /// them allows, the shortest timeout any of them sets.
     fn policy_of(&self, names: &[String]) -> RunPolicy {
@@ -270,6 +231,7 @@ impl Pipeline {
             status: RunStatus::Succeeded,
             attempts: attempt.number,
             transient: false,
+            progress: options.progress.clone(),
         };
         let outcome = {
             let work = self.execute(datasets, options, &mut report);
@@ -420,9 +382,10 @@ impl Pipeline {
             };
             if exists && !upstream_changed && !options.full_refresh {
                 step.message = Some("inputs unchanged".into());
-                report.steps.push(step);
+                report.push(step);
                 continue;
             }
+            report.started(&dataset, Layer::Gold, &model.name);
             match self.build_gold(&model.sql, &model.name, &run_id).await {
                 Ok(rows) => {
                     let mut edges: Vec<LineageEdge> = model
@@ -440,13 +403,13 @@ impl Pipeline {
                     step.status = StepStatus::Failed;
                     step.message = Some(err.to_string());
                     step.duration_ms = started.elapsed().as_millis() as u64;
-                    report.steps.push(step);
+                    report.push(step);
                     report.error = Some(format!("gold.{} ({}): {err}", model.name, model.location));
                     return Ok(());
                 }
             }
             step.duration_ms = started.elapsed().as_millis() as u64;
-            report.steps.push(step);
+            report.push(step);
         }
         Ok(())
     }
@@ -461,6 +424,7 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let started = Instant::now();
         let mut step = StepReport::new(&run_id, &spec.name, Layer::Bronze, &spec.name);
+        report.started(&spec.name, Layer::Bronze, &spec.name);
         let bronze = self.ingest(spec, options, run_id).await;
         step.duration_ms = started.elapsed().as_millis() as u64;
         let ingested = match bronze {
@@ -471,13 +435,13 @@ impl Pipeline {
                 if ingest.rows == 0 && ingest.files == 0 {
                     step.status = StepStatus::Skipped;
                 }
-                report.steps.push(step);
+                report.push(step);
                 ingest.files > 0
             }
             Err(err) => {
                 step.status = StepStatus::Failed;
                 step.message = Some(err.to_string());
-                report.steps.push(step);
+                report.push(step);
                 return Err(err);
             }
         };
@@ -487,6 +451,7 @@ impl Pipeline {
         let Some(silver) = &spec.silver else { return Ok(()) };
         let started = Instant::now();
         let mut step = StepReport::new(&run_id, &spec.name, Layer::Silver, &spec.name);
+        report.started(&spec.name, Layer::Silver, &spec.name);
         let mut attempt = 1;
         let refined = loop {
             match self.refine(spec, silver.mode, &silver.key, &silver.rules, options, run_id).await {
@@ -507,7 +472,7 @@ impl Pipeline {
                 step.status = StepStatus::Skipped;
                 step.message = Some("bronze has nothing silver has not seen".into());
                 step.duration_ms = started.elapsed().as_millis() as u64;
-                report.steps.push(step);
+                report.push(step);
                 Ok(())
             }
             Ok(Some((rows_in, rows_out, rejected))) => {
@@ -515,7 +480,7 @@ impl Pipeline {
                 step.rows_out = rows_out;
                 step.rows_rejected = rejected;
                 step.duration_ms = started.elapsed().as_millis() as u64;
-                report.steps.push(step);
+                report.push(step);
                 changed.insert(format!("silver.{}", spec.name));
                 Ok(())
             }
@@ -523,7 +488,7 @@ impl Pipeline {
                 step.status = StepStatus::Failed;
                 step.message = Some(err.to_string());
                 step.duration_ms = started.elapsed().as_millis() as u64;
-                report.steps.push(step);
+                report.push(step);
                 Err(err)
             }
         }

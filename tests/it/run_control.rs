@@ -61,6 +61,7 @@ async fn a_source_that_comes_back_is_retried_and_each_attempt_is_recorded() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("(attempt "), "the report says it took several attempts: {stdout}");
+    assert!(stderr.contains("bronze.ledger: started") && stderr.contains("bronze.ledger: ok in "), "steps are shown as they go: {stderr}");
     assert!(stderr.contains("transient"), "each retry is logged: {stderr}");
     let server = serve(lake.path(), specs.path());
     let attempts = rows(
