@@ -160,6 +160,9 @@ pub struct RoleConfig {
     /// Datasets whose landing files it may read (`preview`, `preview_raw`).
     #[serde(default)]
     pub landing: Vec<String>,
+    /// Datasets it may add landing files to (`COPY landing.<dataset> FROM STDIN`).
+    #[serde(default)]
+    pub upload: Vec<String>,
     /// Tables it may check against an ad-hoc suite (`validate(t, suite)`).
     #[serde(default)]
     pub validate: Vec<String>,
@@ -575,6 +578,7 @@ fn resolve_role(name: &str, role: RoleConfig) -> Result<crate::governance::RoleG
         read: Grant::parse(&role.read).map_err(invalid)?,
         run: Grant::parse(&role.run).map_err(invalid)?,
         landing: Grant::parse(&role.landing).map_err(invalid)?,
+        upload: Grant::parse(&role.upload).map_err(invalid)?,
         validate: Grant::parse(&role.validate).map_err(invalid)?,
         unmask: role.unmask,
         row_filters,

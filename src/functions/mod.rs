@@ -266,6 +266,11 @@ pub fn register_schedules(ctx: &SessionContext, pipeline: Arc<Pipeline>, meta: A
         .map(|_| ())
 }
 
+/// Where `COPY landing.<dataset> FROM STDIN` stores files: the pipeline,
+/// carried by every session made from the template (a config extension).
+#[derive(Debug)]
+pub struct Landing(pub Arc<Pipeline>);
+
 /// Register every table function on `ctx`.
 pub fn register(ctx: &SessionContext, services: Services) {
     let documented: Vec<FunctionDoc> = DOCS
@@ -278,6 +283,7 @@ pub fn register(ctx: &SessionContext, services: Services) {
         if let Err(err) = register_schedules(ctx, pipeline.clone(), services.meta.clone()) {
             tracing::warn!(%err, "workbench.schedules is not available");
         }
+        ctx.state_ref().write().config_mut().set_extension(Arc::new(Landing(pipeline.clone())));
         ctx.register_udtf("run", Arc::new(run::RunFunction::new(pipeline.clone())));
         ctx.register_udtf("cancel_run", Arc::new(cancel_run::CancelRun(pipeline.clone())));
         ctx.register_udtf("schedule_preview", Arc::new(schedule_preview::SchedulePreview(pipeline.clone())));

@@ -136,6 +136,11 @@ impl Principal {
         self.is_admin() || self.grants().any(|g| g.landing.matches(dataset))
     }
 
+    /// May add landing files to `dataset` (`COPY landing.<dataset> FROM STDIN`).
+    pub fn can_upload(&self, dataset: &str) -> bool {
+        self.is_admin() || self.grants().any(|g| g.upload.matches(dataset))
+    }
+
     /// May check `schema.table` against an ad-hoc suite (`validate(t, suite)`).
     pub fn can_validate(&self, schema: &str, table: &str) -> bool {
         self.is_admin() || self.grants().any(|g| g.validate.matches(&format!("{schema}.{table}")))

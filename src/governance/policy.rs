@@ -100,6 +100,7 @@ pub struct RoleGrants {
     pub read: Grant,
     pub run: Grant,
     pub landing: Grant,
+    pub upload: Grant,
     pub validate: Grant,
     /// Column tags this role sees in clear (`*`: every tag).
     pub unmask: Vec<String>,

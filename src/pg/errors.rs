@@ -103,6 +103,25 @@ fn from_api_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Erro
     error(INTERNAL, err.to_string())
 }
 
+/// A pipeline error's SQLSTATE, from its kind.
+pub fn pipeline(err: &crate::pipeline::PipelineError) -> ErrorInfo {
+    use crate::pipeline::PipelineError;
+    let code = match err {
+        PipelineError::Locked { .. } => "55P03",
+        PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => "42704",
+        PipelineError::Meta(_) | PipelineError::Coordination(_) => "08006",
+        PipelineError::Cancelled { .. } | PipelineError::TimedOut { .. } => QUERY_CANCELED,
+        PipelineError::Upload { .. } => "22P04",
+        _ => INTERNAL,
+    };
+    error(code, err.to_string())
+}
+
+/// A NOTICE carrying `message`.
+pub fn notice(message: &str) -> ErrorInfo {
+    ErrorInfo::new("NOTICE".to_string(), "00000".to_string(), message.to_string())
+}
+
 /// Map a DataFusion error to a SQLSTATE by what went wrong, not by message
 /// text where the error kind tells us.
 pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
@@ -130,16 +149,8 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
         ),
         DataFusionError::ArrowError(arrow, _) => from_arrow(arrow),
         DataFusionError::External(inner) => {
-            if let Some(pipeline) = inner.downcast_ref::<crate::pipeline::PipelineError>() {
-                use crate::pipeline::PipelineError;
-                let code = match pipeline {
-                    PipelineError::Locked { .. } => "55P03",
-                    PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => "42704",
-                    PipelineError::Meta(_) | PipelineError::Coordination(_) => "08006",
-                    PipelineError::Cancelled { .. } | PipelineError::TimedOut { .. } => QUERY_CANCELED,
-                    _ => "XX000",
-                };
-                error(code, pipeline.to_string())
+            if let Some(failed) = inner.downcast_ref::<crate::pipeline::PipelineError>() {
+                pipeline(failed)
             } else if let Some(denied) = inner.downcast_ref::<crate::governance::AccessError>() {
                 with_hint(error(INSUFFICIENT_PRIVILEGE, denied.to_string()), denied.hint())
             } else if let Some(limit) = inner.downcast_ref::<crate::engine::LimitError>() {

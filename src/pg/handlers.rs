@@ -42,6 +42,10 @@ impl PgWireServerHandlers for ConnectionHandlers {
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.cancel.clone()
     }
+
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
+        self.session.clone()
+    }
 }
 
 /// Cancel requests arrive on a fresh connection carrying (pid, secret key).

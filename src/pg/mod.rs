@@ -1,6 +1,7 @@
 //! The Postgres wire protocol: listener, authentication, per-connection
 //! sessions over datafusion-postgres, cancellation and SQLSTATE mapping.
-//! Nothing here reads the lake or the specs directly; it talks to the engine.
+//! Nothing here reads the lake or the specs directly; it talks to the engine
+//! (and, for `COPY landing.x FROM STDIN`, hands the bytes to the pipeline).
 
 mod backends;
 mod copy;
@@ -21,6 +22,7 @@ mod settings;
 mod startup;
 mod statements;
 mod tls;
+mod upload;
 mod wire;
 
 pub use backends::{BackendInfo, Backends};

@@ -51,6 +51,7 @@ pub struct Session {
     parser: Arc<StatementParser>,
     backend: Arc<Backend>,
     settings: Arc<Settings>,
+    uploads: super::upload::Uploads,
 }
 
 impl Session {
@@ -78,7 +79,22 @@ impl Session {
             parser,
             backend,
             settings,
+            uploads: Default::default(),
         }
+    }
+
+    pub(super) fn uploads(&self) -> &super::upload::Uploads {
+        &self.uploads
+    }
+
+    /// Where uploads go (absent when the server runs without specs).
+    pub(super) fn landing(&self) -> Option<Arc<crate::pipeline::Pipeline>> {
+        self.ctx.state().config().get_extension::<crate::functions::Landing>().map(|l| l.0.clone())
+    }
+
+    /// The connection's user and grants (absent for the server's own sessions).
+    pub(super) fn access(&self) -> Option<Arc<crate::governance::Access>> {
+        self.ctx.state().config().get_extension::<crate::governance::Access>()
     }
 
     /// When the statement starting now must end (`statement_timeout`).
@@ -105,6 +121,11 @@ impl Session {
         }
         let mut responses = Vec::with_capacity(statements.len());
         'statements: for statement in statements {
+            if let Some(upload) = super::upload::parse(&statement) {
+                responses.push(self.start_upload(upload?)?);
+                // The copy takes the connection until the client ends it.
+                break;
+            }
             if let Some(copy) = copy::parse(&statement) {
                 let copy = copy?;
                 let query = Statement::Query(Box::new(copy.query.clone()));

@@ -20,6 +20,7 @@ pub mod rules;
 mod run;
 mod scd2;
 mod silver;
+mod upload;
 pub mod sources;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub use backfill::{BackfillProgress, Step, slices};
 pub use downstream::DatasetOutcome;
 pub use monitor::DatasetFreshness;
 pub use run::new_run_id;
+pub use upload::{CsvFraming, MAX_UPLOAD_BYTES, Uploaded};
 pub use sources::DateWindow;
 use bronze::with_metadata;
 
@@ -66,6 +68,8 @@ pub enum PipelineError {
     Locked { dataset: String, holder: String },
     #[error("cannot take the run lock: {0}")]
     Coordination(String),
+    #[error("cannot upload to landing.{dataset}: {message}")]
+    Upload { dataset: String, message: String },
     #[error("cannot backfill: {0}")]
     Backfill(String),
     #[error("run {run_id} was cancelled; each table keeps its last fully committed version")]

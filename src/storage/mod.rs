@@ -712,6 +712,13 @@ impl Lake {
         Ok(objects.into_iter().map(|o| (o.location.to_string(), o.size, o.last_modified)).collect())
     }
 
+    /// Store `bytes` as a new file at `path` (relative to the lake root) in
+    /// one put: readers see all of it or nothing. Fails if `path` exists.
+    pub async fn put_new(&self, path: &str, bytes: bytes::Bytes) -> Result<(), object_store::Error> {
+        let options = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        self.store.put_opts(&ObjectPath::from(path), bytes.into(), options).await.map(|_| ())
+    }
+
     /// The bytes of a landing file (relative to the lake root).
     pub async fn read_bytes(&self, path: &str) -> Result<bytes::Bytes, object_store::Error> {
         use object_store::ObjectStoreExt;

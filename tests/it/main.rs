@@ -14,3 +14,4 @@ mod pipeline;
 mod run_control;
 mod scheduler;
 mod server;
+mod upload;
