@@ -136,6 +136,9 @@ impl Notifier {
     }
 
     async fn attempted(&self, record: &AlertRecord, status: &str, attempts: u32, error: Option<&str>) {
+        if status != "sending" {
+            crate::metrics::alert(status);
+        }
         if let Err(err) = self.meta.alert_attempted(&record.id, status, attempts, error).await {
             tracing::warn!(%err, "recording an alert delivery failed");
         }

@@ -429,6 +429,8 @@ pub struct App {
     /// Runs scheduled datasets; `None` without specs, without schedules or
     /// with `--no-scheduler`.
     scheduler: Option<crate::scheduler::Scheduler>,
+    /// The HTTP API, when it listens.
+    http: Option<(tokio::net::TcpListener, SocketAddr, crate::http::HttpState)>,
 }
 
 impl App {
@@ -508,6 +510,25 @@ impl App {
             source,
         })?;
         let addr = server.local_addr().map_err(AppError::Serve)?;
+        let http_state = crate::http::HttpState { meta: meta.clone(), coordinator: coordinator.clone(), lake: lake.clone() };
+        let http = match config.http {
+            crate::config::HttpListen::Off => None,
+            crate::config::HttpListen::Explicit(at) => {
+                let listener = crate::http::bind(at).await.map_err(|source| AppError::Listen { addr: at, source })?;
+                let bound = listener.local_addr().map_err(AppError::Serve)?;
+                Some((listener, bound, http_state))
+            }
+            crate::config::HttpListen::Default(at) => match crate::http::bind(at).await {
+                Ok(listener) => {
+                    let bound = listener.local_addr().map_err(AppError::Serve)?;
+                    Some((listener, bound, http_state))
+                }
+                Err(err) => {
+                    tracing::warn!(%at, %err, "the HTTP API (health, readiness, metrics) is not served: its default address is taken; set --http-listen ADDR (or off)");
+                    None
+                }
+            },
+        };
         let scheduler = pipeline
             .clone()
             .and_then(|pipeline| crate::scheduler::Scheduler::new(pipeline, meta.clone()));
@@ -518,7 +539,13 @@ impl App {
             engine,
             pipeline,
             scheduler,
+            http,
         })
+    }
+
+    /// Where the HTTP API listens, when it does.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr, _)| *addr)
     }
 
     /// The address the server listens on (resolves port 0).
@@ -549,6 +576,15 @@ impl App {
         tracing::info!(addr = %self.addr, lake = %self.lake.root(), "workbench listening");
         if let Some(scheduler) = self.scheduler.take() {
             tokio::spawn(scheduler.run(shutdown.clone()));
+        }
+        if let Some((listener, addr, state)) = self.http.take() {
+            tracing::info!(%addr, "HTTP API listening (/health, /ready, /metrics)");
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(err) = crate::http::serve(listener, state, stop).await {
+                    tracing::error!(%err, "the HTTP API stopped");
+                }
+            });
         }
         if let Some(pipeline) = self.pipeline.clone() {
             // First start on a fresh lake: build what is missing, in the background.

@@ -41,6 +41,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// The HTTP API's address (health, readiness, metrics); `off` disables it.
+    pub http_listen: Option<String>,
     pub lake: Option<String>,
     pub specs: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -185,6 +187,7 @@ pub struct RoleConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub http_listen: Option<String>,
     pub lake: Option<String>,
     pub specs: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -229,10 +232,24 @@ pub struct User {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpListen {
+    /// Not configured: 127.0.0.1:8080, skipped with a warning when taken.
+    Default(SocketAddr),
+    /// Configured: failing to listen there is an error.
+    Explicit(SocketAddr),
+    Off,
+}
+
+/// The HTTP API's address when none is configured.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+
 /// The validated configuration the application runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub http: HttpListen,
     pub lake: String,
     pub specs: PathBuf,
     pub max_connections: usize,
@@ -299,6 +316,14 @@ impl Config {
     pub fn build(file: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
         let listen_text = o.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = resolve_listen(&listen_text)?;
+        let http = match o.http_listen.or(file.http_listen) {
+            None => HttpListen::Default(DEFAULT_HTTP_LISTEN.parse().expect("a valid address")),
+            Some(text) if text.trim().eq_ignore_ascii_case("off") => HttpListen::Off,
+            Some(text) => HttpListen::Explicit(resolve_listen(&text).map_err(|e| match e {
+                ConfigError::Invalid { value, reason, .. } => ConfigError::Invalid { setting: "http_listen", value, reason },
+                other => other,
+            })?),
+        };
         let lake = o.lake.or(file.lake).unwrap_or_else(|| "./lake".into());
         let specs = o.specs.or(file.specs).unwrap_or_else(|| PathBuf::from("./specs"));
         let max_connections = at_least_one("max_connections", o.max_connections.or(file.max_connections).unwrap_or(100))?;
@@ -405,6 +430,7 @@ impl Config {
         };
         Ok(Config {
             listen,
+            http,
             lake,
             specs,
             max_connections,

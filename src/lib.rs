@@ -21,6 +21,8 @@
 //!   retries, timeouts, cancel, downstream runs.
 //! - [`scheduler`]: runs datasets at their cron slots, once across replicas,
 //!   and watches freshness.
+//! - [`http`]: the HTTP API (health, readiness, Prometheus metrics).
+//! - [`metrics`]: the process's Prometheus registry, fed by every layer.
 //! - [`alerts`]: webhooks told about failures, failed expectations,
 //!   anomalies and stale datasets (`workbench.alerts`).
 
@@ -30,6 +32,8 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod meta;
+pub mod metrics;
+pub mod http;
 pub mod functions;
 pub mod governance;
 pub mod pg;

@@ -158,6 +158,10 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:5433]
     #[arg(long, env = "WORKBENCH_LISTEN")]
     listen: Option<String>,
+    /// Address of the HTTP API (health, readiness, metrics), or `off`
+    /// [default: 127.0.0.1:8080, skipped with a warning when taken]
+    #[arg(long, env = "WORKBENCH_HTTP_LISTEN")]
+    http_listen: Option<String>,
     #[command(flatten)]
     common: CommonArgs,
     /// Maximum concurrent client connections [default: 100]
@@ -184,6 +188,7 @@ impl ServeArgs {
     fn config(self) -> anyhow::Result<Config> {
         let overrides = Overrides {
             listen: self.listen,
+            http_listen: self.http_listen,
             lake: self.common.lake,
             specs: self.common.specs,
             max_connections: self.max_connections,
@@ -257,7 +262,10 @@ async fn run() -> anyhow::Result<()> {
             init_telemetry();
             let app = App::build(config).await?;
             let app = if scheduler { app } else { app.without_scheduler() };
-            // A machine-readable line scripts and tests can wait for.
+            // Machine-readable lines scripts and tests can wait for.
+            if let Some(http) = app.http_addr() {
+                println!("workbench http on {http}");
+            }
             println!("workbench listening on {}", app.addr());
             app.run(shutdown_signal()).await?;
         }

@@ -222,6 +222,18 @@ impl Coordinator {
         Ok(Ok(guard))
     }
 
+    /// Whether Redis answers `PING` (the in-process coordinator always does).
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        match self {
+            Coordinator::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                Ok(())
+            }
+            Coordinator::Local(_) => Ok(()),
+        }
+    }
+
     async fn renew(&self, key: &str, token: &str, ttl: Duration) -> Result<(), CacheError> {
         match self {
             Coordinator::Redis { conn, .. } => {

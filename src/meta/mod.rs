@@ -148,6 +148,11 @@ impl MetaStore {
         Ok(MetaStore::Sqlite(pool))
     }
 
+    /// Whether the store answers (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             MetaStore::Postgres(_) => "postgres",

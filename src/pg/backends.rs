@@ -68,6 +68,9 @@ pub struct QueryGuard {
     reason: Arc<Mutex<Option<StopReason>>>,
     /// This statement's audit record, submitted when the last holder drops it.
     pub audit: Option<Arc<StatementAudit>>,
+    started: Instant,
+    /// The SQLSTATE it failed with, for the metrics.
+    failed: Mutex<Option<String>>,
 }
 
 impl QueryGuard {
@@ -83,6 +86,7 @@ impl QueryGuard {
         if let Some(audit) = &self.audit {
             audit.failed(sqlstate);
         }
+        *self.failed.lock().expect("query state poisoned") = Some(sqlstate.to_string());
     }
 
     /// Why the query was stopped, once `token` has fired.
@@ -96,6 +100,8 @@ impl QueryGuard {
 
 impl Drop for QueryGuard {
     fn drop(&mut self) {
+        let failed = self.failed.lock().map(|f| f.clone()).unwrap_or(None);
+        crate::metrics::statement(failed.as_deref(), self.started.elapsed());
         let mut running = self.backend.running.lock().expect("backend state poisoned");
         if running.as_ref().is_some_and(|r| r.id == self.id) {
             *running = None;
@@ -151,6 +157,8 @@ impl Backend {
             token,
             reason,
             audit,
+            started: Instant::now(),
+            failed: Mutex::new(None),
         }
     }
 

@@ -163,6 +163,7 @@ struct Connection {
 impl Connection {
     async fn serve(self, socket: TcpStream, addr: SocketAddr, login_slot: OwnedSemaphorePermit) {
         let _ = socket.set_nodelay(true);
+        let _counted = crate::metrics::connection();
         let registration = self.backends.register(addr);
         let backend = registration.backend.clone();
         let access = Arc::new(Access::default());

@@ -310,6 +310,10 @@ impl Pipeline {
         }
         let openlineage = openlineage_event(&run_id, names, Some(&report), error.as_deref());
         let status = report.status.as_str();
+        crate::metrics::run(status);
+        for step in report.steps.iter().filter(|s| s.status == StepStatus::Ok) {
+            crate::metrics::rows_written(step.layer.as_str(), step.rows_out);
+        }
         if let Err(err) = self.meta.finish_run(&run_id, status, error.as_deref(), totals.0, totals.1, totals.2, &openlineage).await {
             tracing::warn!(%err, "recording the end of the run failed");
         }

@@ -200,6 +200,7 @@ impl Pipeline {
                 let result = quality::evaluate(ctx, &view, &check)
                     .await
                     .map_err(|e| step_error(&step, format!("{}: {}", expectation.location, e.strip_backtrace())))?;
+                crate::metrics::expectation(result.success);
                 let record = result.record(&step, Some(run_id));
                 if let Err(err) = self.meta.record_validation(&record).await {
                     tracing::warn!(%err, "storing a validation result failed");

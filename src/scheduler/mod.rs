@@ -204,6 +204,7 @@ impl Scheduler {
                 return;
             };
             tracing::info!(%dataset, %slot, %run_id, "scheduled run starting");
+            crate::metrics::schedule_lag((Utc::now() - slot).to_std().unwrap_or_default());
             let options = RunOptions {
                 trigger: "schedule".into(),
                 run_id: Some(run_id.clone()),

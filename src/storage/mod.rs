@@ -697,6 +697,14 @@ impl Lake {
         Ok(objects.into_iter().map(|o| (o.location.to_string(), o.last_modified)).collect())
     }
 
+    /// Whether the lake's store answers: one listing of its top level.
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.store.list_with_delimiter(None).await.map(|_| ()).map_err(|e| StorageError::List {
+            what: self.root.to_string(),
+            source: Box::new(e),
+        })
+    }
+
     /// Files under `prefix` with their size and modification time.
     pub async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64, chrono::DateTime<chrono::Utc>)>, StorageError> {
         use futures::TryStreamExt;

@@ -30,6 +30,8 @@ pub struct ServerOptions {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The HTTP API's address.
+    pub http: Option<SocketAddr>,
     lake: PathBuf,
     _lake_owner: Option<TempDir>,
     pub log: PathBuf,
@@ -65,7 +67,7 @@ impl Server {
         let log = lake.join("server.log");
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .arg("--lake")
             .arg(lake)
             .arg("--config")
@@ -79,9 +81,13 @@ impl Server {
             .expect("spawn workbench serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut http = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("workbench http on ") {
+                        http = Some(addr.trim().parse().expect("http address"));
+                    }
                     if let Some(addr) = line.strip_prefix("workbench listening on ") {
                         break addr.trim().parse().expect("listen address");
                     }
@@ -95,6 +101,7 @@ impl Server {
         Server {
             child: Some(child),
             addr,
+            http,
             lake: lake.to_path_buf(),
             _lake_owner: None,
             log,

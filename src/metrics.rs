@@ -1,0 +1,127 @@
+//! The process's Prometheus metrics, served at `GET /metrics` (OpenMetrics
+//! text). Every layer records into one registry: the wire (connections,
+//! statements by outcome and their durations), the pipeline (runs by status,
+//! rows written, expectation results), the scheduler (how late a slot
+//! started), the alerts (deliveries by outcome).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    /// `ok`, or the SQLSTATE class of the error (`42` for 42501, ...).
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Status {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Layer {
+    layer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Success {
+    success: String,
+}
+
+fn duration_buckets() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    connections_total: Counter,
+    statements: Family<Outcome, Counter>,
+    statement_seconds: Family<Outcome, Histogram, fn() -> Histogram>,
+    runs: Family<Status, Counter>,
+    rows_written: Family<Layer, Counter>,
+    expectations: Family<Success, Counter>,
+    schedule_lag: Histogram,
+    alerts: Family<Status, Counter>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("workbench");
+    let connections = Gauge::default();
+    registry.register("connections", "Client connections open now", connections.clone());
+    let connections_total = Counter::default();
+    registry.register("connections_accepted", "Client connections accepted", connections_total.clone());
+    let statements = Family::<Outcome, Counter>::default();
+    registry.register("statements", "Statements by outcome (ok, or the SQLSTATE class)", statements.clone());
+    let statement_seconds = Family::<Outcome, Histogram, fn() -> Histogram>::new_with_constructor(duration_buckets);
+    registry.register("statement_duration_seconds", "Statement durations, until the last row was sent", statement_seconds.clone());
+    let runs = Family::<Status, Counter>::default();
+    registry.register("runs", "Pipeline runs (attempts) by how they ended", runs.clone());
+    let rows_written = Family::<Layer, Counter>::default();
+    registry.register("rows_written", "Rows written by runs, by layer", rows_written.clone());
+    let expectations = Family::<Success, Counter>::default();
+    registry.register("expectation_results", "Expectation checks in runs, by success", expectations.clone());
+    let schedule_lag = duration_buckets();
+    registry.register("schedule_lag_seconds", "How long after its slot a scheduled run started", schedule_lag.clone());
+    let alerts = Family::<Status, Counter>::default();
+    registry.register("alerts", "Alert deliveries by outcome (sent, failed)", alerts.clone());
+    Metrics { registry, connections, connections_total, statements, statement_seconds, runs, rows_written, expectations, schedule_lag, alerts }
+});
+
+/// A client connected; the returned guard counts it until dropped.
+pub fn connection() -> ConnectionGuard {
+    METRICS.connections.inc();
+    METRICS.connections_total.inc();
+    ConnectionGuard(())
+}
+
+pub struct ConnectionGuard(());
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        METRICS.connections.dec();
+    }
+}
+
+/// A statement ended: `sqlstate` `None` when it succeeded.
+pub fn statement(sqlstate: Option<&str>, took: Duration) {
+    let outcome = Outcome { outcome: sqlstate.map(|s| s.chars().take(2).collect()).unwrap_or_else(|| "ok".into()) };
+    METRICS.statements.get_or_create(&outcome).inc();
+    METRICS.statement_seconds.get_or_create(&outcome).observe(took.as_secs_f64());
+}
+
+/// A run attempt ended with `status`.
+pub fn run(status: &str) {
+    METRICS.runs.get_or_create(&Status { status: status.to_string() }).inc();
+}
+
+pub fn rows_written(layer: &str, rows: u64) {
+    METRICS.rows_written.get_or_create(&Layer { layer: layer.to_string() }).inc_by(rows);
+}
+
+pub fn expectation(success: bool) {
+    METRICS.expectations.get_or_create(&Success { success: success.to_string() }).inc();
+}
+
+pub fn schedule_lag(lag: Duration) {
+    METRICS.schedule_lag.observe(lag.as_secs_f64());
+}
+
+pub fn alert(status: &str) {
+    METRICS.alerts.get_or_create(&Status { status: status.to_string() }).inc();
+}
+
+/// Everything, in the OpenMetrics text format.
+pub fn render() -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &METRICS.registry).expect("writing to a String");
+    out
+}
