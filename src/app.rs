@@ -447,7 +447,10 @@ impl App {
                     for warning in inline_secret_warnings(&project) {
                         tracing::warn!("{warning}");
                     }
-                    let pipeline = Arc::new(Pipeline::new(lake.clone(), engine.clone(), meta.clone(), coordinator.clone(), lock_ttl, project));
+                    let pipeline = Arc::new(
+                        Pipeline::new(lake.clone(), engine.clone(), meta.clone(), coordinator.clone(), lock_ttl, project)
+                            .with_upload_limit(config.upload_max_bytes),
+                    );
                     pipeline.sync_datasets().await?;
                     // Runs whose process died are marked abandoned at start
                     // and from then on, every lock_ttl.
@@ -472,6 +475,7 @@ impl App {
             None
         };
         let policy = Arc::new(build_policy(&config, &lake, pipeline.as_ref().map(|p| p.project()))?);
+        let http_policy = policy.clone();
         let services = crate::functions::Services {
             lake: lake.clone(),
             meta: meta.clone(),
@@ -510,7 +514,16 @@ impl App {
             source,
         })?;
         let addr = server.local_addr().map_err(AppError::Serve)?;
-        let http_state = crate::http::HttpState { meta: meta.clone(), coordinator: coordinator.clone(), lake: lake.clone() };
+        let http_state = crate::http::HttpState {
+            meta: meta.clone(),
+            coordinator: coordinator.clone(),
+            lake: lake.clone(),
+            engine: engine.clone(),
+            policy: http_policy,
+            users: Arc::new(config.users.clone()),
+            pipeline: pipeline.clone(),
+            upload_limit: config.upload_max_bytes,
+        };
         let http = match config.http {
             crate::config::HttpListen::Off => None,
             crate::config::HttpListen::Explicit(at) => {

@@ -43,6 +43,9 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// The HTTP API's address (health, readiness, metrics); `off` disables it.
     pub http_listen: Option<String>,
+    /// The largest landing file an upload may carry (COPY FROM STDIN, HTTP),
+    /// e.g. `512MiB` (the default).
+    pub upload_max_size: Option<String>,
     pub lake: Option<String>,
     pub specs: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -250,6 +253,8 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub struct Config {
     pub listen: SocketAddr,
     pub http: HttpListen,
+    /// Bytes an upload may carry.
+    pub upload_max_bytes: usize,
     pub lake: String,
     pub specs: PathBuf,
     pub max_connections: usize,
@@ -316,7 +321,7 @@ impl Config {
     pub fn build(file: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
         let listen_text = o.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = resolve_listen(&listen_text)?;
-        let http = match o.http_listen.or(file.http_listen) {
+        let http = match o.http_listen.or(file.http_listen.clone()) {
             None => HttpListen::Default(DEFAULT_HTTP_LISTEN.parse().expect("a valid address")),
             Some(text) if text.trim().eq_ignore_ascii_case("off") => HttpListen::Off,
             Some(text) => HttpListen::Explicit(resolve_listen(&text).map_err(|e| match e {
@@ -330,6 +335,19 @@ impl Config {
         let query_memory_limit = match o.query_memory_limit.or(file.query_memory_limit) {
             None => Some(2 * 1024 * 1024 * 1024),
             Some(text) => parse_size("query_memory_limit", &text)?,
+        };
+        let upload_max_bytes = match &file.upload_max_size {
+            None => 512 * 1024 * 1024,
+            Some(text) => match parse_size("upload_max_size", text)? {
+                Some(n) => n as usize,
+                None => {
+                    return Err(ConfigError::Invalid {
+                        setting: "upload_max_size",
+                        value: text.clone(),
+                        reason: "an upload limit cannot be 0; write e.g. 512MiB".into(),
+                    });
+                }
+            },
         };
         let server_memory_limit = match file.server_memory_limit {
             None => physical_memory().map(|total| total / 4 * 3),
@@ -362,6 +380,16 @@ impl Config {
                 reason: "listening on a non-loopback address requires password authentication; \
                          add `users:` to the config file (create hashes with `workbench hash-password`)"
                     .into(),
+            });
+        }
+        if let HttpListen::Explicit(at) = http
+            && !at.ip().is_loopback()
+            && users.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                setting: "http_listen",
+                value: at.to_string(),
+                reason: "the HTTP API on a non-loopback address requires password authentication; add `users:` to the config file".into(),
             });
         }
         let tls = match file.tls {
@@ -431,6 +459,7 @@ impl Config {
         Ok(Config {
             listen,
             http,
+            upload_max_bytes,
             lake,
             specs,
             max_connections,
@@ -627,6 +656,13 @@ impl ScramSecret {
             salt: salt.to_vec(),
             salted_password,
         }
+    }
+
+    /// Whether `password` is the one this secret was derived from.
+    pub fn verify(&self, password: &str) -> bool {
+        let derived = pgwire::api::auth::sasl::scram::gen_salted_password(password, &self.salt, self.iterations);
+        derived.len() == self.salted_password.len()
+            && derived.iter().zip(&self.salted_password).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     /// `scram-sha-256$<iterations>$<salt>$<salted password>` (base64), the

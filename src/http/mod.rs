@@ -6,20 +6,21 @@
 //! - `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
 //!
 //! None of these serve data: they carry no user's rows, so they need no
-//! login. Endpoints that do (upload, preview, runs) will take the same
-//! users and roles as the wire.
+//! login. The JSON API under `/api` ([`api`]) does, and takes the same users
+//! and roles as the wire.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+mod api;
 
 use crate::cache::Coordinator;
 use crate::meta::MetaStore;
@@ -34,11 +35,17 @@ pub struct HttpState {
     pub meta: Arc<MetaStore>,
     pub coordinator: Arc<Coordinator>,
     pub lake: Arc<Lake>,
+    pub engine: Arc<crate::engine::Engine>,
+    pub policy: Arc<crate::governance::Policy>,
+    /// The config's users (empty: local trust).
+    pub users: Arc<Vec<crate::config::User>>,
+    pub pipeline: Option<Arc<crate::pipeline::Pipeline>>,
+    pub upload_limit: usize,
 }
 
 /// Serve the API on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
-    let app = Router::new()
+    let app = api::routes(state.upload_limit)
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -3,7 +3,7 @@
 //! client sends as a new landing file of the dataset. The bytes are held
 //! until the client says the copy is done, checked, then stored in one put;
 //! a copy the client aborts, or a connection that drops, stores nothing.
-//! Only roles with `upload` rights on the dataset may (local trust may).
+//! Uploads over `upload_max_size` are refused. Only roles with `upload` rights on the dataset may (local trust may).
 
 use std::fmt::Debug;
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 
 use super::errors;
 use super::session::Session;
-use crate::pipeline::{CsvFraming, MAX_UPLOAD_BYTES};
+use crate::pipeline::CsvFraming;
 
 /// The schema clients copy into.
 pub const LANDING: &str = "landing";
@@ -161,11 +161,12 @@ impl CopyHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let limit = self.landing().map(|l| l.upload_limit()).unwrap_or(0);
         let mut uploads = self.uploads().0.lock().expect("uploads");
         if let Some(pending) = uploads.as_mut()
             && !pending.too_big
         {
-            if pending.received.len() + copy_data.data.len() > MAX_UPLOAD_BYTES {
+            if pending.received.len() + copy_data.data.len() > limit {
                 pending.too_big = true;
                 pending.received = BytesMut::new();
             } else {
@@ -185,16 +186,16 @@ impl CopyHandler for Session {
         let Some(pending) = pending else {
             return Err(refuse("08P01", "COPY data without a COPY FROM STDIN", "start with COPY landing.<dataset> FROM STDIN"));
         };
-        if pending.too_big {
-            return Err(refuse(
-                errors::PROGRAM_LIMIT,
-                format!("upload larger than {} MiB; nothing was stored", MAX_UPLOAD_BYTES / (1024 * 1024)),
-                "copy a file this large into the lake's landing path directly",
-            ));
-        }
         let Some(landing) = self.landing() else {
             return Err(refuse("0A000", "this server runs without specs", "start it with --specs DIR"));
         };
+        if pending.too_big {
+            return Err(refuse(
+                errors::PROGRAM_LIMIT,
+                format!("upload larger than upload_max_size ({} bytes); nothing was stored", landing.upload_limit()),
+                "copy a file this large into the lake's landing path directly, or raise upload_max_size",
+            ));
+        }
         let stored = landing
             .upload(&pending.copy.dataset, pending.copy.framing, pending.received.freeze())
             .await

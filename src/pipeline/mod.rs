@@ -37,7 +37,7 @@ pub use backfill::{BackfillProgress, Step, slices};
 pub use downstream::DatasetOutcome;
 pub use monitor::DatasetFreshness;
 pub use run::new_run_id;
-pub use upload::{CsvFraming, MAX_UPLOAD_BYTES, Uploaded};
+pub use upload::{CsvFraming, Uploaded};
 pub use sources::DateWindow;
 use bronze::with_metadata;
 
@@ -288,6 +288,8 @@ pub struct Pipeline {
     lock_ttl: std::time::Duration,
     project: Project,
     notifier: Arc<crate::alerts::Notifier>,
+    /// The largest upload accepted (`upload_max_size`).
+    upload_max_bytes: usize,
     /// Runs working in this process, by id: cancelling one stops it.
     running: std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
 }
@@ -302,7 +304,7 @@ impl Pipeline {
         project: Project,
     ) -> Self {
         let notifier = Arc::new(crate::alerts::Notifier::new(meta.clone(), coordinator.clone()));
-        Pipeline { lake, engine, meta, coordinator, lock_ttl, project, notifier, running: Default::default() }
+        Pipeline { lake, engine, meta, coordinator, lock_ttl, project, notifier, upload_max_bytes: 512 * 1024 * 1024, running: Default::default() }
     }
 
     /// Record every spec in the metadata store; specs that disappeared are
@@ -336,6 +338,17 @@ impl Pipeline {
     /// Wait for alerts being delivered (before a `workbench run` exits).
     pub async fn flush_alerts(&self) {
         self.notifier.flush().await;
+    }
+
+    /// Accept uploads up to `bytes`.
+    pub fn with_upload_limit(mut self, bytes: usize) -> Pipeline {
+        self.upload_max_bytes = bytes;
+        self
+    }
+
+    /// The largest upload accepted.
+    pub fn upload_limit(&self) -> usize {
+        self.upload_max_bytes
     }
 
     /// How long a lock (and a heartbeat) outlives a process that died.

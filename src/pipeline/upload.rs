@@ -9,9 +9,6 @@ use sha2::{Digest, Sha256};
 use super::{Pipeline, PipelineError};
 use crate::spec::SourceFormat;
 
-/// Uploads larger than this are refused (a landing file this big belongs in
-/// the object store, copied there directly).
-pub const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
 
 /// A stored upload.
 #[derive(Debug, Clone)]
@@ -83,6 +80,59 @@ impl Pipeline {
             .put_new(&path, bytes)
             .await
             .map_err(|e| upload(format!("storing {path}: {e}")))?;
+        tracing::info!(%dataset, %path, %sha256, bytes = size, rows, "landing file uploaded");
+        Ok(Uploaded { path, sha256, bytes: size, rows, already_ingested })
+    }
+}
+
+impl Pipeline {
+    /// Store `bytes`, a whole file named `file_name` by the client (an
+    /// Excel workbook, a CSV, ...), as a new landing file of `dataset`: the
+    /// name is cleaned to letters, digits, `.`, `-` and `_` (no folders),
+    /// must be one the dataset's glob matches in its folder, must not exist
+    /// yet, and the file must read as the dataset's format.
+    pub async fn upload_file(&self, dataset: &str, file_name: &str, bytes: bytes::Bytes) -> Result<Uploaded, PipelineError> {
+        let spec = self.project.dataset(dataset).ok_or_else(|| PipelineError::UnknownDataset(dataset.to_string()))?;
+        let upload = |message: String| PipelineError::Upload { dataset: dataset.to_string(), message };
+        let pattern = spec.source.path.clone().ok_or_else(|| upload("its source has no landing files".into()))?;
+        if file_name.contains(['/', '\\']) || file_name.contains("..") || file_name.starts_with('.') {
+            return Err(upload(format!("'{file_name}' is not a plain file name (no folders, no '..', no leading dot)")));
+        }
+        let clean: String = file_name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+            .collect();
+        if clean.is_empty() || clean.len() > 200 {
+            return Err(upload("the file name is empty or longer than 200 characters".into()));
+        }
+        let (dir, _) = pattern.rsplit_once('/').unwrap_or(("", &pattern));
+        if dir.contains(['*', '?', '[']) {
+            return Err(upload(format!("the source path '{pattern}' has wildcards in its folders: no single folder to put an upload in")));
+        }
+        let path = if dir.is_empty() { clean.clone() } else { format!("{dir}/{clean}") };
+        let glob = glob::Pattern::new(&pattern).map_err(|e| upload(e.to_string()))?;
+        if !glob.matches(&path) {
+            return Err(upload(format!("the dataset reads files like '{pattern}'; '{clean}' is not one of them (check its extension)")));
+        }
+        if bytes.is_empty() {
+            return Err(upload("nothing was sent".into()));
+        }
+        // The whole file must read as the dataset's format.
+        let format = spec.source.format.clone();
+        let (checked, name) = (bytes.clone(), path.clone());
+        let (rows, sha256) = tokio::task::spawn_blocking(move || -> Result<(usize, String), String> {
+            let batches = super::sources::read_file(&format, &name, &checked).map_err(|e| e.to_string())?;
+            Ok((batches.iter().map(|b| b.num_rows()).sum(), hex::encode(Sha256::digest(&checked))))
+        })
+        .await
+        .map_err(|e| upload(e.to_string()))?
+        .map_err(|e| upload(format!("{e}; nothing was stored")))?;
+        let already_ingested = self.ingested_hashes(dataset).await?.contains(&sha256);
+        let size = bytes.len();
+        self.lake.put_new(&path, bytes).await.map_err(|e| match e {
+            object_store::Error::AlreadyExists { .. } => upload(format!("{path} exists already; upload under another name")),
+            other => upload(format!("storing {path}: {other}")),
+        })?;
         tracing::info!(%dataset, %path, %sha256, bytes = size, rows, "landing file uploaded");
         Ok(Uploaded { path, sha256, bytes: size, rows, already_ingested })
     }

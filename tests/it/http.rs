@@ -136,3 +136,98 @@ async fn health_ready_and_metrics_over_http() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {taken}")), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn the_json_api_logs_users_in_uploads_previews_runs_and_refuses_what_it_must() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/ledger")).unwrap();
+    std::fs::write(
+        specs.path().join("ledger.yaml"),
+        "name: ledger\nsource: { format: csv, path: landing/ledger/*.csv }\nsilver:\n  rules:\n    - type_cast: { amount: int }\n  \
+         expectations:\n    - not_null: \"amount\"\n",
+    )
+    .unwrap();
+    let hash = crate::harness::hash_password("api-secret-1");
+    let config = format!(
+        "upload_max_size: 1KiB\nusers:\n  - {{ name: loader, password_hash: \"{hash}\", roles: [loader] }}\n  - {{ name: viewer, password_hash: \"{hash}\", roles: [viewer] }}\n\
+         roles:\n  loader: {{ read: [\"*\"], run: [ledger], landing: [ledger], upload: [ledger] }}\n  viewer: {{ read: [\"*\"] }}\n"
+    );
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], env: vec![] },
+    );
+    let base = format!("http://{}", server.http.unwrap());
+    let http = reqwest::Client::new();
+    let as_user = |request: reqwest::RequestBuilder, user: &str| request.basic_auth(user, Some("api-secret-1"));
+
+    // No login, a wrong password: 401 with a Basic challenge.
+    let response = http.get(format!("{base}/api/runs")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Basic realm=\"workbench\"");
+    let response = http.get(format!("{base}/api/runs")).basic_auth("loader", Some("nope")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    // Upload: stored under the dataset's folder, reported with its hash.
+    let csv = "account,amount\n1100,250\n2100,\n3100,12\n";
+    let response = as_user(http.put(format!("{base}/api/datasets/ledger/files/jan.csv")), "loader").body(csv).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(stored["path"], "landing/ledger/jan.csv");
+    assert_eq!(stored["rows"], 3);
+    assert_eq!(std::fs::read_to_string(lake.path().join("landing/ledger/jan.csv")).unwrap(), csv);
+    // The same name again, a path out of the folder, a file too large, the
+    // wrong extension, a user without upload rights: refused, nothing stored.
+    for (user, name, body, status) in [
+        ("loader", "jan.csv", csv.to_string(), 409),
+        ("loader", "..%2F..%2Fescape.csv", csv.to_string(), 422),
+        ("loader", "big.csv", format!("account,amount\n{}", "1,1\n".repeat(400)), 413),
+        ("loader", "jan.xlsx", csv.to_string(), 422),
+        ("viewer", "feb.csv", csv.to_string(), 403),
+    ] {
+        let response = as_user(http.put(format!("{base}/api/datasets/ledger/files/{name}")), user).body(body).send().await.unwrap();
+        let got = response.status().as_u16();
+        assert_eq!(got, status, "{user} {name}: {}", response.text().await.unwrap());
+    }
+    let mut files: Vec<String> = std::fs::read_dir(lake.path().join("landing/ledger")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    assert_eq!(files, ["jan.csv"]);
+    assert!(!lake.path().join("escape.csv").exists() && !lake.path().parent().unwrap().join("escape.csv").exists());
+
+    // Preview before anything is written: the row failing not_null is marked.
+    let response = as_user(http.get(format!("{base}/api/datasets/ledger/preview?file=landing/ledger/jan.csv&limit=10")), "loader").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let preview: serde_json::Value = response.json().await.unwrap();
+    let rows = preview["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{preview}");
+    let failing: Vec<&serde_json::Value> = rows.iter().filter(|r| r["_expectations_failed"].as_str().is_some_and(|f| f.contains("not_null"))).collect();
+    assert_eq!(failing.len(), 1, "{preview}");
+    assert_eq!(failing[0]["account"], "2100");
+
+    // Run: the loader may, the viewer may not.
+    let response = as_user(http.post(format!("{base}/api/datasets/ledger/runs")), "viewer").send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let response = as_user(http.post(format!("{base}/api/datasets/ledger/runs")), "loader").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let run: serde_json::Value = response.json().await.unwrap();
+    let run_id = run["steps"][0]["run_id"].as_str().unwrap().to_string();
+    // The runs, one run with its steps and validations.
+    let runs: serde_json::Value = as_user(http.get(format!("{base}/api/runs?dataset=ledger")), "viewer").send().await.unwrap().json().await.unwrap();
+    assert_eq!(runs[0]["id"], run_id.as_str());
+    assert_eq!(runs[0]["status"], "succeeded");
+    let detail: serde_json::Value = as_user(http.get(format!("{base}/api/runs/{run_id}")), "viewer").send().await.unwrap().json().await.unwrap();
+    assert_eq!(detail["steps"].as_array().unwrap().len(), 2, "{detail}");
+    assert_eq!(detail["validations"][0]["expectation"], "not_null");
+    assert_eq!(detail["validations"][0]["success"], false);
+    let missing = as_user(http.get(format!("{base}/api/runs/no-such-run")), "viewer").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let lineage: serde_json::Value = as_user(http.get(format!("{base}/api/lineage?table=silver.ledger")), "viewer").send().await.unwrap().json().await.unwrap();
+    assert!(lineage.as_array().unwrap().iter().any(|e| e["from_table"] == "bronze.ledger"), "{lineage}");
+    // The OpenAPI document describes it.
+    let openapi: serde_json::Value = http.get(format!("{base}/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(openapi["openapi"], "3.0.3");
+    for path in ["/api/runs", "/api/runs/{id}", "/api/datasets/{name}/files/{file}", "/api/datasets/{name}/preview", "/ready", "/metrics"] {
+        assert!(openapi["paths"][path].is_object(), "{path} undocumented");
+    }
+    assert!(!server.log_text().contains("api-secret-1"));
+}

@@ -1,0 +1,346 @@
+//! The JSON API under `/api`: what the wire serves, over HTTP, for scripts
+//! and the console. Every endpoint runs the same SQL and table functions a
+//! client would (`workbench.runs`, `run()`, `preview()`, `lineage()`) in a
+//! session of the caller, so grants, masks and row filters apply as on the
+//! wire. Callers log in with HTTP Basic as the config's `users:` (with no
+//! users configured the server is local-trust, as on the wire).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post, put};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use serde::Deserialize;
+
+use super::HttpState;
+use crate::governance::{Access, AccessError, Principal};
+use crate::pipeline::PipelineError;
+
+/// An API error: status and a JSON body saying what and what to do.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Basic realm=\"workbench\"".parse().expect("a header value"));
+        }
+        response
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(err: PipelineError) -> ApiError {
+        let status = match &err {
+            PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => StatusCode::NOT_FOUND,
+            PipelineError::Upload { message, .. } if message.contains("exists already") => StatusCode::CONFLICT,
+            PipelineError::Upload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            PipelineError::Locked { .. } => StatusCode::CONFLICT,
+            PipelineError::Meta(_) | PipelineError::Coordination(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl From<DataFusionError> for ApiError {
+    fn from(err: DataFusionError) -> ApiError {
+        let mut current: &DataFusionError = &err;
+        loop {
+            match current {
+                DataFusionError::External(inner) => {
+                    if let Some(denied) = inner.downcast_ref::<AccessError>() {
+                        return ApiError::new(StatusCode::FORBIDDEN, denied.to_string());
+                    }
+                    if let Some(failed) = inner.downcast_ref::<PipelineError>() {
+                        let status = match failed {
+                            PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => StatusCode::NOT_FOUND,
+                            PipelineError::Locked { .. } => StatusCode::CONFLICT,
+                            _ => StatusCode::INTERNAL_SERVER_ERROR,
+                        };
+                        return ApiError::new(status, failed.to_string());
+                    }
+                    match inner.downcast_ref::<DataFusionError>() {
+                        Some(df) => current = df,
+                        None => break,
+                    }
+                }
+                DataFusionError::Context(_, inner) => current = inner,
+                DataFusionError::Plan(_) | DataFusionError::SQL(..) | DataFusionError::SchemaError(..) => {
+                    return ApiError::new(StatusCode::BAD_REQUEST, err.strip_backtrace());
+                }
+                _ => break,
+            }
+        }
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.strip_backtrace())
+    }
+}
+
+pub fn routes(upload_limit: usize) -> Router<HttpState> {
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/runs", get(runs))
+        .route("/api/runs/{id}", get(run_detail))
+        .route("/api/datasets/{name}/runs", post(start_run))
+        .route("/api/datasets/{name}/preview", get(preview))
+        .route("/api/datasets/{name}/files/{file}", put(upload).layer(DefaultBodyLimit::max(upload_limit)))
+        .route("/api/lineage", get(lineage))
+}
+
+/// Who calls: `None` under local trust (no users configured).
+struct Caller {
+    access: Option<Arc<Access>>,
+}
+
+impl Caller {
+    fn may(&self, check: impl FnOnce(&Principal) -> bool) -> bool {
+        match &self.access {
+            None => true,
+            Some(access) => access.principal().is_some_and(|p| check(&p)),
+        }
+    }
+}
+
+async fn login(state: &HttpState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    if state.users.is_empty() {
+        return Ok(Caller { access: None });
+    }
+    let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "log in with HTTP Basic as one of the config's users");
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+    let encoded = value.strip_prefix("Basic ").ok_or_else(unauthorized)?;
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| unauthorized())?;
+    let text = String::from_utf8(decoded).map_err(|_| unauthorized())?;
+    let (name, password) = text.split_once(':').ok_or_else(unauthorized)?;
+    let user = state.users.iter().find(|u| u.name == name).cloned();
+    let password = password.to_string();
+    // PBKDF2 is CPU work: off the async threads. An unknown user costs the same.
+    let known = tokio::task::spawn_blocking(move || match &user {
+        Some(user) => user.secret.verify(&password),
+        None => {
+            let _ = crate::config::ScramSecret::derive(&password, crate::config::SCRAM_ITERATIONS);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !known {
+        tracing::warn!(user = %name, "HTTP login failed");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("password authentication failed for user \"{name}\"")));
+    }
+    let access = Arc::new(Access::default());
+    access.set(Principal::new(state.policy.clone(), name));
+    Ok(Caller { access: Some(access) })
+}
+
+fn session(state: &HttpState, caller: &Caller) -> Result<SessionContext, ApiError> {
+    match &caller.access {
+        None => Ok(state.engine.session()),
+        Some(access) => state.engine.client_session(access.clone()).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// The rows of `sql`, as JSON objects.
+async fn rows(ctx: &SessionContext, sql: &str) -> Result<serde_json::Value, ApiError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    let refs: Vec<&datafusion::arrow::array::RecordBatch> = batches.iter().collect();
+    writer.write_batches(&refs).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    writer.finish().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(serde_json::json!([]));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn known_dataset(state: &HttpState, name: &str) -> Result<Arc<crate::pipeline::Pipeline>, ApiError> {
+    let pipeline = state.pipeline.clone().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this server runs without specs"))?;
+    if pipeline.project().dataset(name).is_none() {
+        return Err(PipelineError::UnknownDataset(name.to_string()).into());
+    }
+    Ok(pipeline)
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    dataset: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn runs(State(state): State<HttpState>, headers: HeaderMap, Query(q): Query<RunsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let filter = match &q.dataset {
+        Some(d) => format!("WHERE CAST(datasets AS TEXT) LIKE {}", quote(&format!("%\"{d}\"%"))),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT id, datasets, trigger, status, started_at, finished_at, error, rows_in, rows_out, rows_rejected, attempt, retry_of \
+         FROM workbench.runs {filter} ORDER BY started_at DESC LIMIT {}",
+        q.limit.unwrap_or(50).min(1000)
+    );
+    Ok(Json(rows(&ctx, &sql).await?))
+}
+
+async fn run_detail(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let run = rows(&ctx, &format!("SELECT * FROM workbench.runs WHERE id = {}", quote(&id))).await?;
+    let Some(run) = run.as_array().and_then(|r| r.first()).cloned() else {
+        return Err(PipelineError::UnknownRun(id).into());
+    };
+    let steps = rows(&ctx, &format!("SELECT * FROM workbench.run_steps WHERE run_id = {} ORDER BY seq", quote(&id))).await?;
+    let validations = rows(&ctx, &format!("SELECT * FROM workbench.validations WHERE run_id = {} ORDER BY validated_at", quote(&id))).await?;
+    Ok(Json(serde_json::json!({ "run": run, "steps": steps, "validations": validations })))
+}
+
+async fn start_run(State(state): State<HttpState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = login(&state, &headers).await?;
+    known_dataset(&state, &name)?;
+    let ctx = session(&state, &caller)?;
+    Ok(Json(serde_json::json!({ "steps": rows(&ctx, &format!("SELECT * FROM run({})", quote(&name))).await? })))
+}
+
+#[derive(Deserialize)]
+struct PreviewQuery {
+    file: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn preview(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<PreviewQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = login(&state, &headers).await?;
+    known_dataset(&state, &name)?;
+    let ctx = session(&state, &caller)?;
+    let sql = match (&q.file, q.limit) {
+        (Some(file), limit) => format!("SELECT * FROM preview({}, {}, {})", quote(&name), quote(file), limit.unwrap_or(100).min(10_000)),
+        (None, Some(limit)) => format!("SELECT * FROM preview({}) LIMIT {}", quote(&name), limit.min(10_000)),
+        (None, None) => format!("SELECT * FROM preview({}) LIMIT 100", quote(&name)),
+    };
+    Ok(Json(serde_json::json!({ "rows": rows(&ctx, &sql).await? })))
+}
+
+async fn upload(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((name, file)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let caller = login(&state, &headers).await?;
+    let pipeline = known_dataset(&state, &name)?;
+    if !caller.may(|p| p.can_upload(&name)) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("you may not upload landing files of dataset {name} (needs `upload: [{name}]`)")));
+    }
+    let stored = pipeline.upload_file(&name, &file, body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "path": stored.path,
+            "sha256": stored.sha256,
+            "bytes": stored.bytes,
+            "rows": stored.rows,
+            "already_ingested": stored.already_ingested,
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct LineageQuery {
+    table: String,
+    direction: Option<String>,
+}
+
+async fn lineage(State(state): State<HttpState>, headers: HeaderMap, Query(q): Query<LineageQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let direction = q.direction.unwrap_or_else(|| "both".into());
+    Ok(Json(rows(&ctx, &format!("SELECT * FROM lineage({}, {})", quote(&q.table), quote(&direction))).await?))
+}
+
+async fn openapi() -> impl IntoResponse {
+    let text = |description: &str| serde_json::json!({ "description": description, "content": { "application/json": {} } });
+    let errors = serde_json::json!({
+        "401": { "description": "no or wrong HTTP Basic login" },
+        "403": { "description": "the user's roles do not allow it" },
+        "404": { "description": "no such dataset or run" },
+    });
+    let with = |ok: serde_json::Value| {
+        let mut responses = errors.clone();
+        responses.as_object_mut().expect("an object").extend(ok.as_object().expect("an object").clone());
+        responses
+    };
+    let name = serde_json::json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } });
+    Json(serde_json::json!({
+        "openapi": "3.0.3",
+        "info": { "title": "Workbench", "version": env!("CARGO_PKG_VERSION") },
+        "components": { "securitySchemes": { "basic": { "type": "http", "scheme": "basic" } } },
+        "security": [{ "basic": [] }],
+        "paths": {
+            "/health": { "get": { "summary": "Liveness", "security": [], "responses": { "200": text("the process runs") } } },
+            "/ready": { "get": { "summary": "Readiness: metadata store, Redis, lake", "security": [], "responses": { "200": text("ready"), "503": text("a check failed") } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics (OpenMetrics text)", "security": [], "responses": { "200": { "description": "metrics" } } } },
+            "/api/runs": { "get": {
+                "summary": "Recent runs, newest first",
+                "parameters": [
+                    { "name": "dataset", "in": "query", "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }
+                ],
+                "responses": with(serde_json::json!({ "200": text("runs") }))
+            } },
+            "/api/runs/{id}": { "get": {
+                "summary": "A run with its steps and validation results",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": with(serde_json::json!({ "200": text("the run") }))
+            } },
+            "/api/datasets/{name}/runs": { "post": {
+                "summary": "Run a dataset now (as run() does); waits for it",
+                "parameters": [name.clone()],
+                "responses": with(serde_json::json!({ "200": text("its steps"), "409": text("already running") }))
+            } },
+            "/api/datasets/{name}/preview": { "get": {
+                "summary": "The tidy rows a run would write for a landing file, with failed expectations; writes nothing",
+                "parameters": [name.clone(), { "name": "file", "in": "query", "schema": { "type": "string" } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }],
+                "responses": with(serde_json::json!({ "200": text("rows") }))
+            } },
+            "/api/datasets/{name}/files/{file}": { "put": {
+                "summary": "Upload a landing file (the body is the whole file: CSV, Excel, Parquet, JSON as the dataset reads)",
+                "parameters": [name, { "name": "file", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "requestBody": { "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                "responses": with(serde_json::json!({
+                    "201": text("stored: path, sha256, bytes, rows"),
+                    "409": text("a file of that name exists"),
+                    "413": text("larger than upload_max_size"),
+                    "422": text("not a file the dataset can read, or a bad name")
+                }))
+            } },
+            "/api/lineage": { "get": {
+                "summary": "Lineage edges of a table (as lineage())",
+                "parameters": [{ "name": "table", "in": "query", "required": true, "schema": { "type": "string" } }, { "name": "direction", "in": "query", "schema": { "type": "string", "enum": ["up", "down", "both"] } }],
+                "responses": with(serde_json::json!({ "200": text("edges") }))
+            } }
+        }
+    }))
+}
