@@ -31,7 +31,7 @@ if ! command -v odbcinst >/dev/null || ! odbcinst -q -d -n "PostgreSQL Unicode" 
   log "installing psqlODBC (odbc-postgresql) and unixODBC"
   apt-get update -qq && apt-get install -y -qq odbc-postgresql unixodbc unixodbc-dev >/dev/null
 fi
-if ! python3 -c 'import sqlalchemy, psycopg2, psycopg, asyncpg, pandas, pyodbc, prometheus_client' 2>/dev/null; then
+if ! python3 -c 'import sqlalchemy, psycopg2, psycopg, asyncpg, pandas, pyodbc, prometheus_client, selenium' 2>/dev/null; then
   log "installing Python client libraries"
   python3 -m pip install -q -r tests/clients/requirements.txt
 fi
@@ -49,6 +49,10 @@ export WORKBENCH_SUPERSET_PYTHON="$SUPERSET_VENV/bin/python"
 if ! command -v java >/dev/null || [ ! -f /usr/share/java/postgresql.jar ]; then
   log "installing Java and pgjdbc"
   apt-get update -qq && apt-get install -y -qq default-jdk-headless libpostgresql-jdbc-java >/dev/null
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  log "installing chromium and chromium-driver (the web console's browser test)"
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

@@ -102,7 +102,7 @@ pub fn routes(upload_limit: usize) -> Router<HttpState> {
 }
 
 /// Who calls: `None` under local trust (no users configured).
-struct Caller {
+pub(super) struct Caller {
     access: Option<Arc<Access>>,
 }
 
@@ -115,7 +115,7 @@ impl Caller {
     }
 }
 
-async fn login(state: &HttpState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(super) async fn login(state: &HttpState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     if state.users.is_empty() {
         return Ok(Caller { access: None });
     }
@@ -147,7 +147,7 @@ async fn login(state: &HttpState, headers: &HeaderMap) -> Result<Caller, ApiErro
     Ok(Caller { access: Some(access) })
 }
 
-fn session(state: &HttpState, caller: &Caller) -> Result<SessionContext, ApiError> {
+pub(super) fn session(state: &HttpState, caller: &Caller) -> Result<SessionContext, ApiError> {
     match &caller.access {
         None => Ok(state.engine.session()),
         Some(access) => state.engine.client_session(access.clone()).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
@@ -155,7 +155,7 @@ fn session(state: &HttpState, caller: &Caller) -> Result<SessionContext, ApiErro
 }
 
 /// The rows of `sql`, as JSON objects.
-async fn rows(ctx: &SessionContext, sql: &str) -> Result<serde_json::Value, ApiError> {
+pub(super) async fn rows(ctx: &SessionContext, sql: &str) -> Result<serde_json::Value, ApiError> {
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
     let refs: Vec<&datafusion::arrow::array::RecordBatch> = batches.iter().collect();
@@ -168,7 +168,7 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Result<serde_json::Value, ApiE
     serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-fn quote(text: &str) -> String {
+pub(super) fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 

@@ -6,8 +6,9 @@
 //! - `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
 //!
 //! None of these serve data: they carry no user's rows, so they need no
-//! login. The JSON API under `/api` ([`api`]) does, and takes the same users
-//! and roles as the wire.
+//! login. The JSON API under `/api` ([`api`]) and the web console
+//! ([`console`]: `/`, `/datasets/..`, `/runs/..`, `/lineage`) do, and take
+//! the same users and roles as the wire.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod api;
+mod console;
 
 use crate::cache::Coordinator;
 use crate::meta::MetaStore;
@@ -46,6 +48,7 @@ pub struct HttpState {
 /// Serve the API on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
     let app = api::routes(state.upload_limit)
+        .merge(console::routes())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -231,3 +231,58 @@ async fn the_json_api_logs_users_in_uploads_previews_runs_and_refuses_what_it_mu
     }
     assert!(!server.log_text().contains("api-secret-1"));
 }
+
+#[tokio::test]
+async fn the_console_in_a_real_browser_lists_datasets_shows_charts_data_docs_and_the_lineage_graph() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/ledger")).unwrap();
+    // A value that looks like markup: the console must show it as text.
+    std::fs::write(lake.path().join("landing/ledger/a.csv"), "account,amount\n1100,250\n<b class=injected>x</b>,\n3100,12\n").unwrap();
+    std::fs::write(
+        specs.path().join("ledger.yaml"),
+        "name: ledger\ndescription: General ledger <b class=injected>entries</b>\nsource: { format: csv, path: landing/ledger/*.csv }\n\
+         silver:\n  rules:\n    - type_cast: { amount: int }\n  expectations:\n    - not_null: \"amount\"\n    - not_null: \"account\"\n\
+         gold:\n  - name: ledger_totals\n    sql: SELECT count(*) AS n, sum(amount) AS total FROM silver.ledger\n",
+    )
+    .unwrap();
+    let server = Server::start_at(
+        lake.path(),
+        ServerOptions { args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], ..Default::default() },
+    );
+    let started = Instant::now();
+    let run_id = loop {
+        let runs = rows(&server, "SELECT id FROM workbench.runs WHERE status = 'succeeded'").await;
+        if let Some(id) = runs.first() {
+            break id.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no start-up build\n{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Screenshots are kept next to the build, to be looked at.
+    let shots = std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("console-screenshots");
+    let base = format!("http://{}", server.http.unwrap());
+    let out = tokio::task::spawn_blocking({
+        let shots = shots.clone();
+        move || {
+            Command::new("python3")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/console_browser.py"))
+                .args([&base, &run_id])
+                .arg(&shots)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shot in ["datasets", "dataset", "data-docs", "lineage"] {
+        assert!(shots.join(format!("{shot}.png")).metadata().unwrap().len() > 1000, "{shot}.png");
+    }
+    eprintln!("screenshots in {}", shots.display());
+}

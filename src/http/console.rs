@@ -1,0 +1,375 @@
+//! The web console: server-rendered HTML pages (no JavaScript, no front-end
+//! build), drawn from the same SQL and table functions the wire serves, in
+//! a session of the caller (HTTP Basic, as the API):
+//! - `/` — datasets with their last run and freshness;
+//! - `/datasets/{name}` — the spec, recent runs, a row-count history chart
+//!   and an expectation pass-rate trend (SVG);
+//! - `/runs/{id}` — the run's steps and its Data Docs: one row per
+//!   expectation with success, observed value, unexpected counts and samples;
+//! - `/lineage?table=` — the table's lineage graph, laid out and drawn as SVG.
+//!
+//! Everything shown is HTML-escaped; pages fit a 1024 px wide screen.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::HttpState;
+use super::api::{ApiError, login, quote, rows, session};
+
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/", get(datasets))
+        .route("/datasets/{name}", get(dataset))
+        .route("/runs/{id}", get(run))
+        .route("/lineage", get(lineage))
+}
+
+/// `text` safe inside HTML text and attribute values.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A JSON value as text (strings without quotes, null as empty).
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn page(title: &str, body: &str) -> Response {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>{} · Workbench</title><style>{STYLE}</style></head><body>\
+         <header><a href=\"/\">Workbench</a></header><main><h1>{}</h1>{body}</main></body></html>",
+        esc(title),
+        esc(title)
+    ))
+    .into_response()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d2733;background:#f6f7f9}\
+header{background:#1d2733;padding:10px 24px}header a{color:#fff;text-decoration:none;font-weight:600}\
+main{max-width:980px;margin:0 auto;padding:16px 24px}table{border-collapse:collapse;width:100%;background:#fff;margin:8px 0 20px}\
+th,td{border-bottom:1px solid #dde2e8;padding:6px 8px;text-align:left;font-size:14px;vertical-align:top}th{background:#eef1f4}\
+.ok,.succeeded,.fresh,.true{color:#17803d;font-weight:600}.failed,.error,.false,.timed_out{color:#b42318;font-weight:600}\
+.warn,.skipped,.cancelled,.never,.running{color:#b25e09;font-weight:600}pre{background:#fff;padding:12px;overflow:auto;font-size:13px}\
+svg{background:#fff;display:block;margin:8px 0 20px}code{font-size:13px}";
+
+fn status_cell(status: &str) -> String {
+    format!("<td class=\"{}\">{}</td>", esc(status), esc(status))
+}
+
+async fn datasets(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let datasets = rows(&ctx, "SELECT name, description, owner, schedule FROM workbench.datasets WHERE status = 'active' ORDER BY name").await?;
+    let freshness = rows(&ctx, "SELECT dataset, state, last_success FROM workbench.freshness").await.unwrap_or(Value::Array(vec![]));
+    let runs = rows(&ctx, "SELECT id, datasets, status, started_at FROM workbench.runs ORDER BY started_at DESC LIMIT 500").await?;
+    let mut body = String::from("<table><tr><th>dataset</th><th>description</th><th>owner</th><th>schedule</th><th>last run</th><th>freshness</th><th>last success</th></tr>");
+    for d in datasets.as_array().into_iter().flatten() {
+        let name = text(&d["name"]);
+        let last = runs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| text(&r["datasets"]).contains(&format!("\"{name}\"")));
+        let fresh = freshness.as_array().into_iter().flatten().find(|f| text(&f["dataset"]) == name);
+        body.push_str(&format!(
+            "<tr><td><a href=\"/datasets/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td>{}{}<td>{}</td></tr>",
+            esc(&name),
+            esc(&name),
+            esc(&text(&d["description"])),
+            esc(&text(&d["owner"])),
+            esc(&text(&d["schedule"])),
+            match last {
+                Some(r) => format!("<td class=\"{0}\"><a href=\"/runs/{1}\">{0}</a> {2}</td>", esc(&text(&r["status"])), esc(&text(&r["id"])), esc(&text(&r["started_at"]))),
+                None => "<td>never run</td>".to_string(),
+            },
+            status_cell(&fresh.map(|f| text(&f["state"])).unwrap_or_default()),
+            esc(&fresh.map(|f| text(&f["last_success"])).unwrap_or_default()),
+        ));
+    }
+    body.push_str("</table>");
+    Ok(page("Datasets", &body))
+}
+
+async fn dataset(State(state): State<HttpState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let spec = rows(&ctx, &format!("SELECT spec_text, spec_file, tables FROM workbench.datasets WHERE name = {}", quote(&name))).await?;
+    let Some(spec) = spec.as_array().and_then(|s| s.first()).cloned() else {
+        return Err(crate::pipeline::PipelineError::UnknownDataset(name).into());
+    };
+    let runs = rows(
+        &ctx,
+        &format!(
+            "SELECT id, trigger, status, started_at, rows_out, error FROM workbench.runs WHERE CAST(datasets AS TEXT) LIKE {} ORDER BY started_at DESC LIMIT 30",
+            quote(&format!("%\"{name}\"%"))
+        ),
+    )
+    .await?;
+    // Row counts silver received per successful run, oldest first.
+    let history = rows(
+        &ctx,
+        &format!(
+            "SELECT r.started_at, s.rows_out FROM workbench.run_steps s JOIN workbench.runs r ON r.id = s.run_id \
+             WHERE s.layer = 'silver' AND s.table_name = {} AND s.status = 'ok' ORDER BY r.started_at DESC LIMIT 30",
+            quote(&name)
+        ),
+    )
+    .await?;
+    let mut counts: Vec<f64> = history.as_array().into_iter().flatten().filter_map(|h| h["rows_out"].as_f64()).collect();
+    counts.reverse();
+    // The share of expectations that passed, per run, oldest first.
+    let trend = rows(
+        &ctx,
+        &format!(
+            "SELECT run_id, min(validated_at) AS at, avg(CASE WHEN success THEN 1.0 ELSE 0.0 END) AS passed FROM workbench.validations \
+             WHERE table_name = {} AND run_id IS NOT NULL GROUP BY run_id ORDER BY at DESC LIMIT 30",
+            quote(&format!("silver.{name}"))
+        ),
+    )
+    .await?;
+    let mut passed: Vec<f64> = trend.as_array().into_iter().flatten().filter_map(|t| t["passed"].as_f64()).map(|p| p * 100.0).collect();
+    passed.reverse();
+    let mut body = format!("<p>{} · <a href=\"/lineage?table=silver.{}\">lineage</a></p>", esc(&text(&spec["spec_file"])), esc(&name));
+    body.push_str("<h2>Rows written to silver, per run</h2>");
+    body.push_str(&bar_chart(&counts, "rows", "row-count-history", None));
+    body.push_str("<h2>Expectations passed, per run (%)</h2>");
+    body.push_str(&bar_chart(&passed, "%", "pass-rate-trend", Some(100.0)));
+    body.push_str("<h2>Recent runs</h2><table><tr><th>run</th><th>trigger</th><th>status</th><th>started</th><th>rows out</th><th>error</th></tr>");
+    for r in runs.as_array().into_iter().flatten() {
+        body.push_str(&format!(
+            "<tr><td><a href=\"/runs/{0}\"><code>{0}</code></a></td><td>{1}</td>{2}<td>{3}</td><td>{4}</td><td>{5}</td></tr>",
+            esc(&text(&r["id"])),
+            esc(&text(&r["trigger"])),
+            status_cell(&text(&r["status"])),
+            esc(&text(&r["started_at"])),
+            esc(&text(&r["rows_out"])),
+            esc(&text(&r["error"])),
+        ));
+    }
+    body.push_str("</table><h2>Spec</h2>");
+    body.push_str(&format!("<pre>{}</pre>", esc(&text(&spec["spec_text"]))));
+    Ok(page(&format!("Dataset {name}"), &body))
+}
+
+/// Bars of `values` (oldest left) against `scale` (the largest value when
+/// `None`), labelled with the scale's top, as SVG.
+fn bar_chart(values: &[f64], unit: &str, id: &str, scale: Option<f64>) -> String {
+    if values.is_empty() {
+        return "<p>No runs yet.</p>".into();
+    }
+    let (width, height, left, bottom) = (900.0, 160.0, 60.0, 20.0);
+    let max = scale.unwrap_or_else(|| values.iter().cloned().fold(0.0_f64, f64::max)).max(1.0);
+    // At most 40 px a bar: a few runs do not fill the chart with one block.
+    let step = ((width - left) / values.len() as f64).min(40.0);
+    let mut svg = format!(
+        "<svg id=\"{id}\" role=\"img\" aria-label=\"{id}\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <text x=\"4\" y=\"14\" font-size=\"12\">{} {unit}</text><line x1=\"{left}\" y1=\"{}\" x2=\"{width}\" y2=\"{}\" stroke=\"#99a\"/>",
+        format_number(max),
+        height - bottom,
+        height - bottom
+    );
+    for (i, v) in values.iter().enumerate() {
+        let h = (v / max) * (height - bottom - 24.0);
+        svg.push_str(&format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#3b6ea8\"><title>{} {unit}</title></rect>",
+            left + i as f64 * step + 2.0,
+            height - bottom - h,
+            (step - 4.0).max(1.0),
+            h,
+            format_number(*v)
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+}
+
+async fn run(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let run = rows(&ctx, &format!("SELECT id, datasets, trigger, status, started_at, finished_at, error, attempt FROM workbench.runs WHERE id = {}", quote(&id))).await?;
+    let Some(run) = run.as_array().and_then(|r| r.first()).cloned() else {
+        return Err(crate::pipeline::PipelineError::UnknownRun(id).into());
+    };
+    let steps = rows(&ctx, &format!("SELECT seq, layer, table_name, rows_in, rows_out, rows_rejected, status, duration_ms, message FROM workbench.run_steps WHERE run_id = {} ORDER BY seq", quote(&id))).await?;
+    let checks = rows(
+        &ctx,
+        &format!(
+            "SELECT table_name, expectation, columns, success, element_count, unexpected_count, unexpected_percent, missing_count, \
+             partial_unexpected_list, observed_value FROM workbench.validations WHERE run_id = {} ORDER BY validated_at",
+            quote(&id)
+        ),
+    )
+    .await?;
+    let mut body = format!(
+        "<table><tr><th>datasets</th><th>trigger</th><th>status</th><th>started</th><th>finished</th><th>attempt</th></tr>\
+         <tr><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        esc(&text(&run["datasets"])),
+        esc(&text(&run["trigger"])),
+        status_cell(&text(&run["status"])),
+        esc(&text(&run["started_at"])),
+        esc(&text(&run["finished_at"])),
+        esc(&text(&run["attempt"])),
+    );
+    if !text(&run["error"]).is_empty() {
+        body.push_str(&format!("<pre class=\"failed\">{}</pre>", esc(&text(&run["error"]))));
+    }
+    body.push_str("<h2>Steps</h2><table><tr><th>#</th><th>table</th><th>rows in</th><th>rows out</th><th>rejected</th><th>status</th><th>ms</th><th>note</th></tr>");
+    for s in steps.as_array().into_iter().flatten() {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}.{}</td><td>{}</td><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td></tr>",
+            esc(&text(&s["seq"])),
+            esc(&text(&s["layer"])),
+            esc(&text(&s["table_name"])),
+            esc(&text(&s["rows_in"])),
+            esc(&text(&s["rows_out"])),
+            esc(&text(&s["rows_rejected"])),
+            status_cell(&text(&s["status"])),
+            esc(&text(&s["duration_ms"])),
+            esc(&text(&s["message"])),
+        ));
+    }
+    body.push_str("</table><h2 id=\"data-docs\">Data Docs: validation results</h2>");
+    let list = checks.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        body.push_str("<p>This run checked no expectations.</p>");
+    } else {
+        let passed = list.iter().filter(|c| c["success"] == Value::Bool(true)).count();
+        body.push_str(&format!("<p>{passed} of {} expectations passed.</p>", list.len()));
+        body.push_str("<table class=\"data-docs\"><tr><th>table</th><th>expectation</th><th>columns</th><th>success</th><th>observed</th><th>rows</th><th>unexpected</th><th>missing</th><th>sample of unexpected values</th></tr>");
+        for c in &list {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{} ({}%)</td><td>{}</td><td><code>{}</code></td></tr>",
+                esc(&text(&c["table_name"])),
+                esc(&text(&c["expectation"])),
+                esc(&text(&c["columns"])),
+                status_cell(&text(&c["success"])),
+                esc(&text(&c["observed_value"])),
+                esc(&text(&c["element_count"])),
+                esc(&text(&c["unexpected_count"])),
+                esc(&c["unexpected_percent"].as_f64().map(|p| format!("{p:.2}")).unwrap_or_default()),
+                esc(&text(&c["missing_count"])),
+                esc(&text(&c["partial_unexpected_list"])),
+            ));
+        }
+        body.push_str("</table>");
+    }
+    Ok(page(&format!("Run {id}"), &body))
+}
+
+#[derive(Deserialize)]
+struct LineageQuery {
+    table: String,
+}
+
+async fn lineage(State(state): State<HttpState>, headers: HeaderMap, Query(q): Query<LineageQuery>) -> Result<Response, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let edges = rows(&ctx, &format!("SELECT from_table, to_table FROM lineage({}, 'both') WHERE from_column = '' OR from_column IS NULL", quote(&q.table))).await?;
+    let pairs: Vec<(String, String)> = edges
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (text(&e["from_table"]), text(&e["to_table"])))
+        .collect();
+    let body = format!(
+        "{}<p>Tables this one reads from are to the left, tables that read it to the right.</p>",
+        lineage_svg(&q.table, &pairs)
+    );
+    Ok(page(&format!("Lineage of {}", q.table), &body))
+}
+
+/// A left-to-right layered drawing: each table in the column of its
+/// longest path from a source, edges as lines between the boxes.
+fn lineage_svg(focus: &str, edges: &[(String, String)]) -> String {
+    let mut nodes: Vec<String> = vec![focus.to_string()];
+    for (from, to) in edges {
+        for n in [from, to] {
+            if !nodes.contains(n) {
+                nodes.push(n.clone());
+            }
+        }
+    }
+    let mut layer: std::collections::HashMap<&str, usize> = nodes.iter().map(|n| (n.as_str(), 0)).collect();
+    // Longest-path layering (bounded: lineage has no cycles, but be safe).
+    for _ in 0..nodes.len() {
+        let mut changed = false;
+        for (from, to) in edges {
+            let want = layer[from.as_str()] + 1;
+            if layer[to.as_str()] < want {
+                layer.insert(to.as_str(), want);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let columns = layer.values().copied().max().unwrap_or(0) + 1;
+    let mut rows_in: Vec<usize> = vec![0; columns];
+    let mut place: std::collections::HashMap<&str, (f64, f64)> = Default::default();
+    let (box_w, box_h, gap_x, gap_y) = (180.0, 30.0, 60.0, 16.0);
+    let mut sorted: Vec<&String> = nodes.iter().collect();
+    sorted.sort();
+    for n in sorted {
+        let c = layer[n.as_str()];
+        let r = rows_in[c];
+        rows_in[c] += 1;
+        place.insert(n.as_str(), (10.0 + c as f64 * (box_w + gap_x), 10.0 + r as f64 * (box_h + gap_y)));
+    }
+    let width = 20.0 + columns as f64 * (box_w + gap_x);
+    let height = 20.0 + rows_in.iter().copied().max().unwrap_or(1) as f64 * (box_h + gap_y);
+    let mut svg = format!(
+        "<svg id=\"lineage-graph\" role=\"img\" aria-label=\"lineage graph\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" xmlns=\"http://www.w3.org/2000/svg\">"
+    );
+    for (from, to) in edges {
+        let (a, b) = (place[from.as_str()], place[to.as_str()]);
+        svg.push_str(&format!(
+            "<line class=\"edge\" x1=\"{:.0}\" y1=\"{:.0}\" x2=\"{:.0}\" y2=\"{:.0}\" stroke=\"#7a8794\" stroke-width=\"1.5\"><title>{} → {}</title></line>",
+            a.0 + box_w,
+            a.1 + box_h / 2.0,
+            b.0,
+            b.1 + box_h / 2.0,
+            esc(from),
+            esc(to)
+        ));
+    }
+    for n in &nodes {
+        let (x, y) = place[n.as_str()];
+        let fill = if n == focus { "#1d2733" } else { "#e8eef5" };
+        let ink = if n == focus { "#fff" } else { "#1d2733" };
+        svg.push_str(&format!(
+            "<g class=\"node\"><rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"{box_w}\" height=\"{box_h}\" rx=\"4\" fill=\"{fill}\" stroke=\"#3b6ea8\"/>\
+             <text x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" fill=\"{ink}\">{}</text></g>",
+            x + 8.0,
+            y + 19.0,
+            esc(n)
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
