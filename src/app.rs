@@ -523,6 +523,7 @@ impl App {
             users: Arc::new(config.users.clone()),
             pipeline: pipeline.clone(),
             upload_limit: config.upload_max_bytes,
+            sessions: Default::default(),
         };
         let http = match config.http {
             crate::config::HttpListen::Off => None,

@@ -28,6 +28,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub(super) fn new_public(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError::new(status, message)
+    }
+
+    /// Status and message, for pages that show them their own way.
+    pub(super) fn parts(self) -> (StatusCode, String) {
+        (self.status, self.message)
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError { status, message: message.into() }
     }
@@ -103,11 +112,11 @@ pub fn routes(upload_limit: usize) -> Router<HttpState> {
 
 /// Who calls: `None` under local trust (no users configured).
 pub(super) struct Caller {
-    access: Option<Arc<Access>>,
+    pub(super) access: Option<Arc<Access>>,
 }
 
 impl Caller {
-    fn may(&self, check: impl FnOnce(&Principal) -> bool) -> bool {
+    pub(super) fn may(&self, check: impl FnOnce(&Principal) -> bool) -> bool {
         match &self.access {
             None => true,
             Some(access) => access.principal().is_some_and(|p| check(&p)),
@@ -126,6 +135,11 @@ pub(super) async fn login(state: &HttpState, headers: &HeaderMap) -> Result<Call
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| unauthorized())?;
     let text = String::from_utf8(decoded).map_err(|_| unauthorized())?;
     let (name, password) = text.split_once(':').ok_or_else(unauthorized)?;
+    login_with(state, name, password).await
+}
+
+/// Check `name`'s `password` against the config's users.
+pub(super) async fn login_with(state: &HttpState, name: &str, password: &str) -> Result<Caller, ApiError> {
     let user = state.users.iter().find(|u| u.name == name).cloned();
     let password = password.to_string();
     // PBKDF2 is CPU work: off the async threads. An unknown user costs the same.
@@ -145,6 +159,16 @@ pub(super) async fn login(state: &HttpState, headers: &HeaderMap) -> Result<Call
     let access = Arc::new(Access::default());
     access.set(Principal::new(state.policy.clone(), name));
     Ok(Caller { access: Some(access) })
+}
+
+/// A caller logged in as `name` (already checked).
+pub(super) fn caller_as(state: &HttpState, name: &str) -> Caller {
+    if state.users.is_empty() {
+        return Caller { access: None };
+    }
+    let access = Arc::new(Access::default());
+    access.set(Principal::new(state.policy.clone(), name));
+    Caller { access: Some(access) }
 }
 
 pub(super) fn session(state: &HttpState, caller: &Caller) -> Result<SessionContext, ApiError> {

@@ -1,6 +1,6 @@
 //! The web console: server-rendered HTML pages (no JavaScript, no front-end
 //! build), drawn from the same SQL and table functions the wire serves, in
-//! a session of the caller (HTTP Basic, as the API):
+//! a session of the caller:
 //! - `/` — datasets with their last run and freshness;
 //! - `/datasets/{name}` — the spec, recent runs, a row-count history chart
 //!   and an expectation pass-rate trend (SVG);
@@ -8,25 +8,253 @@
 //!   expectation with success, observed value, unexpected counts and samples;
 //! - `/lineage?table=` — the table's lineage graph, laid out and drawn as SVG.
 //!
-//! Everything shown is HTML-escaped; pages fit a 1024 px wide screen.
+//! - `/datasets/{name}/upload` → `/datasets/{name}/preview?file=` → run:
+//!   a file uploaded from the browser, its tidy rows with the expectations
+//!   each fails, then a run of the dataset.
+//!
+//! Browsers log in with a form (`/login`): a random session cookie
+//! (HttpOnly, SameSite=Strict, 8 h idle) and, per session, a token every
+//! form carries (CSRF). Everything shown is HTML-escaped; pages fit a
+//! 1024 px wide screen.
+
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, Form, Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::HttpState;
-use super::api::{ApiError, login, quote, rows, session};
+use super::api::{ApiError, Caller, caller_as, login_with, quote, rows, session};
 
-pub fn routes() -> Router<HttpState> {
+/// How long a browser stays logged in without coming back.
+const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+const COOKIE: &str = "wb_session";
+
+/// A logged-in browser: who, and the token its forms must carry (CSRF).
+#[derive(Debug, Clone)]
+pub struct BrowserSession {
+    user: String,
+    csrf: String,
+    seen: Instant,
+}
+
+pub fn routes(upload_limit: usize) -> Router<HttpState> {
     Router::new()
         .route("/", get(datasets))
+        .route("/login", get(login_form).post(login_submit))
+        .route("/logout", post(logout))
         .route("/datasets/{name}", get(dataset))
+        .route("/datasets/{name}/upload", post(upload).layer(DefaultBodyLimit::max(upload_limit + 64 * 1024)))
+        .route("/datasets/{name}/preview", get(preview))
+        .route("/datasets/{name}/run", post(start_run))
         .route("/runs/{id}", get(run))
         .route("/lineage", get(lineage))
+}
+
+/// Why a page is not shown: not logged in (go to the login page), or an error.
+pub enum ConsoleError {
+    Login,
+    Api(ApiError),
+}
+
+impl From<ApiError> for ConsoleError {
+    fn from(err: ApiError) -> ConsoleError {
+        ConsoleError::Api(err)
+    }
+}
+
+impl From<crate::pipeline::PipelineError> for ConsoleError {
+    fn from(err: crate::pipeline::PipelineError) -> ConsoleError {
+        ConsoleError::Api(err.into())
+    }
+}
+
+impl IntoResponse for ConsoleError {
+    fn into_response(self) -> Response {
+        match self {
+            ConsoleError::Login => Redirect::to("/login").into_response(),
+            ConsoleError::Api(err) => {
+                let (status, message) = err.parts();
+                let body = format!("<p class=\"failed\">{}</p><p><a href=\"/\">Back to the datasets</a></p>", esc(&message));
+                (status, page_html("Error", &body)).into_response()
+            }
+        }
+    }
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 24] = rand::random();
+    hex::encode(bytes)
+}
+
+/// The browser's session from its cookie.
+fn browser(state: &HttpState, headers: &HeaderMap) -> Result<(Caller, BrowserSession), ConsoleError> {
+    let token = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+        .ok_or(ConsoleError::Login)?;
+    let mut sessions = state.sessions.lock().expect("sessions");
+    sessions.retain(|_, s| s.seen.elapsed() < SESSION_IDLE);
+    let session = sessions.get_mut(&token).ok_or(ConsoleError::Login)?;
+    session.seen = Instant::now();
+    let session = session.clone();
+    drop(sessions);
+    Ok((caller_as(state, &session.user), session))
+}
+
+fn check_csrf(session: &BrowserSession, sent: &str) -> Result<(), ConsoleError> {
+    if sent.len() == session.csrf.len() && sent.bytes().zip(session.csrf.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 {
+        Ok(())
+    } else {
+        Err(ConsoleError::Api(ApiError::new_public(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session; reload the page and try again")))
+    }
+}
+
+async fn login_form(State(state): State<HttpState>) -> Response {
+    let password = if state.users.is_empty() {
+        "<p>This server trusts local users: no password is needed.</p>"
+    } else {
+        "<label>Password <input type=\"password\" name=\"password\" required></label>"
+    };
+    page(
+        "Log in",
+        &format!(
+            "<form method=\"post\" action=\"/login\" class=\"login\"><label>User <input name=\"user\" autocomplete=\"username\" required></label> \
+             {password} <button type=\"submit\">Log in</button></form>"
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    user: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn login_submit(State(state): State<HttpState>, Form(form): Form<LoginForm>) -> Response {
+    if !state.users.is_empty() && login_with(&state, &form.user, &form.password).await.is_err() {
+        let body = "<p class=\"failed\">Wrong user or password.</p><p><a href=\"/login\">Try again</a></p>";
+        return (StatusCode::UNAUTHORIZED, page_html("Log in", body)).into_response();
+    }
+    let token = random_token();
+    state.sessions.lock().expect("sessions").insert(
+        token.clone(),
+        BrowserSession { user: form.user.clone(), csrf: random_token(), seen: Instant::now() },
+    );
+    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_IDLE.as_secs());
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(State(state): State<HttpState>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Result<Response, ConsoleError> {
+    let (_, session) = browser(&state, &headers)?;
+    check_csrf(&session, &form.csrf)?;
+    state.sessions.lock().expect("sessions").retain(|_, s| s.csrf != session.csrf);
+    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response())
+}
+
+async fn upload(State(state): State<HttpState>, headers: HeaderMap, Path(name): Path<String>, mut form: Multipart) -> Result<Response, ConsoleError> {
+    let (caller, session) = browser(&state, &headers)?;
+    let bad = |message: String| ConsoleError::Api(ApiError::new_public(StatusCode::BAD_REQUEST, message));
+    let mut csrf = None;
+    let mut file = None;
+    while let Some(field) = form.next_field().await.map_err(|e| bad(format!("reading the form: {e}")))? {
+        match field.name() {
+            Some("csrf") => csrf = Some(field.text().await.map_err(|e| bad(e.to_string()))?),
+            Some("file") => {
+                let file_name = field.file_name().unwrap_or_default().to_string();
+                let bytes = field.bytes().await.map_err(|e| bad(format!("reading the file: {e}")))?;
+                file = Some((file_name, bytes));
+            }
+            _ => {}
+        }
+    }
+    check_csrf(&session, csrf.as_deref().unwrap_or_default())?;
+    let Some((file_name, bytes)) = file else { return Err(bad("choose a file to upload".into())) };
+    let pipeline = state.pipeline.clone().ok_or_else(|| bad("this server runs without specs".into()))?;
+    if !caller.may(|p| p.can_upload(&name)) {
+        return Err(ConsoleError::Api(ApiError::new_public(StatusCode::FORBIDDEN, format!("you may not upload landing files of dataset {name}"))));
+    }
+    let stored = pipeline.upload_file(&name, &file_name, bytes).await.map_err(ApiError::from)?;
+    let to = format!("/datasets/{}/preview?file={}", url_part(&name), url_part(&stored.path));
+    Ok(Redirect::to(&to).into_response())
+}
+
+/// `text` as one URL path segment or query value.
+fn url_part(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[derive(Deserialize)]
+struct PreviewQuery {
+    file: String,
+}
+
+async fn preview(State(state): State<HttpState>, headers: HeaderMap, Path(name): Path<String>, Query(q): Query<PreviewQuery>) -> Result<Response, ConsoleError> {
+    let (caller, session) = browser(&state, &headers)?;
+    let ctx = session_of(&state, &caller)?;
+    let preview = rows(&ctx, &format!("SELECT * FROM preview({}, {}, 200)", quote(&name), quote(&q.file))).await?;
+    let list = preview.as_array().cloned().unwrap_or_default();
+    let columns: Vec<String> = list.first().and_then(|r| r.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let failing = list.iter().filter(|r| !text(&r["_expectations_failed"]).is_empty()).count();
+    let mut body = format!(
+        "<p>The tidy rows a run would write from <code>{}</code>; nothing has been written yet. \
+         <strong class=\"{}\">{failing} of {} rows fail an expectation.</strong></p>",
+        esc(&q.file),
+        if failing > 0 { "failed" } else { "ok" },
+        list.len()
+    );
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/datasets/{}/run\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <button type=\"submit\" id=\"run\">Run {} now</button></form>",
+        esc(&url_part(&name)),
+        esc(&session.csrf),
+        esc(&name)
+    ));
+    body.push_str("<table class=\"preview\"><tr>");
+    for c in &columns {
+        body.push_str(&format!("<th>{}</th>", esc(c)));
+    }
+    body.push_str("</tr>");
+    for r in &list {
+        let failed = !text(&r["_expectations_failed"]).is_empty();
+        body.push_str(if failed { "<tr class=\"failing\">" } else { "<tr>" });
+        for c in &columns {
+            let class = if c == "_expectations_failed" && failed { " class=\"failed\"" } else { "" };
+            body.push_str(&format!("<td{class}>{}</td>", esc(&text(&r[c]))));
+        }
+        body.push_str("</tr>");
+    }
+    body.push_str("</table>");
+    Ok(page(&format!("Preview of {name}"), &body))
+}
+
+async fn start_run(State(state): State<HttpState>, headers: HeaderMap, Path(name): Path<String>, Form(form): Form<CsrfForm>) -> Result<Response, ConsoleError> {
+    let (caller, session) = browser(&state, &headers)?;
+    check_csrf(&session, &form.csrf)?;
+    let ctx = session_of(&state, &caller)?;
+    let steps = rows(&ctx, &format!("SELECT run_id FROM run({})", quote(&name))).await?;
+    let run_id = steps.as_array().and_then(|s| s.first()).map(|s| text(&s["run_id"])).unwrap_or_default();
+    Ok(Redirect::to(&format!("/runs/{}", url_part(&run_id))).into_response())
+}
+
+fn session_of(state: &HttpState, caller: &Caller) -> Result<datafusion::prelude::SessionContext, ConsoleError> {
+    Ok(session(state, caller)?)
 }
 
 /// `text` safe inside HTML text and attribute values.
@@ -55,6 +283,10 @@ fn text(value: &Value) -> String {
 }
 
 fn page(title: &str, body: &str) -> Response {
+    page_html(title, body).into_response()
+}
+
+fn page_html(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
          <title>{} · Workbench</title><style>{STYLE}</style></head><body>\
@@ -62,13 +294,13 @@ fn page(title: &str, body: &str) -> Response {
         esc(title),
         esc(title)
     ))
-    .into_response()
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d2733;background:#f6f7f9}\
 header{background:#1d2733;padding:10px 24px}header a{color:#fff;text-decoration:none;font-weight:600}\
 main{max-width:980px;margin:0 auto;padding:16px 24px}table{border-collapse:collapse;width:100%;background:#fff;margin:8px 0 20px}\
 th,td{border-bottom:1px solid #dde2e8;padding:6px 8px;text-align:left;font-size:14px;vertical-align:top}th{background:#eef1f4}\
+.login label{display:block;margin:8px 0}tr.failing td{background:#fdecea}\
 .ok,.succeeded,.fresh,.true{color:#17803d;font-weight:600}.failed,.error,.false,.timed_out{color:#b42318;font-weight:600}\
 .warn,.skipped,.cancelled,.never,.running{color:#b25e09;font-weight:600}pre{background:#fff;padding:12px;overflow:auto;font-size:13px}\
 svg{background:#fff;display:block;margin:8px 0 20px}code{font-size:13px}";
@@ -77,9 +309,9 @@ fn status_cell(status: &str) -> String {
     format!("<td class=\"{}\">{}</td>", esc(status), esc(status))
 }
 
-async fn datasets(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = login(&state, &headers).await?;
-    let ctx = session(&state, &caller)?;
+async fn datasets(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ConsoleError> {
+    let (caller, browser_session) = browser(&state, &headers)?;
+    let ctx = session_of(&state, &caller)?;
     let datasets = rows(&ctx, "SELECT name, description, owner, schedule FROM workbench.datasets WHERE status = 'active' ORDER BY name").await?;
     let freshness = rows(&ctx, "SELECT dataset, state, last_success FROM workbench.freshness").await.unwrap_or(Value::Array(vec![]));
     let runs = rows(&ctx, "SELECT id, datasets, status, started_at FROM workbench.runs ORDER BY started_at DESC LIMIT 500").await?;
@@ -108,12 +340,17 @@ async fn datasets(State(state): State<HttpState>, headers: HeaderMap) -> Result<
         ));
     }
     body.push_str("</table>");
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Log out {}</button></form>",
+        esc(&browser_session.csrf),
+        esc(&browser_session.user)
+    ));
     Ok(page("Datasets", &body))
 }
 
-async fn dataset(State(state): State<HttpState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let caller = login(&state, &headers).await?;
-    let ctx = session(&state, &caller)?;
+async fn dataset(State(state): State<HttpState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Response, ConsoleError> {
+    let (caller, browser_session) = browser(&state, &headers)?;
+    let ctx = session_of(&state, &caller)?;
     let spec = rows(&ctx, &format!("SELECT spec_text, spec_file, tables FROM workbench.datasets WHERE name = {}", quote(&name))).await?;
     let Some(spec) = spec.as_array().and_then(|s| s.first()).cloned() else {
         return Err(crate::pipeline::PipelineError::UnknownDataset(name).into());
@@ -151,6 +388,14 @@ async fn dataset(State(state): State<HttpState>, headers: HeaderMap, Path(name):
     let mut passed: Vec<f64> = trend.as_array().into_iter().flatten().filter_map(|t| t["passed"].as_f64()).map(|p| p * 100.0).collect();
     passed.reverse();
     let mut body = format!("<p>{} · <a href=\"/lineage?table=silver.{}\">lineage</a></p>", esc(&text(&spec["spec_file"])), esc(&name));
+    body.push_str(&format!(
+        "<h2>Upload a landing file</h2><form method=\"post\" action=\"/datasets/{}/upload\" enctype=\"multipart/form-data\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"file\" name=\"file\" id=\"file\" required> \
+         <button type=\"submit\" id=\"upload\">Upload and preview</button></form>\
+         <p>The file is checked and stored; the next page shows its tidy rows and failed expectations before anything runs.</p>",
+        esc(&url_part(&name)),
+        esc(&browser_session.csrf)
+    ));
     body.push_str("<h2>Rows written to silver, per run</h2>");
     body.push_str(&bar_chart(&counts, "rows", "row-count-history", None));
     body.push_str("<h2>Expectations passed, per run (%)</h2>");
@@ -208,9 +453,9 @@ fn format_number(v: f64) -> String {
     if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.1}") }
 }
 
-async fn run(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let caller = login(&state, &headers).await?;
-    let ctx = session(&state, &caller)?;
+async fn run(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ConsoleError> {
+    let (caller, _) = browser(&state, &headers)?;
+    let ctx = session_of(&state, &caller)?;
     let run = rows(&ctx, &format!("SELECT id, datasets, trigger, status, started_at, finished_at, error, attempt FROM workbench.runs WHERE id = {}", quote(&id))).await?;
     let Some(run) = run.as_array().and_then(|r| r.first()).cloned() else {
         return Err(crate::pipeline::PipelineError::UnknownRun(id).into());
@@ -286,9 +531,9 @@ struct LineageQuery {
     table: String,
 }
 
-async fn lineage(State(state): State<HttpState>, headers: HeaderMap, Query(q): Query<LineageQuery>) -> Result<Response, ApiError> {
-    let caller = login(&state, &headers).await?;
-    let ctx = session(&state, &caller)?;
+async fn lineage(State(state): State<HttpState>, headers: HeaderMap, Query(q): Query<LineageQuery>) -> Result<Response, ConsoleError> {
+    let (caller, _) = browser(&state, &headers)?;
+    let ctx = session_of(&state, &caller)?;
     let edges = rows(&ctx, &format!("SELECT from_table, to_table FROM lineage({}, 'both') WHERE from_column = '' OR from_column IS NULL", quote(&q.table))).await?;
     let pairs: Vec<(String, String)> = edges
         .as_array()

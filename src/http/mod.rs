@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod api;
-mod console;
+pub mod console;
 
 use crate::cache::Coordinator;
 use crate::meta::MetaStore;
@@ -43,12 +43,14 @@ pub struct HttpState {
     pub users: Arc<Vec<crate::config::User>>,
     pub pipeline: Option<Arc<crate::pipeline::Pipeline>>,
     pub upload_limit: usize,
+    /// The console's logged-in browsers, by session cookie.
+    pub sessions: Arc<std::sync::Mutex<std::collections::HashMap<String, console::BrowserSession>>>,
 }
 
 /// Serve the API on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
     let app = api::routes(state.upload_limit)
-        .merge(console::routes())
+        .merge(console::routes(state.upload_limit))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -1,8 +1,9 @@
-"""Drive the web console in a real headless Chromium (Selenium): the dataset
-list, a dataset page with its charts, a run's Data Docs with a failed
-expectation, the lineage graph. Saves a screenshot of each page.
+"""Drive the web console in a real headless Chromium (Selenium): log in,
+upload an Excel file, see its preview with the failing expectation marked,
+run, read the run's Data Docs, look at a dataset's charts and the lineage
+graph. Saves a screenshot of each page.
 
-usage: console_browser.py BASE_URL RUN_ID SCREENSHOT_DIR
+usage: console_browser.py BASE_URL USER PASSWORD XLSX_PATH SCREENSHOT_DIR
 """
 import os
 import sys
@@ -11,7 +12,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-base, run_id, shots = sys.argv[1], sys.argv[2], sys.argv[3]
+base, user, password, xlsx, shots = sys.argv[1:6]
 os.makedirs(shots, exist_ok=True)
 
 options = webdriver.ChromeOptions()
@@ -27,43 +28,64 @@ def check(condition, what):
         failures.append(what)
 
 
-def visit(path, name):
-    driver.get(base + path)
+def shot(name):
     driver.save_screenshot(os.path.join(shots, name + ".png"))
     # Usable at 1024 px: nothing wider than the window.
     width = driver.execute_script("return document.documentElement.scrollWidth")
-    check(width <= 1024, f"{path} is {width}px wide at a 1024px window")
+    check(width <= 1024, f"{driver.current_url} is {width}px wide at a 1024px window")
 
 
 try:
-    visit("/", "datasets")
+    # Not logged in: the login page. A wrong password is refused.
+    driver.get(base + "/")
+    check(driver.current_url.endswith("/login"), f"redirected to log in: {driver.current_url}")
+    driver.find_element(By.NAME, "user").send_keys(user)
+    driver.find_element(By.NAME, "password").send_keys("wrong")
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    check("Wrong user or password" in driver.page_source, "a wrong password is refused")
+    driver.get(base + "/login")
+    shot("login")
+    driver.find_element(By.NAME, "user").send_keys(user)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    check(driver.title.startswith("Datasets"), f"logged in, the dataset list: {driver.title}")
+    shot("datasets")
     links = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "table a")]
-    check("ledger" in links, f"the dataset list links ledger: {links}")
-    driver.find_element(By.LINK_TEXT, "ledger").click()
-    check(driver.title.startswith("Dataset ledger"), f"clicking ledger opens its page: {driver.title}")
-    driver.save_screenshot(os.path.join(shots, "dataset.png"))
-    bars = driver.find_elements(By.CSS_SELECTOR, "svg#row-count-history rect")
-    check(len(bars) >= 1, "the row-count history chart has bars")
-    check(len(driver.find_elements(By.CSS_SELECTOR, "svg#pass-rate-trend rect")) >= 1, "the pass-rate trend has bars")
-    check("not_null" in driver.find_element(By.TAG_NAME, "pre").text, "the spec is shown")
+    check("personas" in links and "ledger" in links, f"the dataset list links both datasets: {links}")
 
-    visit(f"/runs/{run_id}", "data-docs")
+    # Upload an Excel file from the dataset page → its preview.
+    driver.find_element(By.LINK_TEXT, "personas").click()
+    driver.find_element(By.ID, "file").send_keys(xlsx)
+    driver.find_element(By.ID, "upload").click()
+    check(driver.title.startswith("Preview of personas"), f"the upload shows its preview: {driver.title}: {driver.find_element(By.TAG_NAME, 'main').text[:300]}")
+    shot("preview")
+    failing = driver.find_elements(By.CSS_SELECTOR, "table.preview tr.failing")
+    check(len(failing) == 1 and "Bruno" in (failing[0].text if failing else ""), f"the row failing not_null(Saldo) is marked: {[f.text for f in failing]}")
+    check("1 of 3 rows fail an expectation" in driver.page_source, "the preview counts failing rows")
+
+    # Run → the run's page with its Data Docs.
+    driver.find_element(By.ID, "run").click()
+    check(driver.title.startswith("Run "), f"running opens the run: {driver.title}")
+    shot("data-docs")
     docs = driver.find_elements(By.CSS_SELECTOR, "table.data-docs tr")
-    check(len(docs) >= 3, f"Data Docs list the run's expectations: {len(docs)} rows")
+    check(len(docs) >= 2, f"Data Docs list the run's expectations: {len(docs)} rows")
     failed = driver.find_elements(By.CSS_SELECTOR, "table.data-docs td.false")
-    check(len(failed) == 1, f"one failed expectation is marked: {len(failed)}")
-    text = driver.find_element(By.TAG_NAME, "main").text
-    check("1 of 2 expectations passed" in text, "the summary counts passes")
+    check(len(failed) == 1, f"the failed expectation is marked: {len(failed)}")
+    check("succeeded" in driver.find_element(By.TAG_NAME, "main").text, "the run succeeded (warn expectations)")
 
-    visit("/lineage?table=silver.ledger", "lineage")
+    # A dataset page with its charts; the lineage graph.
+    driver.get(base + "/datasets/ledger")
+    shot("dataset")
+    check(len(driver.find_elements(By.CSS_SELECTOR, "svg#row-count-history rect")) >= 1, "the row-count history chart has bars")
+    check(len(driver.find_elements(By.CSS_SELECTOR, "svg#pass-rate-trend rect")) >= 1, "the pass-rate trend has bars")
+    driver.get(base + "/lineage?table=silver.ledger")
+    shot("lineage")
     nodes = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph g.node text")]
     check({"bronze.ledger", "silver.ledger", "gold.ledger_totals"} <= set(nodes), f"the graph shows the tables: {nodes}")
-    check(len(driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph line.edge")) >= 2, "the graph has edges")
-    # Laid out left to right: bronze before silver before gold.
     xs = {t.text: t.location["x"] for t in driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph g.node text")}
     check(xs.get("bronze.ledger", 0) < xs.get("silver.ledger", 0) < xs.get("gold.ledger_totals", 0), f"layers left to right: {xs}")
-
     # Text from the data is escaped, never markup.
+    driver.get(base + "/")
     check(not driver.find_elements(By.CSS_SELECTOR, "main b.injected"), "data is escaped")
 finally:
     driver.quit()

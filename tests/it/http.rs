@@ -233,10 +233,11 @@ async fn the_json_api_logs_users_in_uploads_previews_runs_and_refuses_what_it_mu
 }
 
 #[tokio::test]
-async fn the_console_in_a_real_browser_lists_datasets_shows_charts_data_docs_and_the_lineage_graph() {
+async fn the_console_in_a_real_browser_logs_in_uploads_excel_previews_runs_and_shows_data_docs_and_lineage() {
     let lake = tempfile::TempDir::new().unwrap();
     let specs = tempfile::TempDir::new().unwrap();
     std::fs::create_dir_all(lake.path().join("landing/ledger")).unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/personas")).unwrap();
     // A value that looks like markup: the console must show it as text.
     std::fs::write(lake.path().join("landing/ledger/a.csv"), "account,amount\n1100,250\n<b class=injected>x</b>,\n3100,12\n").unwrap();
     std::fs::write(
@@ -246,28 +247,46 @@ async fn the_console_in_a_real_browser_lists_datasets_shows_charts_data_docs_and
          gold:\n  - name: ledger_totals\n    sql: SELECT count(*) AS n, sum(amount) AS total FROM silver.ledger\n",
     )
     .unwrap();
+    std::fs::write(
+        specs.path().join("personas.yaml"),
+        "name: personas\nsource: { format: xlsx, path: landing/personas/*.xlsx, sheet: 1, header_row: 3 }\n\
+         silver:\n  rules:\n    - type_cast: { Nacimiento: date, Saldo: \"decimal(10,2)\" }\n  expectations:\n    - not_null: \"Saldo\"\n",
+    )
+    .unwrap();
+    let hash = crate::harness::hash_password("console-secret-1");
+    let config = format!(
+        "users:\n  - {{ name: loader, password_hash: \"{hash}\", roles: [loader] }}\nroles:\n  \
+         loader: {{ read: [\"*\"], run: [\"*\"], landing: [\"*\"], upload: [personas] }}\n"
+    );
     let server = Server::start_at(
         lake.path(),
-        ServerOptions { args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], ..Default::default() },
+        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], env: vec![] },
     );
+    // The start-up build of ledger (personas has no file yet).
     let started = Instant::now();
-    let run_id = loop {
-        let runs = rows(&server, "SELECT id FROM workbench.runs WHERE status = 'succeeded'").await;
-        if let Some(id) = runs.first() {
-            break id.clone();
+    loop {
+        let client = server.connect_as("loader", Some("console-secret-1")).await.unwrap();
+        let done = client.simple_query("SELECT count(*) FROM workbench.runs WHERE status = 'succeeded'").await.unwrap();
+        let count = done.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
+            _ => None,
+        });
+        if count.is_some_and(|c| c != "0") {
+            break;
         }
         assert!(started.elapsed() < Duration::from_secs(20), "no start-up build\n{}", server.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Screenshots are kept next to the build, to be looked at.
     let shots = std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("console-screenshots");
     let base = format!("http://{}", server.http.unwrap());
+    let xlsx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/personas.xlsx");
     let out = tokio::task::spawn_blocking({
         let shots = shots.clone();
         move || {
             Command::new("python3")
                 .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/console_browser.py"))
-                .args([&base, &run_id])
+                .args([&base, "loader", "console-secret-1", xlsx])
                 .arg(&shots)
                 .output()
                 .unwrap()
@@ -277,12 +296,39 @@ async fn the_console_in_a_real_browser_lists_datasets_shows_charts_data_docs_and
     .unwrap();
     assert!(
         out.status.success(),
-        "{}\n{}",
+        "{}\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
     );
-    for shot in ["datasets", "dataset", "data-docs", "lineage"] {
+    for shot in ["login", "datasets", "preview", "data-docs", "dataset", "lineage"] {
         assert!(shots.join(format!("{shot}.png")).metadata().unwrap().len() > 1000, "{shot}.png");
     }
+    // The upload is a landing file like any other, and the run ingested it.
+    assert!(lake.path().join("landing/personas/personas.xlsx").is_file());
+    let client = server.connect_as("loader", Some("console-secret-1")).await.unwrap();
+    let saldo = client.simple_query("SELECT count(*) FROM silver.personas").await.unwrap();
+    let count = saldo.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("3"));
+    // Forms without the session's CSRF token are refused.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login = http
+        .post(format!("http://{}/login", server.http.unwrap()))
+        .form(&[("user", "loader"), ("password", "console-secret-1")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let forged = http
+        .post(format!("http://{}/datasets/ledger/run", server.http.unwrap()))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "not-the-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
     eprintln!("screenshots in {}", shots.display());
 }
