@@ -295,13 +295,48 @@ async fn upload(
 struct LineageQuery {
     table: String,
     direction: Option<String>,
+    /// `openlineage`: the OpenLineage run events of the latest runs that
+    /// read or wrote the table, instead of edges.
+    format: Option<String>,
 }
 
 async fn lineage(State(state): State<HttpState>, headers: HeaderMap, Query(q): Query<LineageQuery>) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = login(&state, &headers).await?;
     let ctx = session(&state, &caller)?;
-    let direction = q.direction.unwrap_or_else(|| "both".into());
-    Ok(Json(rows(&ctx, &format!("SELECT * FROM lineage({}, {})", quote(&q.table), quote(&direction))).await?))
+    match q.format.as_deref() {
+        None | Some("edges") => {
+            let direction = q.direction.unwrap_or_else(|| "both".into());
+            Ok(Json(rows(&ctx, &format!("SELECT * FROM lineage({}, {})", quote(&q.table), quote(&direction))).await?))
+        }
+        Some("openlineage") => {
+            // The lineage table function checks the caller may read the table.
+            rows(&ctx, &format!("SELECT * FROM lineage({}, 'up') LIMIT 1", quote(&q.table))).await?;
+            let name = q.table.rsplit('.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".");
+            let candidates = rows(
+                &ctx,
+                &format!(
+                    "SELECT openlineage FROM workbench.runs WHERE CAST(openlineage AS TEXT) LIKE {} ORDER BY started_at DESC LIMIT 200",
+                    quote(&format!("%{name}%"))
+                ),
+            )
+            .await?;
+            let mentions = |event: &serde_json::Value| {
+                ["inputs", "outputs"].iter().any(|side| {
+                    event[side].as_array().is_some_and(|list| list.iter().any(|d| d["name"] == name.as_str()))
+                })
+            };
+            let events: Vec<serde_json::Value> = candidates
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["openlineage"].as_str().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()))
+                .filter(mentions)
+                .take(20)
+                .collect();
+            Ok(Json(serde_json::Value::Array(events)))
+        }
+        Some(other) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("unknown lineage format '{other}'; use edges or openlineage"))),
+    }
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -361,8 +396,12 @@ async fn openapi() -> impl IntoResponse {
                 }))
             } },
             "/api/lineage": { "get": {
-                "summary": "Lineage edges of a table (as lineage())",
-                "parameters": [{ "name": "table", "in": "query", "required": true, "schema": { "type": "string" } }, { "name": "direction", "in": "query", "schema": { "type": "string", "enum": ["up", "down", "both"] } }],
+                "summary": "Lineage edges of a table (as lineage()), or with format=openlineage the OpenLineage run events of the latest runs that read or wrote it",
+                "parameters": [
+                    { "name": "table", "in": "query", "required": true, "schema": { "type": "string" } },
+                    { "name": "direction", "in": "query", "schema": { "type": "string", "enum": ["up", "down", "both"] } },
+                    { "name": "format", "in": "query", "schema": { "type": "string", "enum": ["edges", "openlineage"] } }
+                ],
                 "responses": with(serde_json::json!({ "200": text("edges") }))
             } }
         }

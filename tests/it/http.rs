@@ -223,6 +223,12 @@ async fn the_json_api_logs_users_in_uploads_previews_runs_and_refuses_what_it_mu
     assert_eq!(missing.status(), 404);
     let lineage: serde_json::Value = as_user(http.get(format!("{base}/api/lineage?table=silver.ledger")), "viewer").send().await.unwrap().json().await.unwrap();
     assert!(lineage.as_array().unwrap().iter().any(|e| e["from_table"] == "bronze.ledger"), "{lineage}");
+    let events: serde_json::Value =
+        as_user(http.get(format!("{base}/api/lineage?table=silver.ledger&format=openlineage")), "viewer").send().await.unwrap().json().await.unwrap();
+    let event = &events[0];
+    assert_eq!(event["eventType"], "COMPLETE", "{events}");
+    assert_eq!(event["run"]["runId"], run_id.as_str());
+    assert!(event["outputs"].as_array().unwrap().iter().any(|o| o["name"] == "silver.ledger"), "{event}");
     // The OpenAPI document describes it.
     let openapi: serde_json::Value = http.get(format!("{base}/api/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(openapi["openapi"], "3.0.3");
