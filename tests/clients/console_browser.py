@@ -11,6 +11,7 @@ import sys
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 base, user, password, xlsx, shots = sys.argv[1:6]
 os.makedirs(shots, exist_ok=True)
@@ -28,6 +29,16 @@ def check(condition, what):
         failures.append(what)
 
 
+def wait_for_title(prefix, what):
+    """Wait for the page a click or a submit opens (up to 20 s on a busy machine)."""
+    try:
+        WebDriverWait(driver, 20).until(lambda d: d.title.startswith(prefix))
+    except Exception:
+        failures.append(f"{what}: the page is '{driver.title}' at {driver.current_url}: {driver.page_source[:500]}")
+        return False
+    return True
+
+
 def shot(name):
     driver.save_screenshot(os.path.join(shots, name + ".png"))
     # Usable at 1024 px: nothing wider than the window.
@@ -42,22 +53,27 @@ try:
     driver.find_element(By.NAME, "user").send_keys(user)
     driver.find_element(By.NAME, "password").send_keys("wrong")
     driver.find_element(By.CSS_SELECTOR, "form.login button").click()
-    check("Wrong user or password" in driver.page_source, "a wrong password is refused")
+    try:
+        WebDriverWait(driver, 20).until(lambda d: "Wrong user or password" in d.page_source)
+    except Exception:
+        failures.append("a wrong password is refused")
     driver.get(base + "/login")
     shot("login")
     driver.find_element(By.NAME, "user").send_keys(user)
     driver.find_element(By.NAME, "password").send_keys(password)
     driver.find_element(By.CSS_SELECTOR, "form.login button").click()
-    check(driver.title.startswith("Datasets"), f"logged in, the dataset list: {driver.title}")
+    wait_for_title("Datasets", "logged in, the dataset list")
     shot("datasets")
     links = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "table a")]
     check("personas" in links and "ledger" in links, f"the dataset list links both datasets: {links}")
 
     # Upload an Excel file from the dataset page → its preview.
     driver.find_element(By.LINK_TEXT, "personas").click()
+    wait_for_title("Dataset personas", "the dataset page")
     driver.find_element(By.ID, "file").send_keys(xlsx)
     driver.find_element(By.ID, "upload").click()
-    check(driver.title.startswith("Preview of personas"), f"the upload shows its preview: {driver.title}: {driver.find_element(By.TAG_NAME, 'main').text[:300]}")
+    if not wait_for_title("Preview of personas", "the upload shows its preview"):
+        raise SystemExit("\n".join(failures))
     shot("preview")
     failing = driver.find_elements(By.CSS_SELECTOR, "table.preview tr.failing")
     check(len(failing) == 1 and "Bruno" in (failing[0].text if failing else ""), f"the row failing not_null(Saldo) is marked: {[f.text for f in failing]}")
@@ -65,7 +81,8 @@ try:
 
     # Run → the run's page with its Data Docs.
     driver.find_element(By.ID, "run").click()
-    check(driver.title.startswith("Run "), f"running opens the run: {driver.title}")
+    if not wait_for_title("Run ", "running opens the run"):
+        raise SystemExit("\n".join(failures))
     shot("data-docs")
     docs = driver.find_elements(By.CSS_SELECTOR, "table.data-docs tr")
     check(len(docs) >= 2, f"Data Docs list the run's expectations: {len(docs)} rows")
