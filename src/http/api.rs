@@ -28,16 +28,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(super) fn new_public(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError::new(status, message)
-    }
-
     /// Status and message, for pages that show them their own way.
     pub(super) fn parts(self) -> (StatusCode, String) {
         (self.status, self.message)
     }
 
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError { status, message: message.into() }
     }
 }
@@ -52,17 +48,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The HTTP status of a pipeline error.
+fn pipeline_status(err: &PipelineError) -> StatusCode {
+    match err {
+        PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => StatusCode::NOT_FOUND,
+        PipelineError::Upload { message, .. } if message.contains("exists already") => StatusCode::CONFLICT,
+        PipelineError::Upload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        PipelineError::Locked { .. } => StatusCode::CONFLICT,
+        PipelineError::Meta(_) | PipelineError::Coordination(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<PipelineError> for ApiError {
     fn from(err: PipelineError) -> ApiError {
-        let status = match &err {
-            PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => StatusCode::NOT_FOUND,
-            PipelineError::Upload { message, .. } if message.contains("exists already") => StatusCode::CONFLICT,
-            PipelineError::Upload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            PipelineError::Locked { .. } => StatusCode::CONFLICT,
-            PipelineError::Meta(_) | PipelineError::Coordination(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, err.to_string())
+        ApiError::new(pipeline_status(&err), err.to_string())
     }
 }
 
@@ -76,12 +76,7 @@ impl From<DataFusionError> for ApiError {
                         return ApiError::new(StatusCode::FORBIDDEN, denied.to_string());
                     }
                     if let Some(failed) = inner.downcast_ref::<PipelineError>() {
-                        let status = match failed {
-                            PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => StatusCode::NOT_FOUND,
-                            PipelineError::Locked { .. } => StatusCode::CONFLICT,
-                            _ => StatusCode::INTERNAL_SERVER_ERROR,
-                        };
-                        return ApiError::new(status, failed.to_string());
+                        return ApiError::new(pipeline_status(failed), failed.to_string());
                     }
                     match inner.downcast_ref::<DataFusionError>() {
                         Some(df) => current = df,

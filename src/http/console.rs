@@ -115,7 +115,7 @@ fn check_csrf(session: &BrowserSession, sent: &str) -> Result<(), ConsoleError> 
     if sent.len() == session.csrf.len() && sent.bytes().zip(session.csrf.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 {
         Ok(())
     } else {
-        Err(ConsoleError::Api(ApiError::new_public(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session; reload the page and try again")))
+        Err(ConsoleError::Api(ApiError::new(StatusCode::FORBIDDEN, "the form's CSRF token does not match this session; reload the page and try again")))
     }
 }
 
@@ -170,7 +170,7 @@ async fn logout(State(state): State<HttpState>, headers: HeaderMap, Form(form): 
 
 async fn upload(State(state): State<HttpState>, headers: HeaderMap, Path(name): Path<String>, mut form: Multipart) -> Result<Response, ConsoleError> {
     let (caller, session) = browser(&state, &headers)?;
-    let bad = |message: String| ConsoleError::Api(ApiError::new_public(StatusCode::BAD_REQUEST, message));
+    let bad = |message: String| ConsoleError::Api(ApiError::new(StatusCode::BAD_REQUEST, message));
     let mut csrf = None;
     let mut file = None;
     while let Some(field) = form.next_field().await.map_err(|e| bad(format!("reading the form: {e}")))? {
@@ -188,7 +188,7 @@ async fn upload(State(state): State<HttpState>, headers: HeaderMap, Path(name): 
     let Some((file_name, bytes)) = file else { return Err(bad("choose a file to upload".into())) };
     let pipeline = state.pipeline.clone().ok_or_else(|| bad("this server runs without specs".into()))?;
     if !caller.may(|p| p.can_upload(&name)) {
-        return Err(ConsoleError::Api(ApiError::new_public(StatusCode::FORBIDDEN, format!("you may not upload landing files of dataset {name}"))));
+        return Err(ConsoleError::Api(ApiError::new(StatusCode::FORBIDDEN, format!("you may not upload landing files of dataset {name}"))));
     }
     let stored = pipeline.upload_file(&name, &file_name, bytes).await.map_err(ApiError::from)?;
     let to = format!("/datasets/{}/preview?file={}", url_part(&name), url_part(&stored.path));

@@ -404,7 +404,7 @@ impl MetaStore {
     /// The date windows (from, to) of the successful runs of `dataset`.
     pub async fn succeeded_windows(&self, dataset: &str) -> Result<std::collections::HashSet<(Option<String>, Option<String>)>, MetaError> {
         let rows: Vec<(Json<Vec<String>>, Json<serde_json::Value>)> =
-            on_pool!(self, |pool| sqlx::query_as("SELECT datasets, parameters FROM runs WHERE status = 'succeeded' AND trigger IN ('backfill', 'cli', 'sql', 'api')")
+            on_pool!(self, |pool| sqlx::query_as("SELECT datasets, parameters FROM runs WHERE status = 'succeeded'")
                 .fetch_all(pool)
                 .await)?;
         let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|d| d.as_str()).map(str::to_string);

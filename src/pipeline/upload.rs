@@ -74,12 +74,19 @@ impl Pipeline {
         .map_err(|e| upload(e.to_string()))?
         .map_err(upload)?;
         let path = landing_name(&pattern, &sha256).map_err(upload)?;
+        self.store_upload(dataset, path, bytes, rows, sha256).await
+    }
+
+    /// Put checked `bytes` at `path` (never over an existing file) and say
+    /// what was stored.
+    async fn store_upload(&self, dataset: &str, path: String, bytes: bytes::Bytes, rows: usize, sha256: String) -> Result<Uploaded, PipelineError> {
+        let upload = |message: String| PipelineError::Upload { dataset: dataset.to_string(), message };
         let already_ingested = self.ingested_hashes(dataset).await?.contains(&sha256);
         let size = bytes.len();
-        self.lake
-            .put_new(&path, bytes)
-            .await
-            .map_err(|e| upload(format!("storing {path}: {e}")))?;
+        self.lake.put_new(&path, bytes).await.map_err(|e| match e {
+            object_store::Error::AlreadyExists { .. } => upload(format!("{path} exists already; upload under another name")),
+            other => upload(format!("storing {path}: {other}")),
+        })?;
         tracing::info!(%dataset, %path, %sha256, bytes = size, rows, "landing file uploaded");
         Ok(Uploaded { path, sha256, bytes: size, rows, already_ingested })
     }
@@ -127,14 +134,7 @@ impl Pipeline {
         .await
         .map_err(|e| upload(e.to_string()))?
         .map_err(|e| upload(format!("{e}; nothing was stored")))?;
-        let already_ingested = self.ingested_hashes(dataset).await?.contains(&sha256);
-        let size = bytes.len();
-        self.lake.put_new(&path, bytes).await.map_err(|e| match e {
-            object_store::Error::AlreadyExists { .. } => upload(format!("{path} exists already; upload under another name")),
-            other => upload(format!("storing {path}: {other}")),
-        })?;
-        tracing::info!(%dataset, %path, %sha256, bytes = size, rows, "landing file uploaded");
-        Ok(Uploaded { path, sha256, bytes: size, rows, already_ingested })
+        self.store_upload(dataset, path, bytes, rows, sha256).await
     }
 }
 

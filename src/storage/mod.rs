@@ -680,23 +680,6 @@ impl Lake {
 }
 
 impl Lake {
-    /// Every object under `prefix` (relative to the lake root), as relative
-    /// paths with their last-modified time.
-    pub async fn list_files(&self, prefix: &str) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StorageError> {
-        use futures::TryStreamExt;
-        let path = ObjectPath::from(prefix);
-        let objects: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&path))
-            .try_collect()
-            .await
-            .map_err(|e| StorageError::List {
-                what: format!("{}{prefix}", self.root),
-                source: Box::new(e),
-            })?;
-        Ok(objects.into_iter().map(|o| (o.location.to_string(), o.last_modified)).collect())
-    }
-
     /// Whether the lake's store answers: one listing of its top level.
     pub async fn probe(&self) -> Result<(), StorageError> {
         self.store.list_with_delimiter(None).await.map(|_| ()).map_err(|e| StorageError::List {
@@ -705,7 +688,8 @@ impl Lake {
         })
     }
 
-    /// Files under `prefix` with their size and modification time.
+    /// Every object under `prefix` (relative to the lake root), as relative
+    /// paths with their size and last-modified time.
     pub async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64, chrono::DateTime<chrono::Utc>)>, StorageError> {
         use futures::TryStreamExt;
         let objects: Vec<object_store::ObjectMeta> = self
