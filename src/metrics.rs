@@ -2,7 +2,8 @@
 //! text). Every layer records into one registry: the wire (connections,
 //! statements by outcome and their durations), the pipeline (runs by status,
 //! rows written, expectation results), the scheduler (how late a slot
-//! started), the alerts (deliveries by outcome).
+//! started), the alerts (deliveries by outcome), the shared cache (hits and
+//! misses) and the run locks (how long runs waited for them, refusals).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -51,6 +52,9 @@ struct Metrics {
     expectations: Family<Success, Counter>,
     schedule_lag: Histogram,
     alerts: Family<Status, Counter>,
+    cache: Family<Outcome, Counter>,
+    locks: Family<Outcome, Counter>,
+    lock_wait: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -73,7 +77,27 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("schedule_lag_seconds", "How long after its slot a scheduled run started", schedule_lag.clone());
     let alerts = Family::<Status, Counter>::default();
     registry.register("alerts", "Alert deliveries by outcome (sent, failed)", alerts.clone());
-    Metrics { registry, connections, connections_total, statements, statement_seconds, runs, rows_written, expectations, schedule_lag, alerts }
+    let cache = Family::<Outcome, Counter>::default();
+    registry.register("cache_lookups", "Shared cache lookups (previews) by outcome (hit, miss, error)", cache.clone());
+    let locks = Family::<Outcome, Counter>::default();
+    registry.register("run_locks", "Run lock requests by outcome (acquired, or refused: another run held it)", locks.clone());
+    let lock_wait = duration_buckets();
+    registry.register("run_lock_wait_seconds", "How long runs waited for their datasets' locks", lock_wait.clone());
+    Metrics {
+        registry,
+        connections,
+        connections_total,
+        statements,
+        statement_seconds,
+        runs,
+        rows_written,
+        expectations,
+        schedule_lag,
+        alerts,
+        cache,
+        locks,
+        lock_wait,
+    }
 });
 
 /// A client connected; the returned guard counts it until dropped.
@@ -117,6 +141,19 @@ pub fn schedule_lag(lag: Duration) {
 
 pub fn alert(status: &str) {
     METRICS.alerts.get_or_create(&Status { status: status.to_string() }).inc();
+}
+
+/// A shared-cache lookup ended: `hit`, `miss` or `error`.
+pub fn cache_lookup(outcome: &str) {
+    METRICS.cache.get_or_create(&Outcome { outcome: outcome.to_string() }).inc();
+}
+
+/// A run asked for its locks and, after `waited`, got them (`acquired`) or
+/// gave up (`refused`).
+pub fn run_lock(acquired: bool, waited: Duration) {
+    let outcome = if acquired { "acquired" } else { "refused" };
+    METRICS.locks.get_or_create(&Outcome { outcome: outcome.to_string() }).inc();
+    METRICS.lock_wait.observe(waited.as_secs_f64());
 }
 
 /// Everything, in the OpenMetrics text format.

@@ -297,7 +297,19 @@ impl Coordinator {
         }
     }
 
+    /// The cached value under `key`, if any; counted in the
+    /// `workbench_cache_lookups` metric.
     pub async fn cache_get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let found = self.lookup(key).await;
+        crate::metrics::cache_lookup(match &found {
+            Ok(Some(_)) => "hit",
+            Ok(None) => "miss",
+            Err(_) => "error",
+        });
+        found
+    }
+
+    async fn lookup(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         let key = self.key(&format!("cache:{key}"));
         match self {
             Coordinator::Redis { conn, .. } => {

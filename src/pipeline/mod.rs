@@ -292,6 +292,9 @@ pub struct Pipeline {
     upload_max_bytes: usize,
     /// Runs working in this process, by id: cancelling one stops it.
     running: std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    /// One turn at a time for the runs of this process writing one silver or
+    /// gold table (a backfill's slices run side by side under one lock).
+    writers: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Pipeline {
@@ -304,7 +307,14 @@ impl Pipeline {
         project: Project,
     ) -> Self {
         let notifier = Arc::new(crate::alerts::Notifier::new(meta.clone(), coordinator.clone()));
-        Pipeline { lake, engine, meta, coordinator, lock_ttl, project, notifier, upload_max_bytes: 512 * 1024 * 1024, running: Default::default() }
+        Pipeline { lake, engine, meta, coordinator, lock_ttl, project, notifier, upload_max_bytes: 512 * 1024 * 1024, running: Default::default(), writers: Default::default() }
+    }
+
+    /// Wait for this process's turn to write `table` (`layer.name`): each
+    /// writer plans from what the one before it committed.
+    async fn write_turn(&self, table: String) -> tokio::sync::OwnedMutexGuard<()> {
+        let gate = self.writers.lock().expect("write turns").entry(table).or_default().clone();
+        gate.lock_owned().await
     }
 
     /// Record every spec in the metadata store; specs that disappeared are

@@ -16,13 +16,21 @@ impl Pipeline {
     /// Take every dataset's run lock, or none: a second run of a dataset
     /// fails naming the run that holds it.
     pub(super) async fn lock(&self, datasets: &[String], run_id: &str, wait: Option<std::time::Duration>) -> Result<Vec<LockGuard>, PipelineError> {
-        let deadline = wait.map(|w| std::time::Instant::now() + w);
+        let asked = std::time::Instant::now();
+        let deadline = wait.map(|w| asked + w);
         loop {
             match self.try_lock_all(datasets, run_id).await {
                 Err(PipelineError::Locked { .. }) if deadline.is_some_and(|d| std::time::Instant::now() < d) => {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
-                other => return other,
+                other => {
+                    match &other {
+                        Ok(_) => crate::metrics::run_lock(true, asked.elapsed()),
+                        Err(PipelineError::Locked { .. }) => crate::metrics::run_lock(false, asked.elapsed()),
+                        Err(_) => {}
+                    }
+                    return other;
+                }
             }
         }
     }
@@ -390,6 +398,7 @@ impl Pipeline {
                 continue;
             }
             report.started(&dataset, Layer::Gold, &model.name);
+            let _turn = self.write_turn(format!("gold.{}", model.name)).await;
             match self.build_gold(&model.sql, &model.name, &run_id).await {
                 Ok(rows) => {
                     let mut edges: Vec<LineageEdge> = model
@@ -456,6 +465,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut step = StepReport::new(&run_id, &spec.name, Layer::Silver, &spec.name);
         report.started(&spec.name, Layer::Silver, &spec.name);
+        let _turn = self.write_turn(format!("silver.{}", spec.name)).await;
         let mut attempt = 1;
         let refined = loop {
             match self.refine(spec, silver.mode, &silver.key, &silver.rules, options, run_id).await {

@@ -52,7 +52,7 @@ impl Pipeline {
         let input = if whole {
             bronze
         } else {
-            let pending: Vec<String> = self
+            let mut pending: Vec<String> = self
                 .lake
                 .commits(Layer::Bronze, &spec.name, None)
                 .await?
@@ -60,10 +60,16 @@ impl Pipeline {
                 .filter(|c| consumed.is_none_or(|v| c.version > v) && c.version <= bronze_version)
                 .filter_map(|c| c.run_id)
                 .collect();
+            let key_of = |run: &str| format!("silver.{}:bronze run {run}", spec.name);
+            // A run may already be in silver even past the watermark: commits
+            // of runs that raced land in any order.
+            let keys: Vec<String> = pending.iter().map(|r| key_of(r)).collect();
+            let done = self.lake.committed(Layer::Silver, &spec.name, &keys).await?;
+            pending.retain(|r| !done.contains(&key_of(r)));
             if pending.is_empty() {
                 return Ok(None);
             }
-            consumed_keys = pending.iter().map(|r| format!("silver.{}:bronze run {r}", spec.name)).collect();
+            consumed_keys = pending.iter().map(|r| key_of(r)).collect();
             bronze
                 .filter(ident("_run_id").in_list(pending.into_iter().map(lit).collect(), false))
                 .map_err(|e| step_error(&step, e))?

@@ -553,20 +553,7 @@ impl Lake {
 
     /// Fail if `delta`'s snapshot already records one of `keys`.
     async fn refuse_committed_keys(&self, layer: Layer, table: &str, delta: &DeltaTable, keys: &[String]) -> Result<(), StorageError> {
-        let Ok(state) = delta.snapshot() else {
-            return Ok(()); // no commit yet
-        };
-        let log_store = delta.log_store();
-        let mut committed = Vec::new();
-        for key in keys {
-            let found = state
-                .transaction_version(log_store.as_ref(), transaction_id(key))
-                .await
-                .map_err(table_error(layer, table))?;
-            if found.is_some() {
-                committed.push(key.clone());
-            }
-        }
+        let committed = committed_keys(layer, table, delta, keys).await?;
         if committed.is_empty() {
             Ok(())
         } else {
@@ -575,6 +562,15 @@ impl Lake {
                 table: table.to_string(),
                 keys: committed.join(", "),
             })
+        }
+    }
+
+    /// Which of `keys` a commit of `layer.table` already carries (see
+    /// [`write_frame_once`](Self::write_frame_once)).
+    pub async fn committed(&self, layer: Layer, table: &str, keys: &[String]) -> Result<Vec<String>, StorageError> {
+        match self.table(layer, table).await? {
+            Some(delta) => committed_keys(layer, table, &delta, keys).await,
+            None => Ok(Vec::new()),
         }
     }
 
@@ -740,6 +736,25 @@ impl Lake {
             })
             .collect())
     }
+}
+
+/// Which of `keys` `delta`'s snapshot records as application transactions.
+async fn committed_keys(layer: Layer, table: &str, delta: &DeltaTable, keys: &[String]) -> Result<Vec<String>, StorageError> {
+    let Ok(state) = delta.snapshot() else {
+        return Ok(Vec::new()); // no commit yet
+    };
+    let log_store = delta.log_store();
+    let mut committed = Vec::new();
+    for key in keys {
+        let found = state
+            .transaction_version(log_store.as_ref(), transaction_id(key))
+            .await
+            .map_err(table_error(layer, table))?;
+        if found.is_some() {
+            committed.push(key.clone());
+        }
+    }
+    Ok(committed)
 }
 
 /// A point in a table's history.

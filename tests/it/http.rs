@@ -82,6 +82,10 @@ async fn health_ready_and_metrics_over_http() {
     let client = server.connect().await;
     assert!(client.simple_query("SELECT * FROM silver.nope").await.is_err());
     assert_eq!(rows(&server, "SELECT sum(n) FROM silver.ticks").await, vec!["6"]);
+    // The same preview twice: computed, then served from the shared cache.
+    for _ in 0..2 {
+        assert_eq!(rows(&server, "SELECT count(*) FROM preview('ticks')").await, vec!["3"]);
+    }
     let (status, kind, text) = get(&server, "/metrics").await;
     assert_eq!(status, 200);
     assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
@@ -94,6 +98,10 @@ async fn health_ready_and_metrics_over_http() {
     assert!(value(&samples, "workbench_connections{}") >= 1.0, "this test's client is still connected");
     assert!(value(&samples, "workbench_runs_total{status=succeeded}") >= 1.0);
     assert!(value(&samples, "workbench_rows_written_total{layer=silver}") >= 3.0);
+    assert!(value(&samples, "workbench_cache_lookups_total{outcome=miss}") >= 1.0);
+    assert!(value(&samples, "workbench_cache_lookups_total{outcome=hit}") >= 1.0, "the second preview");
+    assert!(value(&samples, "workbench_run_locks_total{outcome=acquired}") >= 1.0, "the start-up build's lock");
+    assert!(value(&samples, "workbench_run_lock_wait_seconds_count{}") >= 1.0);
     drop(client);
 
     // The metadata store goes away: not ready (saying which), then ready
@@ -229,10 +237,30 @@ async fn the_json_api_logs_users_in_uploads_previews_runs_and_refuses_what_it_mu
     assert_eq!(event["eventType"], "COMPLETE", "{events}");
     assert_eq!(event["run"]["runId"], run_id.as_str());
     assert!(event["outputs"].as_array().unwrap().iter().any(|o| o["name"] == "silver.ledger"), "{event}");
+    // validate() over HTTP: one report, readable by id.
+    let response = as_user(http.post(format!("{base}/api/tables/silver.ledger/validations")), "viewer").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let validated: serde_json::Value = response.json().await.unwrap();
+    let id = validated["validation_id"].as_str().expect("an id").to_string();
+    assert_eq!(validated["results"][0]["unexpected_count"], 1, "{validated}");
+    let report: serde_json::Value = as_user(http.get(format!("{base}/api/validations/{id}")), "loader").send().await.unwrap().json().await.unwrap();
+    assert_eq!(report["results"][0]["validated_by"], "viewer", "{report}");
+    assert_eq!(report["results"][0]["success"], false, "{report}");
+    let missing = as_user(http.get(format!("{base}/api/validations/no-such-call")), "viewer").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
     // The OpenAPI document describes it.
     let openapi: serde_json::Value = http.get(format!("{base}/api/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(openapi["openapi"], "3.0.3");
-    for path in ["/api/runs", "/api/runs/{id}", "/api/datasets/{name}/files/{file}", "/api/datasets/{name}/preview", "/ready", "/metrics"] {
+    for path in [
+        "/api/runs",
+        "/api/runs/{id}",
+        "/api/datasets/{name}/files/{file}",
+        "/api/datasets/{name}/preview",
+        "/api/tables/{table}/validations",
+        "/api/validations/{id}",
+        "/ready",
+        "/metrics",
+    ] {
         assert!(openapi["paths"][path].is_object(), "{path} undocumented");
     }
     assert!(!server.log_text().contains("api-secret-1"));
@@ -283,6 +311,18 @@ async fn the_console_in_a_real_browser_logs_in_uploads_excel_previews_runs_and_s
         assert!(started.elapsed() < Duration::from_secs(20), "no start-up build\n{}", server.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A validate() call over the wire: its Data Docs are one click from the dataset page.
+    let client = server.connect_as("loader", Some("console-secret-1")).await.unwrap();
+    let checked = client.simple_query("SELECT validation_id, success FROM validate('silver.ledger')").await.unwrap();
+    let ids: std::collections::BTreeSet<String> = checked
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one id for the call's results: {ids:?}");
+    drop(client);
     // Screenshots are kept next to the build, to be looked at.
     let shots = std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("console-screenshots");
     let base = format!("http://{}", server.http.unwrap());
@@ -307,7 +347,7 @@ async fn the_console_in_a_real_browser_logs_in_uploads_excel_previews_runs_and_s
         String::from_utf8_lossy(&out.stderr),
         server.log_text()
     );
-    for shot in ["login", "datasets", "preview", "data-docs", "dataset", "lineage"] {
+    for shot in ["login", "datasets", "preview", "data-docs", "dataset", "validation", "lineage", "lineage-columns"] {
         assert!(shots.join(format!("{shot}.png")).metadata().unwrap().len() > 1000, "{shot}.png");
     }
     // The upload is a landing file like any other, and the run ingested it.
