@@ -430,7 +430,7 @@ pub struct App {
     /// with `--no-scheduler`.
     scheduler: Option<crate::scheduler::Scheduler>,
     /// The HTTP API, when it listens.
-    http: Option<(tokio::net::TcpListener, SocketAddr, crate::http::HttpState)>,
+    http: Option<(tokio::net::TcpListener, SocketAddr, crate::http::HttpState, Option<tokio_rustls::TlsAcceptor>)>,
 }
 
 impl App {
@@ -489,6 +489,11 @@ impl App {
             Some(settings) => Some(crate::pg::Tls::load(&settings.cert, &settings.key, settings.mode)?),
             None => None,
         };
+        // The HTTP API speaks only HTTPS when the wire has a certificate.
+        let http_tls = match &config.tls {
+            Some(settings) => Some(crate::http::tls::acceptor(&settings.cert, &settings.key)?),
+            None => None,
+        };
         // Config::build refuses this combination unless allow_plaintext is set.
         if config.allow_plaintext && tls.is_none() && !config.listen.ip().is_loopback() {
             tracing::warn!(addr = %config.listen, "allow_plaintext: serving a non-loopback address WITHOUT TLS; query results and metadata cross the network in clear");
@@ -523,6 +528,7 @@ impl App {
             users: Arc::new(config.users.clone()),
             pipeline: pipeline.clone(),
             upload_limit: config.upload_max_bytes,
+            https: http_tls.is_some(),
             sessions: Default::default(),
         };
         let http = match config.http {
@@ -530,12 +536,12 @@ impl App {
             crate::config::HttpListen::Explicit(at) => {
                 let listener = crate::http::bind(at).await.map_err(|source| AppError::Listen { addr: at, source })?;
                 let bound = listener.local_addr().map_err(AppError::Serve)?;
-                Some((listener, bound, http_state))
+                Some((listener, bound, http_state, http_tls))
             }
             crate::config::HttpListen::Default(at) => match crate::http::bind(at).await {
                 Ok(listener) => {
                     let bound = listener.local_addr().map_err(AppError::Serve)?;
-                    Some((listener, bound, http_state))
+                    Some((listener, bound, http_state, http_tls))
                 }
                 Err(err) => {
                     tracing::warn!(%at, %err, "the HTTP API (health, readiness, metrics) is not served: its default address is taken; set --http-listen ADDR (or off)");
@@ -559,7 +565,7 @@ impl App {
 
     /// Where the HTTP API listens, when it does.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(|(_, addr, _)| *addr)
+        self.http.as_ref().map(|(_, addr, _, _)| *addr)
     }
 
     /// The address the server listens on (resolves port 0).
@@ -591,11 +597,12 @@ impl App {
         if let Some(scheduler) = self.scheduler.take() {
             tokio::spawn(scheduler.run(shutdown.clone()));
         }
-        if let Some((listener, addr, state)) = self.http.take() {
-            tracing::info!(%addr, "HTTP API listening (/health, /ready, /metrics)");
+        if let Some((listener, addr, state, tls)) = self.http.take() {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(%addr, scheme, "HTTP API listening (/health, /ready, /metrics, /api, console)");
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                if let Err(err) = crate::http::serve(listener, state, stop).await {
+                if let Err(err) = crate::http::serve(listener, state, tls, stop).await {
                     tracing::error!(%err, "the HTTP API stopped");
                 }
             });

@@ -411,6 +411,20 @@ impl Config {
             }),
         };
         let allow_plaintext = file.allow_plaintext.unwrap_or(false);
+        if let HttpListen::Explicit(at) = http
+            && !at.ip().is_loopback()
+            && tls.is_none()
+            && !allow_plaintext
+        {
+            return Err(ConfigError::Invalid {
+                setting: "http_listen",
+                value: at.to_string(),
+                reason: "the HTTP API on a non-loopback address would send passwords and rows in clear: add \
+                         `tls: { cert: server.crt, key: server.key }` to the config file (the API then speaks HTTPS), or set \
+                         `allow_plaintext: true` if a proxy or private network already encrypts the traffic"
+                    .into(),
+            });
+        }
         if !listen.ip().is_loopback() && tls.is_none() && !allow_plaintext {
             return Err(ConfigError::Invalid {
                 setting: "listen",

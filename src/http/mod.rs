@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 mod api;
 pub mod console;
+pub mod tls;
 
 use crate::cache::Coordinator;
 use crate::meta::MetaStore;
@@ -43,19 +44,33 @@ pub struct HttpState {
     pub users: Arc<Vec<crate::config::User>>,
     pub pipeline: Option<Arc<crate::pipeline::Pipeline>>,
     pub upload_limit: usize,
+    /// Served over TLS (`tls:` in the config): cookies are marked `Secure`.
+    pub https: bool,
     /// The console's logged-in browsers, by session cookie.
     pub sessions: Arc<std::sync::Mutex<std::collections::HashMap<String, console::BrowserSession>>>,
 }
 
-/// Serve the API on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
+/// Serve the API on `listener` (over TLS with `tls`) until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = api::routes(state.upload_limit)
         .merge(console::routes(state.upload_limit))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    let stop = shutdown.clone();
+    match tls {
+        Some(acceptor) => {
+            let listener = tls::TlsListener::new(listener, acceptor, shutdown.clone())?;
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await,
+    }
 }
 
 /// Bind the API's address.

@@ -28,4 +28,4 @@ mod wire;
 pub use backends::{BackendInfo, Backends};
 pub use server::{PgServer, ServerOptions};
 pub use startup::UserStore;
-pub use tls::{Tls, TlsError, TlsMode};
+pub use tls::{Tls, TlsError, TlsMode, server_config};

@@ -45,27 +45,7 @@ pub enum TlsError {
 impl Tls {
     /// Read `cert` (PEM chain, server certificate first) and `key` (PEM).
     pub fn load(cert: &Path, key: &Path, mode: TlsMode) -> Result<Tls, TlsError> {
-        let cert_error = |reason: String| TlsError::Cert {
-            path: cert.to_path_buf(),
-            reason,
-        };
-        let chain = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| cert_error(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| cert_error(e.to_string()))?;
-        if chain.is_empty() {
-            return Err(cert_error("no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into()));
-        }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
-            path: key.to_path_buf(),
-            reason: format!("{e} (expected a PEM private key: PKCS#8, PKCS#1 or SEC1)"),
-        })?;
-        let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = server_config(cert, key)?;
         // PostgreSQL 17 clients negotiating TLS directly ask for this protocol.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Tls {
@@ -73,4 +53,30 @@ impl Tls {
             mode,
         })
     }
+}
+
+/// A rustls server configuration from a PEM certificate chain (server
+/// certificate first) and a PEM key; the wire and the HTTP API share it.
+pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+    let cert_error = |reason: String| TlsError::Cert {
+        path: cert.to_path_buf(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_error("no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.to_path_buf(),
+        reason: format!("{e} (expected a PEM private key: PKCS#8, PKCS#1 or SEC1)"),
+    })?;
+    ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))
 }

@@ -872,6 +872,17 @@ async fn tls_optional_serves_both_and_beyond_loopback_needs_tls() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tls:") && err.contains("allow_plaintext"), "{err}");
+    // So is an HTTP API beyond loopback without TLS.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "0.0.0.0:0", "--lake"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http_listen") && err.contains("tls:") && err.contains("allow_plaintext"), "{err}");
     // A bad certificate path is a startup error that names the file.
     std::fs::write(&config, "tls: { cert: missing.crt, key: missing.key }\n").unwrap();
     let out = Command::new(BIN)
@@ -884,4 +895,37 @@ async fn tls_optional_serves_both_and_beyond_loopback_needs_tls() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tls.cert") && err.contains("missing.crt"), "{err}");
+}
+
+/// curl against the HTTP API with `args`; returns (succeeded, stdout, stderr).
+fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().expect("curl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn the_http_api_speaks_https_with_the_wire_certificate() {
+    let (g, ca) = tls_server("required");
+    let port = g.server.http.expect("the HTTP API listens").port();
+    let ca = ca.display().to_string();
+    let base = format!("https://localhost:{port}");
+
+    let (ok, body, err) = curl(&["--cacert", &ca, &format!("{base}/health")]);
+    assert!(ok && body.contains("\"status\":\"ok\""), "{body}{err}");
+    // Plain HTTP on the same port gets no answer; an untrusting client stops at the handshake.
+    let (ok, body, _) = curl(&[&format!("http://127.0.0.1:{port}/health")]);
+    assert!(!ok && body.is_empty(), "plaintext answered: {body}");
+    let (ok, _, err) = curl(&["--cacert", "/etc/ssl/certs/ca-certificates.crt", &format!("{base}/health")]);
+    assert!(!ok && err.to_lowercase().contains("certificate"), "{err}");
+
+    // Users and grants as on the wire: Basic auth over TLS.
+    let (ok, body, err) = curl(&["--cacert", &ca, "-u", &format!("etl:{PASSWORD}"), &format!("{base}/api/datasets/suppliers/preview?limit=5")]);
+    assert!(ok && body.contains("\"rows\""), "{body}{err}");
+    let (_, code, _) = curl(&["--cacert", &ca, "-o", "/dev/null", "-w", "%{http_code}", "-u", "etl:wrong", &format!("{base}/api/runs")]);
+    assert_eq!(code, "401");
+
+    // The console's session cookie is only ever sent back over TLS.
+    let (ok, headers, err) = curl(&["--cacert", &ca, "-D", "-", "-o", "/dev/null", "-d", "user=etl", "-d", &format!("password={PASSWORD}"), &format!("{base}/login")]);
+    let cookie = headers.lines().find(|l| l.to_lowercase().starts_with("set-cookie:")).unwrap_or_default();
+    assert!(ok && cookie.contains("wb_session=") && cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{headers}{err}");
 }
