@@ -2,7 +2,7 @@
 """Workbench benchmarks, each case side by side with its anchor in the same
 run, reported as ratios in benches/RESULTS.md and benches/results.json.
 
-Usage: benches/run.sh [--sf 1] [--cases tpch,stream,ingest,preview,validate,concurrency,isolation]
+Usage: benches/run.sh [--sf 1] [--cases tpch,http,stream,ingest,preview,validate,concurrency,isolation]
        benches/run.sh --cases soak [--soak-seconds 600]   (64 clients for 10 minutes)
 
 Everything it needs is prepared here: TPC-H data (tpchgen-cli), the
@@ -140,12 +140,20 @@ class Server:
     def __init__(self, binary, lake, specs, port=PORT, config=None):
         extra = ["--config", str(config)] if config else []
         self.proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--lake", str(lake), "--specs", str(specs)] + extra,
+            [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0", "--lake", str(lake),
+             "--specs", str(specs)] + extra,
             stdout=subprocess.PIPE, stderr=open(lake / "bench-server.log", "a"), text=True,
             env=dict(os.environ, RUST_LOG="warn"))
-        line = self.proc.stdout.readline()
-        if "listening" not in line:
-            raise SystemExit(f"server did not start: {line}")
+        # "workbench http on ADDR", then "workbench listening on ADDR".
+        self.http = None
+        while True:
+            line = self.proc.stdout.readline()
+            if line.startswith("workbench http on "):
+                self.http = line.split()[-1]
+            elif "listening" in line:
+                break
+            else:
+                raise SystemExit(f"server did not start: {line!r}")
 
     def reset_peak(self):
         with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
@@ -398,6 +406,73 @@ def case_preview(ctx):
                     anchor_name=anchor_name, ratio=percentile(values, 50) / statistics.median(anchor),
                     lower_is_better=True, rss_mb=ctx["server"].peak_rss_mb(),
                     note=f"p95 {percentile(values, 95) * 1000:.1f} ms"))
+    return results, []
+
+
+def case_http(ctx):
+    """The HTTP API: preview of the 5 MB files as JSON (cold and cached), and
+    what a Prometheus scrape of /metrics costs next to the cheapest request."""
+    import duckdb
+    import http.client
+
+    csv, xlsx = preview_files(ctx["data"])
+    host, port = ctx["server"].http.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+
+    def get(path):
+        start = time.perf_counter()
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        took = time.perf_counter() - start
+        if response.status != 200:
+            raise SystemExit(f"GET {path}: {response.status} {body[:300]!r}")
+        return took, body
+
+    results = []
+    ctx["server"].reset_peak()
+    with wb_connect() as wire:
+        for name, path in (("preview_csv", csv), ("preview_xlsx", xlsx)):
+            rel = f"landing/preview/{path.name}"
+            timings = {}
+            # Limits unlike the preview case's: cold here means not cached by it either.
+            for label, limits in (("cold", [2000 + i for i in range(20)]), ("cached", [2000] * 20)):
+                timings[label] = [get(f"/api/datasets/{name}/preview?file={rel}&limit={n}")[0] for n in limits]
+            rows = len(json.loads(get(f"/api/datasets/{name}/preview?file={rel}&limit=2000")[1])["rows"])
+            over_wire = []
+            for _ in range(20):
+                start = time.perf_counter()
+                wire.execute(call("preview", name, rel, 2000)).fetchall()
+                over_wire.append(time.perf_counter() - start)
+            anchor = []
+            for _ in range(5):
+                start = time.perf_counter()
+                if path.suffix == ".csv":
+                    duckdb.connect().execute(f"SELECT * FROM read_csv('{path}') LIMIT 2000").fetchall()
+                else:
+                    import pandas as pd
+                    pd.read_excel(path, nrows=2000)
+                anchor.append(time.perf_counter() - start)
+            size = path.stat().st_size / 1e6
+            anchor_name = "DuckDB read_csv LIMIT 2000" if path.suffix == ".csv" else "pandas.read_excel(nrows=2000)"
+            for label, values in timings.items():
+                results.append(dict(
+                    case=f"HTTP preview of a {size:.1f} MB {path.suffix[1:].upper()} as JSON ({rows} rows), {label}, p50 (ms)",
+                    workbench=percentile(values, 50) * 1000, anchor=statistics.median(anchor) * 1000,
+                    anchor_name=anchor_name, ratio=percentile(values, 50) / statistics.median(anchor),
+                    lower_is_better=True, rss_mb=ctx["server"].peak_rss_mb(),
+                    note=f"p95 {percentile(values, 95) * 1000:.1f} ms; the cached preview over the wire (psycopg): "
+                         f"p50 {percentile(over_wire, 50) * 1000:.1f} ms"))
+    # A scrape after the traffic above (every family has samples).
+    scrapes = [get("/metrics") for _ in range(200)]
+    health = [get("/health")[0] for _ in range(200)]
+    took = [t for t, _ in scrapes]
+    results.append(dict(
+        case="GET /metrics (Prometheus scrape), p50 (ms)", workbench=percentile(took, 50) * 1000,
+        anchor=percentile(health, 50) * 1000, anchor_name="GET /health on the same connection",
+        ratio=percentile(took, 50) / percentile(health, 50), lower_is_better=True, rss_mb=ctx["server"].peak_rss_mb(),
+        note=f"p95 {percentile(took, 95) * 1000:.2f} ms; {len(scrapes[-1][1]) / 1024:.1f} KiB a scrape"))
+    conn.close()
     return results, []
 
 
@@ -747,6 +822,7 @@ def case_soak(ctx):
 
 CASES = {
     "tpch": case_tpch,
+    "http": case_http,
     "governance": case_governance,
     "stream": case_stream,
     "ingest": case_ingest,

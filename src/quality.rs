@@ -47,6 +47,8 @@ impl CheckResult {
             missing_count: self.missing_count,
             partial_unexpected_list: serde_json::to_string(&self.partial_unexpected_list).unwrap_or_default(),
             observed_value: self.observed_value.clone(),
+            validation_id: None,
+            validated_by: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `validate('layer.table' [, suite])`: run the expectations declared for the
 //! table in its spec (or an ad-hoc suite in YAML/JSON, same syntax as a
 //! spec's `expectations:`) and return one row per check; results are stored
-//! in `workbench.validations`.
+//! in `workbench.validations` under one `validation_id` per call, the id of
+//! the call's Data Docs page in the console (`/validations/<id>`).
 
 use std::sync::Arc;
 
@@ -90,10 +91,11 @@ pub fn schema() -> SchemaRef {
         Field::new("missing_count", DataType::Int64, false),
         Field::new("partial_unexpected_list", DataType::Utf8, false),
         Field::new("observed_value", DataType::Utf8, true),
+        Field::new("validation_id", DataType::Utf8, false),
     ]))
 }
 
-pub fn to_batch(results: &[CheckResult]) -> Result<RecordBatch> {
+fn to_batch(results: &[CheckResult], validation_id: &str) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(results.iter().map(|r| r.expectation.clone()))),
         Arc::new(StringArray::from_iter_values(results.iter().map(|r| r.columns.clone()))),
@@ -106,6 +108,7 @@ pub fn to_batch(results: &[CheckResult]) -> Result<RecordBatch> {
             results.iter().map(|r| serde_json::to_string(&r.partial_unexpected_list).unwrap_or_default()),
         )),
         Arc::new(StringArray::from(results.iter().map(|r| r.observed_value.clone()).collect::<Vec<_>>())),
+        Arc::new(StringArray::from_iter_values(results.iter().map(|_| validation_id))),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
@@ -122,13 +125,18 @@ impl Rows for ValidateTable {
         let df = self.caller.frame(&ctx, self.layer, &self.name).await?;
         let view = quality::register_view(&ctx, df)?;
         let results = quality::evaluate_all(&ctx, &view, &self.checks).await?;
+        let validation_id = uuid::Uuid::now_v7().to_string();
         for r in &results {
-            let record = r.record(&table, None);
+            let record = crate::meta::ValidationRecord {
+                validation_id: Some(validation_id.clone()),
+                validated_by: self.caller.user(),
+                ..r.record(&table, None)
+            };
+            // The caller still gets the results; only the stored report misses them.
             if let Err(err) = self.services.meta.record_validation(&record).await {
-                tracing::warn!(%err, "storing a validation result failed");
+                tracing::warn!(%err, %validation_id, "storing a validation result failed");
             }
         }
-        let batch = to_batch(&results)?;
-        Ok(batch)
+        to_batch(&results, &validation_id)
     }
 }

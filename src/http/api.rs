@@ -103,6 +103,8 @@ pub fn routes(upload_limit: usize) -> Router<HttpState> {
         .route("/api/datasets/{name}/preview", get(preview))
         .route("/api/datasets/{name}/files/{file}", put(upload).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/lineage", get(lineage))
+        .route("/api/tables/{table}/validations", post(validate))
+        .route("/api/validations/{id}", get(validation))
 }
 
 /// Who calls: `None` under local trust (no users configured).
@@ -237,6 +239,31 @@ async fn start_run(State(state): State<HttpState>, headers: HeaderMap, Path(name
     known_dataset(&state, &name)?;
     let ctx = session(&state, &caller)?;
     Ok(Json(serde_json::json!({ "steps": rows(&ctx, &format!("SELECT * FROM run({})", quote(&name))).await? })))
+}
+
+/// Check a table's declared expectations now (as `validate()` does); the
+/// answer carries the call's `validation_id`, its Data Docs page's id.
+async fn validate(State(state): State<HttpState>, headers: HeaderMap, Path(table): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let results = rows(&ctx, &format!("SELECT * FROM validate({})", quote(&table))).await?;
+    let id = results.as_array().and_then(|r| r.first()).map(|r| r["validation_id"].clone()).unwrap_or_default();
+    Ok(Json(serde_json::json!({ "validation_id": id, "results": results })))
+}
+
+/// The results of one `validate()` call.
+async fn validation(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = login(&state, &headers).await?;
+    let ctx = session(&state, &caller)?;
+    let results = rows(&ctx, &format!("SELECT * FROM workbench.validations WHERE validation_id = {} ORDER BY validated_at", quote(&id))).await?;
+    let table = results.as_array().and_then(|r| r.first()).map(|r| r["table_name"].as_str().unwrap_or_default().to_string());
+    match table {
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no validate() call has id {id}"))),
+        Some(table) if !table.split_once('.').is_some_and(|(layer, name)| caller.may(|p| p.can_read(layer, name))) => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, format!("you may not read {table}")))
+        }
+        Some(_) => Ok(Json(serde_json::json!({ "validation_id": id, "results": results }))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -389,6 +416,16 @@ async fn openapi() -> impl IntoResponse {
                     "413": text("larger than upload_max_size"),
                     "422": text("not a file the dataset can read, or a bad name")
                 }))
+            } },
+            "/api/tables/{table}/validations": { "post": {
+                "summary": "Check the table's declared expectations now (as validate()); the answer's validation_id names its Data Docs page, /validations/{id}",
+                "parameters": [{ "name": "table", "in": "path", "required": true, "schema": { "type": "string", "example": "silver.ledger" } }],
+                "responses": with(serde_json::json!({ "200": text("validation_id and one result per expectation") }))
+            } },
+            "/api/validations/{id}": { "get": {
+                "summary": "The results of one validate() call",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": with(serde_json::json!({ "200": text("the results") }))
             } },
             "/api/lineage": { "get": {
                 "summary": "Lineage edges of a table (as lineage()), or with format=openlineage the OpenLineage run events of the latest runs that read or wrote it",

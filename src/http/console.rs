@@ -52,6 +52,7 @@ pub fn routes(upload_limit: usize) -> Router<HttpState> {
         .route("/datasets/{name}/preview", get(preview))
         .route("/datasets/{name}/run", post(start_run))
         .route("/runs/{id}", get(run))
+        .route("/validations/{id}", get(validation))
         .route("/lineage", get(lineage))
 }
 
@@ -151,7 +152,8 @@ async fn login_submit(State(state): State<HttpState>, Form(form): Form<LoginForm
         token.clone(),
         BrowserSession { user: form.user.clone(), csrf: random_token(), seen: Instant::now() },
     );
-    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_IDLE.as_secs());
+    let secure = if state.https { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION_IDLE.as_secs());
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
@@ -303,7 +305,7 @@ th,td{border-bottom:1px solid #dde2e8;padding:6px 8px;text-align:left;font-size:
 .login label{display:block;margin:8px 0}tr.failing td{background:#fdecea}\
 .ok,.succeeded,.fresh,.true{color:#17803d;font-weight:600}.failed,.error,.false,.timed_out{color:#b42318;font-weight:600}\
 .warn,.skipped,.cancelled,.never,.running{color:#b25e09;font-weight:600}pre{background:#fff;padding:12px;overflow:auto;font-size:13px}\
-svg{background:#fff;display:block;margin:8px 0 20px}code{font-size:13px}";
+svg{background:#fff;display:block;margin:8px 0 20px;max-width:100%;height:auto}code{font-size:13px}";
 
 fn status_cell(status: &str) -> String {
     format!("<td class=\"{}\">{}</td>", esc(status), esc(status))
@@ -412,7 +414,39 @@ async fn dataset(State(state): State<HttpState>, headers: HeaderMap, Path(name):
             esc(&text(&r["error"])),
         ));
     }
-    body.push_str("</table><h2>Spec</h2>");
+    body.push_str("</table>");
+    let calls = rows(
+        &ctx,
+        &format!(
+            "SELECT validation_id, table_name, min(validated_by) AS validated_by, min(validated_at) AS at, count(*) AS checks, \
+             sum(CASE WHEN success THEN 1 ELSE 0 END) AS passed FROM workbench.validations \
+             WHERE validation_id IS NOT NULL AND table_name IN ({}, {}, {}) GROUP BY validation_id, table_name ORDER BY at DESC LIMIT 20",
+            quote(&format!("bronze.{name}")),
+            quote(&format!("silver.{name}")),
+            quote(&format!("quarantine.{name}")),
+        ),
+    )
+    .await?;
+    body.push_str("<h2>validate() calls</h2>");
+    match calls.as_array().filter(|c| !c.is_empty()) {
+        None => body.push_str(&format!("<p>None yet: <code>SELECT * FROM validate('silver.{}')</code> checks the table now and reports here.</p>", esc(&name))),
+        Some(calls) => {
+            body.push_str("<table id=\"validations\"><tr><th>report</th><th>table</th><th>by</th><th>at</th><th>passed</th></tr>");
+            for c in calls {
+                body.push_str(&format!(
+                    "<tr><td><a href=\"/validations/{0}\"><code>{0}</code></a></td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4} of {5}</td></tr>",
+                    esc(&text(&c["validation_id"])),
+                    esc(&text(&c["table_name"])),
+                    esc(&text(&c["validated_by"])),
+                    esc(&text(&c["at"])),
+                    esc(&text(&c["passed"])),
+                    esc(&text(&c["checks"])),
+                ));
+            }
+            body.push_str("</table>");
+        }
+    }
+    body.push_str("<h2>Spec</h2>");
     body.push_str(&format!("<pre>{}</pre>", esc(&text(&spec["spec_text"]))));
     Ok(page(&format!("Dataset {name}"), &body))
 }
@@ -461,15 +495,7 @@ async fn run(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<
         return Err(crate::pipeline::PipelineError::UnknownRun(id).into());
     };
     let steps = rows(&ctx, &format!("SELECT seq, layer, table_name, rows_in, rows_out, rows_rejected, status, duration_ms, message FROM workbench.run_steps WHERE run_id = {} ORDER BY seq", quote(&id))).await?;
-    let checks = rows(
-        &ctx,
-        &format!(
-            "SELECT table_name, expectation, columns, success, element_count, unexpected_count, unexpected_percent, missing_count, \
-             partial_unexpected_list, observed_value FROM workbench.validations WHERE run_id = {} ORDER BY validated_at",
-            quote(&id)
-        ),
-    )
-    .await?;
+    let checks = rows(&ctx, &validation_sql(&format!("run_id = {}", quote(&id)))).await?;
     let mut body = format!(
         "<table><tr><th>datasets</th><th>trigger</th><th>status</th><th>started</th><th>finished</th><th>attempt</th></tr>\
          <tr><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td></tr></table>",
@@ -498,75 +524,162 @@ async fn run(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<
             esc(&text(&s["message"])),
         ));
     }
-    body.push_str("</table><h2 id=\"data-docs\">Data Docs: validation results</h2>");
+    body.push_str("</table>");
+    body.push_str(&data_docs(&checks, "This run checked no expectations."));
+    Ok(page(&format!("Run {id}"), &body))
+}
+
+/// The Data Docs of one `validate()` call: what it checked, by whom, and
+/// each expectation's result.
+async fn validation(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ConsoleError> {
+    let (caller, _) = browser(&state, &headers)?;
+    let ctx = session_of(&state, &caller)?;
+    let checks = rows(&ctx, &validation_sql(&format!("validation_id = {}", quote(&id)))).await?;
+    let Some(first) = checks.as_array().and_then(|c| c.first()).cloned() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no validate() call has id {id}, or you may not read its table")).into());
+    };
+    let table = text(&first["table_name"]);
+    // The results are about a table: only its readers see them.
+    if let Some((layer, name)) = table.split_once('.')
+        && !caller.may(|p| p.can_read(layer, name))
+    {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("you may not read {table}")).into());
+    }
+    let mut body = format!(
+        "<p><code>validate('{}')</code> called by {} at {} · <a href=\"/lineage?table={}\">lineage</a></p>",
+        esc(&table),
+        esc(&first["validated_by"].as_str().map(str::to_string).unwrap_or_else(|| "a local user".into())),
+        esc(&text(&first["validated_at"])),
+        esc(&url_part(&table)),
+    );
+    body.push_str(&data_docs(&checks, "This call checked no expectations."));
+    Ok(page(&format!("Validation of {table}"), &body))
+}
+
+/// The stored expectation results matching `filter`, in the order checked.
+fn validation_sql(filter: &str) -> String {
+    format!(
+        "SELECT table_name, expectation, columns, success, element_count, unexpected_count, unexpected_percent, missing_count, \
+         partial_unexpected_list, observed_value, validated_at, validated_by FROM workbench.validations WHERE {filter} ORDER BY validated_at"
+    )
+}
+
+/// Data Docs: a validation report of expectation results (rows of
+/// [`validation_sql`]), like Great Expectations' validation results page.
+fn data_docs(checks: &Value, when_empty: &str) -> String {
+    let mut html = String::from("<h2 id=\"data-docs\">Data Docs: validation results</h2>");
     let list = checks.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        body.push_str("<p>This run checked no expectations.</p>");
-    } else {
-        let passed = list.iter().filter(|c| c["success"] == Value::Bool(true)).count();
-        body.push_str(&format!("<p>{passed} of {} expectations passed.</p>", list.len()));
-        body.push_str("<table class=\"data-docs\"><tr><th>table</th><th>expectation</th><th>columns</th><th>success</th><th>observed</th><th>rows</th><th>unexpected</th><th>missing</th><th>sample of unexpected values</th></tr>");
-        for c in &list {
-            body.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{} ({}%)</td><td>{}</td><td><code>{}</code></td></tr>",
-                esc(&text(&c["table_name"])),
-                esc(&text(&c["expectation"])),
-                esc(&text(&c["columns"])),
-                status_cell(&text(&c["success"])),
-                esc(&text(&c["observed_value"])),
-                esc(&text(&c["element_count"])),
-                esc(&text(&c["unexpected_count"])),
-                esc(&c["unexpected_percent"].as_f64().map(|p| format!("{p:.2}")).unwrap_or_default()),
-                esc(&text(&c["missing_count"])),
-                esc(&text(&c["partial_unexpected_list"])),
-            ));
-        }
-        body.push_str("</table>");
+        html.push_str(&format!("<p>{}</p>", esc(when_empty)));
+        return html;
     }
-    Ok(page(&format!("Run {id}"), &body))
+    let passed = list.iter().filter(|c| c["success"] == Value::Bool(true)).count();
+    html.push_str(&format!("<p>{passed} of {} expectations passed.</p>", list.len()));
+    html.push_str("<table class=\"data-docs\"><tr><th>table</th><th>expectation</th><th>columns</th><th>success</th><th>observed</th><th>rows</th><th>unexpected</th><th>missing</th><th>sample of unexpected values</th></tr>");
+    for c in &list {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{} ({}%)</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&text(&c["table_name"])),
+            esc(&text(&c["expectation"])),
+            esc(&text(&c["columns"])),
+            status_cell(&text(&c["success"])),
+            esc(&text(&c["observed_value"])),
+            esc(&text(&c["element_count"])),
+            esc(&text(&c["unexpected_count"])),
+            esc(&c["unexpected_percent"].as_f64().map(|p| format!("{p:.2}")).unwrap_or_default()),
+            esc(&text(&c["missing_count"])),
+            esc(&text(&c["partial_unexpected_list"])),
+        ));
+    }
+    html.push_str("</table>");
+    html
 }
 
 #[derive(Deserialize)]
 struct LineageQuery {
     table: String,
+    /// Draw columns and the column-to-column edges too.
+    #[serde(default)]
+    columns: Option<String>,
+}
+
+/// One lineage edge; the columns are empty for a table-level edge.
+struct Edge {
+    from: (String, String),
+    to: (String, String),
+    transform: String,
 }
 
 async fn lineage(State(state): State<HttpState>, headers: HeaderMap, Query(q): Query<LineageQuery>) -> Result<Response, ConsoleError> {
     let (caller, _) = browser(&state, &headers)?;
     let ctx = session_of(&state, &caller)?;
-    let edges = rows(&ctx, &format!("SELECT from_table, to_table FROM lineage({}, 'both') WHERE from_column = '' OR from_column IS NULL", quote(&q.table))).await?;
-    let pairs: Vec<(String, String)> = edges
+    let columns = q.columns.as_deref().is_some_and(|c| !matches!(c, "" | "0" | "false" | "no"));
+    let found = rows(&ctx, &format!("SELECT from_table, from_column, to_table, to_column, transform FROM lineage({}, 'both')", quote(&q.table))).await?;
+    let edges: Vec<Edge> = found
         .as_array()
         .into_iter()
         .flatten()
-        .map(|e| (text(&e["from_table"]), text(&e["to_table"])))
+        .map(|e| Edge {
+            from: (text(&e["from_table"]), text(&e["from_column"])),
+            to: (text(&e["to_table"]), text(&e["to_column"])),
+            transform: text(&e["transform"]),
+        })
+        .filter(|e| e.from.1.is_empty() != columns)
         .collect();
+    let toggle = if columns {
+        format!("<a id=\"toggle-columns\" href=\"/lineage?table={}\">tables only</a>", esc(&url_part(&q.table)))
+    } else {
+        format!("<a id=\"toggle-columns\" href=\"/lineage?table={}&amp;columns=1\">show columns</a>", esc(&url_part(&q.table)))
+    };
     let body = format!(
-        "{}<p>Tables this one reads from are to the left, tables that read it to the right.</p>",
-        lineage_svg(&q.table, &pairs)
+        "<p>Tables this one reads from are to the left, tables that read it to the right · {toggle}</p>{}",
+        lineage_svg(&q.table, &edges)
     );
     Ok(page(&format!("Lineage of {}", q.table), &body))
 }
 
+/// `name` in at most `max` characters: its start and end around an ellipsis.
+fn fit(name: &str, max: usize) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= max {
+        return name.to_string();
+    }
+    let tail = max / 2;
+    let head = max - tail - 1;
+    format!("{}…{}", chars[..head].iter().collect::<String>(), chars[chars.len() - tail..].iter().collect::<String>())
+}
+
 /// A left-to-right layered drawing: each table in the column of its
-/// longest path from a source, edges as lines between the boxes.
-fn lineage_svg(focus: &str, edges: &[(String, String)]) -> String {
+/// longest path from a source, as a box listing the columns that edges
+/// touch; edges as lines between tables, or between columns.
+fn lineage_svg(focus: &str, edges: &[Edge]) -> String {
     let mut nodes: Vec<String> = vec![focus.to_string()];
-    for (from, to) in edges {
-        for n in [from, to] {
-            if !nodes.contains(n) {
-                nodes.push(n.clone());
+    let mut fields: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for e in edges {
+        for (table, column) in [&e.from, &e.to] {
+            if !nodes.contains(table) {
+                nodes.push(table.clone());
+            }
+            let list = fields.entry(table.clone()).or_default();
+            if !column.is_empty() && !list.contains(column) {
+                list.push(column.clone());
             }
         }
+    }
+    for list in fields.values_mut() {
+        list.sort();
     }
     let mut layer: std::collections::HashMap<&str, usize> = nodes.iter().map(|n| (n.as_str(), 0)).collect();
     // Longest-path layering (bounded: lineage has no cycles, but be safe).
     for _ in 0..nodes.len() {
         let mut changed = false;
-        for (from, to) in edges {
-            let want = layer[from.as_str()] + 1;
-            if layer[to.as_str()] < want {
-                layer.insert(to.as_str(), want);
+        for e in edges {
+            if e.from.0 == e.to.0 {
+                continue;
+            }
+            let want = layer[e.from.0.as_str()] + 1;
+            if layer[e.to.0.as_str()] < want {
+                layer.insert(e.to.0.as_str(), want);
                 changed = true;
             }
         }
@@ -574,33 +687,43 @@ fn lineage_svg(focus: &str, edges: &[(String, String)]) -> String {
             break;
         }
     }
+    let (box_w, head_h, row_h, gap_x, gap_y) = (190.0, 30.0, 18.0, 70.0, 16.0);
+    let height_of = |n: &str| head_h + fields.get(n).map_or(0, |c| c.len()) as f64 * row_h;
     let columns = layer.values().copied().max().unwrap_or(0) + 1;
-    let mut rows_in: Vec<usize> = vec![0; columns];
+    let mut next_y: Vec<f64> = vec![10.0; columns];
     let mut place: std::collections::HashMap<&str, (f64, f64)> = Default::default();
-    let (box_w, box_h, gap_x, gap_y) = (180.0, 30.0, 60.0, 16.0);
     let mut sorted: Vec<&String> = nodes.iter().collect();
     sorted.sort();
     for n in sorted {
         let c = layer[n.as_str()];
-        let r = rows_in[c];
-        rows_in[c] += 1;
-        place.insert(n.as_str(), (10.0 + c as f64 * (box_w + gap_x), 10.0 + r as f64 * (box_h + gap_y)));
+        place.insert(n.as_str(), (10.0 + c as f64 * (box_w + gap_x), next_y[c]));
+        next_y[c] += height_of(n) + gap_y;
     }
+    // Where an edge meets a box: a column's row, or the title.
+    let anchor = |(table, column): &(String, String)| -> f64 {
+        let y = place[table.as_str()].1;
+        match fields.get(table).and_then(|c| c.iter().position(|f| f == column)) {
+            Some(i) if !column.is_empty() => y + head_h + i as f64 * row_h + row_h / 2.0,
+            _ => y + head_h / 2.0,
+        }
+    };
     let width = 20.0 + columns as f64 * (box_w + gap_x);
-    let height = 20.0 + rows_in.iter().copied().max().unwrap_or(1) as f64 * (box_h + gap_y);
+    let height = next_y.iter().cloned().fold(40.0, f64::max) + 10.0;
     let mut svg = format!(
         "<svg id=\"lineage-graph\" role=\"img\" aria-label=\"lineage graph\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" xmlns=\"http://www.w3.org/2000/svg\">"
     );
-    for (from, to) in edges {
-        let (a, b) = (place[from.as_str()], place[to.as_str()]);
+    for e in edges {
+        let (a, b) = (place[e.from.0.as_str()], place[e.to.0.as_str()]);
+        let label = |(table, column): &(String, String)| if column.is_empty() { table.clone() } else { format!("{table}.{column}") };
         svg.push_str(&format!(
-            "<line class=\"edge\" x1=\"{:.0}\" y1=\"{:.0}\" x2=\"{:.0}\" y2=\"{:.0}\" stroke=\"#7a8794\" stroke-width=\"1.5\"><title>{} → {}</title></line>",
+            "<line class=\"edge\" x1=\"{:.0}\" y1=\"{:.0}\" x2=\"{:.0}\" y2=\"{:.0}\" stroke=\"#7a8794\" stroke-width=\"1.5\"><title>{} → {} ({})</title></line>",
             a.0 + box_w,
-            a.1 + box_h / 2.0,
+            anchor(&e.from),
             b.0,
-            b.1 + box_h / 2.0,
-            esc(from),
-            esc(to)
+            anchor(&e.to),
+            esc(&label(&e.from)),
+            esc(&label(&e.to)),
+            esc(&e.transform),
         ));
     }
     for n in &nodes {
@@ -608,12 +731,24 @@ fn lineage_svg(focus: &str, edges: &[(String, String)]) -> String {
         let fill = if n == focus { "#1d2733" } else { "#e8eef5" };
         let ink = if n == focus { "#fff" } else { "#1d2733" };
         svg.push_str(&format!(
-            "<g class=\"node\"><rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"{box_w}\" height=\"{box_h}\" rx=\"4\" fill=\"{fill}\" stroke=\"#3b6ea8\"/>\
-             <text x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" fill=\"{ink}\">{}</text></g>",
+            "<g class=\"node\"><rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"{box_w}\" height=\"{:.0}\" rx=\"4\" fill=\"{fill}\" stroke=\"#3b6ea8\"/>\
+             <a href=\"/lineage?table={}\"><text x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" font-weight=\"600\" fill=\"{ink}\">{}</text></a>",
+            height_of(n),
+            esc(&url_part(n)),
             x + 8.0,
             y + 19.0,
-            esc(n)
+            esc(&fit(n, 27))
         ));
+        svg.push_str(&format!("<title>{}</title>", esc(n)));
+        for (i, column) in fields.get(n).into_iter().flatten().enumerate() {
+            svg.push_str(&format!(
+                "<text class=\"column\" x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" fill=\"{ink}\">{}</text>",
+                x + 14.0,
+                y + head_h + i as f64 * row_h + 13.0,
+                esc(column)
+            ));
+        }
+        svg.push_str("</g>");
     }
     svg.push_str("</svg>");
     svg

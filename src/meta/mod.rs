@@ -75,6 +75,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "schedule", include_str!("../../migrations/postgres/0005_schedule.sql")),
     (6, "run control", include_str!("../../migrations/postgres/0006_run_control.sql")),
     (7, "alerts", include_str!("../../migrations/postgres/0007_alerts.sql")),
+    (8, "validation calls", include_str!("../../migrations/postgres/0008_validation_calls.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql")),
@@ -84,6 +85,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "schedule", include_str!("../../migrations/sqlite/0005_schedule.sql")),
     (6, "run control", include_str!("../../migrations/sqlite/0006_run_control.sql")),
     (7, "alerts", include_str!("../../migrations/sqlite/0007_alerts.sql")),
+    (8, "validation calls", include_str!("../../migrations/sqlite/0008_validation_calls.sql")),
 ];
 
 fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {

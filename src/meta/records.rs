@@ -95,6 +95,10 @@ pub struct ValidationRecord {
     /// JSON array of up to 20 sample values.
     pub partial_unexpected_list: String,
     pub observed_value: Option<String>,
+    /// The validate() call these results came from (one report).
+    pub validation_id: Option<String>,
+    /// Who called validate().
+    pub validated_by: Option<String>,
 }
 
 impl MetaStore {
@@ -234,8 +238,8 @@ impl MetaStore {
     pub async fn record_validation(&self, v: &ValidationRecord) -> Result<(), MetaError> {
         on_pool!(self, |pool| sqlx::query(
             "INSERT INTO validations (run_id, table_name, expectation, columns, success, element_count, unexpected_count, \
-             unexpected_percent, missing_count, partial_unexpected_list, observed_value, validated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+             unexpected_percent, missing_count, partial_unexpected_list, observed_value, validated_at, validation_id, validated_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         )
         .bind(&v.run_id)
         .bind(&v.table_name)
@@ -249,6 +253,8 @@ impl MetaStore {
         .bind(&v.partial_unexpected_list)
         .bind(&v.observed_value)
         .bind(Utc::now())
+        .bind(&v.validation_id)
+        .bind(&v.validated_by)
         .execute(pool)
         .await
         .map(|_| ()))?;

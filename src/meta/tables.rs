@@ -82,6 +82,7 @@ pub const TABLES: &[TableDef] = &[
             ("run_id", Text), ("table_name", Text), ("expectation", Text), ("columns", Text), ("success", Bool),
             ("element_count", Int), ("unexpected_count", Int), ("unexpected_percent", Float), ("missing_count", Int),
             ("partial_unexpected_list", Text), ("observed_value", Text), ("validated_at", Timestamp),
+            ("validation_id", Text), ("validated_by", Text),
         ],
         order_by: "validated_at",
     },

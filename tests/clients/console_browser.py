@@ -1,7 +1,8 @@
 """Drive the web console in a real headless Chromium (Selenium): log in,
 upload an Excel file, see its preview with the failing expectation marked,
-run, read the run's Data Docs, look at a dataset's charts and the lineage
-graph. Saves a screenshot of each page.
+run, read the run's Data Docs, look at a dataset's charts, open the Data Docs
+of a validate() call from it, and the lineage graph of tables, then of
+columns. Saves a screenshot of each page.
 
 usage: console_browser.py BASE_URL USER PASSWORD XLSX_PATH SCREENSHOT_DIR
 """
@@ -95,12 +96,33 @@ try:
     shot("dataset")
     check(len(driver.find_elements(By.CSS_SELECTOR, "svg#row-count-history rect")) >= 1, "the row-count history chart has bars")
     check(len(driver.find_elements(By.CSS_SELECTOR, "svg#pass-rate-trend rect")) >= 1, "the pass-rate trend has bars")
+    # The validate() call the test made: its Data Docs from the dataset page.
+    reports = driver.find_elements(By.CSS_SELECTOR, "table#validations a")
+    check(len(reports) == 1, f"the dataset page lists the validate() call: {len(reports)}")
+    if reports:
+        reports[0].click()
+        if wait_for_title("Validation of silver.ledger", "the validate() call's Data Docs"):
+            shot("validation")
+            check("called by loader" in driver.page_source, "the report says who validated")
+            failed = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table.data-docs tr") if r.find_elements(By.CSS_SELECTOR, "td.false")]
+            check(len(failed) == 1 and "amount" in failed[0], f"not_null(amount) failed, with its sample: {failed}")
     driver.get(base + "/lineage?table=silver.ledger")
     shot("lineage")
-    nodes = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph g.node text")]
+    nodes = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph g.node a text")]
     check({"bronze.ledger", "silver.ledger", "gold.ledger_totals"} <= set(nodes), f"the graph shows the tables: {nodes}")
-    xs = {t.text: t.location["x"] for t in driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph g.node text")}
+    xs = {t.text: t.location["x"] for t in driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph g.node a text")}
     check(xs.get("bronze.ledger", 0) < xs.get("silver.ledger", 0) < xs.get("gold.ledger_totals", 0), f"layers left to right: {xs}")
+    # On demand, the columns and their edges.
+    driver.find_element(By.ID, "toggle-columns").click()
+    try:
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg#lineage-graph text.column"))
+    except Exception:
+        failures.append(f"the column graph shows columns: {driver.page_source[:800]}")
+    shot("lineage-columns")
+    columns = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph text.column")]
+    check(columns.count("amount") >= 2, f"amount in bronze and silver: {columns}")
+    edges = [e.get_attribute("textContent") for e in driver.find_elements(By.CSS_SELECTOR, "svg#lineage-graph line.edge title")]
+    check(any("bronze.ledger.amount → silver.ledger.amount" in e for e in edges), f"the column edge bronze→silver amount: {edges}")
     # Text from the data is escaped, never markup.
     driver.get(base + "/")
     check(not driver.find_elements(By.CSS_SELECTOR, "main b.injected"), "data is escaped")
