@@ -31,7 +31,12 @@ if ! command -v odbcinst >/dev/null || ! odbcinst -q -d -n "PostgreSQL Unicode" 
   log "installing psqlODBC (odbc-postgresql) and unixODBC"
   apt-get update -qq && apt-get install -y -qq odbc-postgresql unixodbc unixodbc-dev >/dev/null
 fi
-if ! python3 -c 'import sqlalchemy, psycopg2, psycopg, asyncpg, pandas, pyodbc, prometheus_client, selenium' 2>/dev/null; then
+if ! command -v curl >/dev/null; then
+  log "installing curl (the HTTP and S3 tests use it)"
+  apt-get update -qq && apt-get install -y -qq curl >/dev/null
+fi
+if ! python3 -c 'import sqlalchemy, psycopg2, psycopg, asyncpg, pandas, pyodbc, prometheus_client, selenium, moto' 2>/dev/null \
+  || ! command -v moto_server >/dev/null; then
   log "installing Python client libraries"
   python3 -m pip install -q -r tests/clients/requirements.txt
 fi

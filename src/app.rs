@@ -48,7 +48,7 @@ pub enum AppError {
 }
 
 /// Roles and users from the config, column tags and masks from the specs.
-fn build_policy(config: &Config, lake: &Lake, project: Option<&Project>) -> Result<crate::governance::Policy, AppError> {
+async fn build_policy(config: &Config, lake: &Lake, project: Option<&Project>) -> Result<crate::governance::Policy, AppError> {
     use crate::governance::{Policy, UserGrants};
     let users = config
         .users
@@ -65,13 +65,39 @@ fn build_policy(config: &Config, lake: &Lake, project: Option<&Project>) -> Resu
         .collect();
     let key = match &config.masking_key {
         Some(key) => key.clone(),
-        None => local_masking_key(lake)?,
+        None if lake.local_root().is_some() => local_masking_key(lake)?,
+        None => lake_masking_key(lake).await?,
     };
     let policy = Policy::new(config.roles.clone(), users, key)?;
     Ok(match project {
         Some(project) => policy.with_project(project),
         None => policy,
     })
+}
+
+/// The `hash` mask's key on an object-store lake when the config names
+/// none: 32 random bytes at `_workbench/mask.key` in the lake, created once
+/// (a conditional put: replicas starting together agree on one key), so
+/// hashes are the same on every replica and across restarts. Whoever may
+/// read the bucket could read the key, and the unmasked data beside it.
+async fn lake_masking_key(lake: &Lake) -> Result<Vec<u8>, AppError> {
+    const PATH: &str = "_workbench/mask.key";
+    let failed = |e: object_store::Error| AppError::MaskingKey(format!("{}{PATH}: {e} (or set masking_key_env in the config)", lake.root()));
+    match lake.read_bytes(PATH).await {
+        Ok(key) if key.len() >= 16 => return Ok(key.to_vec()),
+        Ok(_) => return Err(AppError::MaskingKey(format!("{}{PATH} is shorter than 16 bytes; delete it to create a new key", lake.root()))),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let key: [u8; 32] = rand::random();
+    match lake.put_new(PATH, bytes::Bytes::copy_from_slice(&key)).await {
+        Ok(()) => Ok(key.to_vec()),
+        // Another replica created it first: use theirs.
+        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+            lake.read_bytes(PATH).await.map(|k| k.to_vec()).map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
 }
 
 /// The `hash` mask's key when the config names none: 32 random bytes kept in
@@ -125,10 +151,20 @@ impl Core {
         let meta = Arc::new(match &config.metadata_url {
             Some(url) => MetaStore::postgres(url).await?,
             None => {
-                let dir = lake
-                    .local_root()
-                    .map(|root| root.join("_workbench"))
-                    .unwrap_or_else(|| std::path::PathBuf::from(".workbench"));
+                let dir = match lake.local_root() {
+                    Some(root) => root.join("_workbench"),
+                    None => {
+                        // SQLite cannot live in an object store.
+                        let dir = std::path::PathBuf::from(".workbench");
+                        tracing::warn!(
+                            lake = %lake.root(),
+                            sqlite = %dir.join("metadata.db").display(),
+                            "the lake is on object storage but run history and ingested files are kept on this machine only; \
+                             set metadata.url (DATABASE_URL) to a PostgreSQL database, which every replica must share"
+                        );
+                        dir
+                    }
+                };
                 MetaStore::sqlite(&dir.join("metadata.db")).await?
             }
         });
@@ -474,7 +510,7 @@ impl App {
         } else {
             None
         };
-        let policy = Arc::new(build_policy(&config, &lake, pipeline.as_ref().map(|p| p.project()))?);
+        let policy = Arc::new(build_policy(&config, &lake, pipeline.as_ref().map(|p| p.project())).await?);
         let http_policy = policy.clone();
         let services = crate::functions::Services {
             lake: lake.clone(),

@@ -18,6 +18,7 @@ pub const PROGRAM_LIMIT: &str = "54000";
 pub const NUMERIC_OUT_OF_RANGE: &str = "22003";
 pub const DIVISION_BY_ZERO: &str = "22012";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+pub const IO_ERROR: &str = "58030";
 
 pub fn error(code: &str, message: impl Into<String>) -> ErrorInfo {
     ErrorInfo::new("ERROR".into(), code.into(), message.into())
@@ -103,9 +104,26 @@ fn from_api_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Erro
     error(INTERNAL, err.to_string())
 }
 
+/// A lake error: an unreachable object store is an I/O error (58030) that
+/// says so, the rest internal.
+fn storage_error(err: &crate::storage::StorageError) -> ErrorInfo {
+    if err.is_unreachable() {
+        return with_hint(
+            error(IO_ERROR, format!("the lake did not answer: {err}")),
+            "check that the object store (or disk) is up and reachable from the server; the statement can be retried",
+        );
+    }
+    error(INTERNAL, err.to_string())
+}
+
 /// A pipeline error's SQLSTATE, from its kind.
 pub fn pipeline(err: &crate::pipeline::PipelineError) -> ErrorInfo {
     use crate::pipeline::PipelineError;
+    if let PipelineError::Storage(storage) = err
+        && storage.is_unreachable()
+    {
+        return storage_error(storage);
+    }
     let code = match err {
         PipelineError::Locked { .. } => "55P03",
         PipelineError::UnknownDataset(_) | PipelineError::UnknownRun(_) => "42704",
@@ -153,6 +171,8 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
                 pipeline(failed)
             } else if let Some(denied) = inner.downcast_ref::<crate::governance::AccessError>() {
                 with_hint(error(INSUFFICIENT_PRIVILEGE, denied.to_string()), denied.hint())
+            } else if let Some(storage) = inner.downcast_ref::<crate::storage::StorageError>() {
+                storage_error(storage)
             } else if let Some(limit) = inner.downcast_ref::<crate::engine::LimitError>() {
                 with_hint(error(PROGRAM_LIMIT, limit.to_string()), "ask for a smaller value, or compute it in pieces")
             } else if let Some(df) = inner.downcast_ref::<DataFusionError>() {

@@ -79,6 +79,19 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The object store (or disk) did not answer or failed: the lake is
+    /// unreachable, not the request wrong.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StorageError::List { .. } => true,
+            StorageError::Table { source, .. } => matches!(
+                source.as_ref(),
+                DeltaTableError::ObjectStore { source } if !matches!(source, object_store::Error::NotFound { .. })
+            ) || matches!(source.as_ref(), DeltaTableError::Io { .. }),
+            _ => false,
+        }
+    }
+
     /// Trying again may succeed: the object store failed or timed out, or
     /// another writer committed first.
     pub fn is_transient(&self) -> bool {
@@ -253,7 +266,7 @@ impl Lake {
         }
         let exists = match &log_changed_at {
             Some(stat) => stat.is_ok(),
-            None => self.has_delta_log(layer, table).await,
+            None => self.has_delta_log(layer, table).await?,
         };
         if !exists {
             self.open.lock().expect("lake table cache poisoned").remove(&key);
@@ -306,20 +319,24 @@ impl Lake {
 impl Lake {
     /// Whether `layer.table` is a table (a valid name with at least one commit).
     pub async fn exists(&self, layer: Layer, table: &str) -> bool {
-        is_identifier(table) && self.has_delta_log(layer, table).await
+        is_identifier(table) && self.has_delta_log(layer, table).await.unwrap_or(false)
     }
 
     /// Whether `layer.table` has a Delta log, i.e. at least one commit.
-    async fn has_delta_log(&self, layer: Layer, table: &str) -> bool {
+    /// An object store that does not answer is an error, not a missing table.
+    async fn has_delta_log(&self, layer: Layer, table: &str) -> Result<bool, StorageError> {
         if let Some(root) = self.local_root() {
-            return root.join(layer.as_str()).join(table).join("_delta_log").is_dir();
+            return Ok(root.join(layer.as_str()).join(table).join("_delta_log").is_dir());
         }
         let log = ObjectPath::from(format!("{}/{}/_delta_log", layer.as_str(), table));
         self.store
             .list_with_delimiter(Some(&log))
             .await
             .map(|l| !l.objects.is_empty())
-            .unwrap_or(false)
+            .map_err(|e| StorageError::List {
+                what: format!("{}{log}", self.root),
+                source: Box::new(e),
+            })
     }
 }
 
@@ -768,7 +785,7 @@ pub enum At {
 impl Lake {
     /// `layer.table` as it was at `at`.
     pub async fn table_at(&self, layer: Layer, table: &str, at: At) -> Result<DeltaTable, StorageError> {
-        if !is_identifier(table) || !self.has_delta_log(layer, table).await {
+        if !is_identifier(table) || !self.has_delta_log(layer, table).await? {
             return Err(StorageError::Missing {
                 layer,
                 table: table.to_string(),

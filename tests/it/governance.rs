@@ -28,7 +28,7 @@ impl Governed {
             ServerOptions {
                 config_yaml: format!("{}{extra}", self.config),
                 args: vec!["--specs".into(), self._specs.path().display().to_string()],
-            env: vec![],
+            ..Default::default()
         },
         )
     }
@@ -94,7 +94,7 @@ roles:
         ServerOptions {
             config_yaml: config.clone() + &extra(lake.path()),
             args: vec!["--specs".into(), specs.path().display().to_string()],
-            env: vec![],
+            ..Default::default()
         },
     );
     Governed {
@@ -361,7 +361,7 @@ roles:
 "#
             ),
             args: vec!["--specs".into(), specs.path().display().to_string()],
-            env: vec![],
+            ..Default::default()
         },
     );
     let rosa = server.connect_as("rosa", Some(PASSWORD)).await.expect("login");

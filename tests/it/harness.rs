@@ -25,6 +25,9 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Serve this lake (e.g. `s3://bucket/lake`) instead of the directory
+    /// the config and the log go in.
+    pub lake_url: Option<String>,
 }
 
 pub struct Server {
@@ -69,7 +72,7 @@ impl Server {
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .arg("--lake")
-            .arg(lake)
+            .arg(options.lake_url.clone().unwrap_or_else(|| lake.display().to_string()))
             .arg("--config")
             .arg(&config)
             .args(&options.args)
@@ -182,6 +185,14 @@ impl Server {
     }
 
     /// Send SIGTERM and wait for the process; returns its exit status.
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         unsafe_kill(child.id(), "TERM");
@@ -453,5 +464,72 @@ impl Hook {
             .iter()
             .map(|(p, s, b)| (p.clone(), *s, serde_json::from_str(b).unwrap_or(serde_json::Value::Null)))
             .collect()
+    }
+}
+
+/// A local S3 (moto's server, from PyPI) on a free port with one bucket,
+/// `lake`. Stopped when dropped; it keeps everything in memory.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]')");
+        let moto = Moto { child, port };
+        let started = Instant::now();
+        loop {
+            // CreateBucket: a PUT on the bucket's path.
+            let out = Command::new("curl")
+                .args(["-sf", "-X", "PUT", &format!("{}/lake", moto.endpoint())])
+                .output()
+                .expect("curl");
+            if out.status.success() {
+                return moto;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not start on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The config's `storage_options:` for this S3.
+    pub fn config_yaml(&self) -> String {
+        format!(
+            "storage_options:\n  AWS_ENDPOINT_URL: {}\n  AWS_ACCESS_KEY_ID: test\n  AWS_SECRET_ACCESS_KEY: moto-secret-key\n  \
+             AWS_REGION: us-east-1\n  AWS_ALLOW_HTTP: \"true\"\n",
+            self.endpoint()
+        )
+    }
+
+    /// The object keys under `prefix` in the bucket.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("{}/lake?list-type=2&prefix={prefix}", self.endpoint())])
+            .output()
+            .expect("curl");
+        let listing = String::from_utf8_lossy(&out.stdout).to_string();
+        listing.split("<Key>").skip(1).filter_map(|k| k.split("</Key>").next()).map(String::from).collect()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -163,7 +163,7 @@ async fn the_json_api_logs_users_in_uploads_previews_runs_and_refuses_what_it_mu
     );
     let server = Server::start_at(
         lake.path(),
-        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], env: vec![] },
+        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], ..Default::default() },
     );
     let base = format!("http://{}", server.http.unwrap());
     let http = reqwest::Client::new();
@@ -294,7 +294,7 @@ async fn the_console_in_a_real_browser_logs_in_uploads_excel_previews_runs_and_s
     );
     let server = Server::start_at(
         lake.path(),
-        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], env: vec![] },
+        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], ..Default::default() },
     );
     // The start-up build of ledger (personas has no file yet).
     let started = Instant::now();

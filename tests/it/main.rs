@@ -13,6 +13,7 @@ mod metadata;
 mod monitoring;
 mod pipeline;
 mod run_control;
+mod s3;
 mod scheduler;
 mod server;
 mod upload;

@@ -49,7 +49,7 @@ async fn psql_copy_uploads_a_landing_file_and_refuses_what_it_cannot_store_whole
     );
     let server = Server::start_at(
         lake.path(),
-        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string()], env: vec![] },
+        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string()], ..Default::default() },
     );
     let files = tempfile::TempDir::new().unwrap();
     let good = files.path().join("ledger.csv");
