@@ -39,6 +39,8 @@ pub enum AppError {
     Cache(#[from] crate::cache::CacheError),
     #[error("query failed: {0}")]
     Query(String),
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Policy(#[from] crate::governance::PolicyError),
     #[error("masking key: {0}")]
@@ -347,6 +349,39 @@ pub async fn cancel(config: &Config, run_id: &str) -> Result<String, AppError> {
         Some((status, _)) => Ok(status),
         None => Err(AppError::Pipeline(crate::pipeline::PipelineError::UnknownRun(run_id.to_string()))),
     }
+}
+
+/// `layer.table` as the maintenance commands name a table.
+fn lake_table(name: &str) -> Result<(crate::storage::Layer, String), AppError> {
+    let usage = || AppError::Usage(format!("'{name}' is not a table: name it layer.table, e.g. silver.gl_entries (layers: bronze, silver, gold)"));
+    let (layer, table) = name.split_once('.').ok_or_else(usage)?;
+    let layer = crate::storage::Layer::parse(layer).ok_or_else(usage)?;
+    Ok((layer, table.to_string()))
+}
+
+/// `workbench optimize`: compact one table's files (Z-ordered by `zorder`
+/// when given) in one commit; then a checkpoint.
+pub async fn optimize(config: &Config, table: &str, zorder: &[String], target_bytes: Option<u64>) -> Result<crate::storage::Optimized, AppError> {
+    let (layer, name) = lake_table(table)?;
+    let lake = Lake::open(&config.lake, config.storage_options.clone())?;
+    // A silver table whose spec says cluster_by is Z-ordered by it.
+    let clustered: Vec<String> = match (zorder.is_empty(), layer) {
+        (true, crate::storage::Layer::Silver) => load_project(config)
+            .ok()
+            .and_then(|project| project.dataset(&name).and_then(|d| d.silver.as_ref()).and_then(|s| s.cluster_by.clone()))
+            .map(|c| c.value)
+            .unwrap_or_default(),
+        _ => zorder.to_vec(),
+    };
+    Ok(lake.optimize(layer, &name, &clustered, target_bytes).await?)
+}
+
+/// `workbench vacuum`: delete the files one table stopped using more than
+/// `retain` ago (or, with `dry_run`, list them).
+pub async fn vacuum(config: &Config, table: &str, retain: std::time::Duration, dry_run: bool) -> Result<crate::storage::Vacuumed, AppError> {
+    let (layer, name) = lake_table(table)?;
+    let lake = Lake::open(&config.lake, config.storage_options.clone())?;
+    Ok(lake.vacuum(layer, &name, retain, dry_run).await?)
 }
 
 /// How `workbench query` runs its statements.

@@ -35,6 +35,13 @@ enum Command {
     /// Cancel a running run (on whichever server or process runs it); it
     /// stops within seconds and ends `cancelled`.
     Cancel(CancelArgs),
+    /// Compact a table's small files into large ones (OPTIMIZE), optionally
+    /// Z-ordered by columns that queries filter on; old files stay for time
+    /// travel until `vacuum`.
+    Optimize(OptimizeArgs),
+    /// Delete the files a table stopped using more than --retain ago
+    /// (VACUUM); every version within the retention stays readable.
+    Vacuum(VacuumArgs),
     /// Print a password hash for the `users:` section of the config file
     /// (reads the password from standard input).
     HashPassword,
@@ -105,6 +112,34 @@ impl CommonArgs {
 struct CancelArgs {
     /// The run's id (workbench.runs.id, printed by `workbench run`)
     run_id: String,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct OptimizeArgs {
+    /// The table, as layer.table (e.g. silver.gl_entries)
+    table: String,
+    /// Z-order the rows by these columns (comma-separated) so files prune on them
+    #[arg(long, value_delimiter = ',')]
+    zorder: Vec<String>,
+    /// Size of the files to write, e.g. 128MiB [default: 128MiB]
+    #[arg(long)]
+    target_size: Option<bytesize::ByteSize>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct VacuumArgs {
+    /// The table, as layer.table (e.g. silver.gl_entries)
+    table: String,
+    /// Keep files removed less than this long ago, e.g. 7d, 24h
+    #[arg(long, default_value = "7d")]
+    retain: humantime::Duration,
+    /// List what would be deleted, delete nothing
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -285,6 +320,35 @@ async fn run() -> anyhow::Result<()> {
             let config = common.config()?;
             init_telemetry();
             print!("{}", workbench::app::status(&config).await?);
+        }
+        Command::Optimize(args) => {
+            let config = args.common.config()?;
+            init_telemetry();
+            let done = workbench::app::optimize(&config, &args.table, &args.zorder, args.target_size.map(|s| s.as_u64())).await?;
+            if done.files_added == 0 {
+                println!("{}: nothing to compact ({} files, version {})", args.table, done.files_before, done.version);
+            } else {
+                println!(
+                    "{}: {} files → {} (removed {}, wrote {}){}; version {}",
+                    args.table,
+                    done.files_before,
+                    done.files_after,
+                    done.files_removed,
+                    done.files_added,
+                    if done.zorder.is_empty() { String::new() } else { format!(", Z-ordered by {}", done.zorder.join(", ")) },
+                    done.version
+                );
+            }
+        }
+        Command::Vacuum(args) => {
+            let config = args.common.config()?;
+            init_telemetry();
+            let done = workbench::app::vacuum(&config, &args.table, args.retain.into(), args.dry_run).await?;
+            for file in &done.files {
+                println!("{file}");
+            }
+            let verb = if done.dry_run { "would delete" } else { "deleted" };
+            eprintln!("{}: {verb} {} file(s) unused for more than {}", args.table, done.files.len(), args.retain);
         }
         Command::Cancel(args) => {
             let config = args.common.config()?;

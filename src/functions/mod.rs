@@ -4,6 +4,7 @@
 mod args;
 mod cancel_run;
 mod freshness;
+mod files;
 mod history;
 mod lineage;
 mod preview;
@@ -245,6 +246,18 @@ const DOCS: &[FunctionDoc] = &[
         description: "The Delta commits of a table joined with the runs that made them.",
     },
     FunctionDoc {
+        name: "files",
+        args: &[("table_name", "text")],
+        optional: 0,
+        description: "The data files of a table's current version: path, bytes, rows, modified, small.",
+    },
+    FunctionDoc {
+        name: "storage",
+        args: &[],
+        optional: 0,
+        description: "Per readable table: version, files, bytes, rows and small files (candidates for workbench optimize).",
+    },
+    FunctionDoc {
         name: "search",
         args: &[("text", "text")],
         optional: 0,
@@ -291,6 +304,8 @@ pub fn register(ctx: &SessionContext, services: Services) {
     }
     ctx.register_udtf("preview_raw", Arc::new(preview_raw::PreviewRaw(services.clone())));
     ctx.register_udtf("history", Arc::new(history::History(services.clone())));
+    ctx.register_udtf("files", Arc::new(files::Files(services.clone())));
+    ctx.register_udtf("storage", Arc::new(files::Storage(services.clone())));
     ctx.register_udtf("table_at", Arc::new(table_at::TableAt(services.clone())));
     ctx.register_udtf("lineage", Arc::new(lineage::Lineage(services.clone())));
     ctx.register_udtf("validate", Arc::new(validate::Validate(services.clone())));

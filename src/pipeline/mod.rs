@@ -13,6 +13,7 @@ mod bronze;
 mod column_lineage;
 mod downstream;
 mod gold;
+mod maintenance;
 mod monitor;
 mod preview;
 mod rule_lineage;

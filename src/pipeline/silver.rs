@@ -99,6 +99,10 @@ impl Pipeline {
                 .with_column("_run_id", lit(run_id.to_string()))
                 .map_err(|e| step_error(&step, e))?;
             let (refined, rejected) = self.enforce(&ctx, spec, refined, &expectations, run_id).await?;
+            let refined = match spec.silver.as_ref().and_then(|s| s.cluster_by.as_ref()) {
+                Some(cluster) => cluster_sorted(refined, cluster, &step).await?,
+                None => refined,
+            };
             let rows_out = match (mode, whole) {
                 (WriteMode::Merge, false) => {
                     let info = self.lake.merge(Layer::Silver, &spec.name, refined, key, run_id, watermark).await?;
@@ -301,5 +305,71 @@ impl Pipeline {
         let total = count(&refined).await.map_err(|e| step_error(&step, e))?;
         let kept_rows = count(&kept).await.map_err(|e| step_error(&step, e))?;
         Ok((kept, total - kept_rows))
+    }
+}
+
+/// `frame` sorted by the `cluster_by` columns (nulls last): each file of the
+/// write then covers a narrow range of them. A column silver does not have
+/// is an error naming the spec line.
+///
+/// The sort runs as the root of its own plan and the write scans its output
+/// stream: under the write, the optimizer would drop a sort nothing above
+/// requires. Without round-robin repartitioning the stream reaches the
+/// writer in order.
+async fn cluster_sorted(frame: DataFrame, cluster: &crate::spec::Located<Vec<String>>, step: &str) -> Result<DataFrame, PipelineError> {
+    use datafusion::catalog::streaming::StreamingTable;
+    use datafusion::physical_plan::streaming::PartitionStream;
+    let columns: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let mut order = Vec::with_capacity(cluster.value.len());
+    for column in &cluster.value {
+        if !columns.contains(column) {
+            return Err(step_error(
+                step,
+                format!("{}: cluster_by column '{column}' is not a silver column (silver has {})", cluster.location, columns.join(", ")),
+            ));
+        }
+        order.push(ident(column).sort(true, false));
+    }
+    let sorted = frame.sort(order).map_err(|e| step_error(step, e))?;
+    let (state, plan) = sorted.into_parts();
+    let mut config = state.config().clone();
+    config.options_mut().optimizer.enable_round_robin_repartition = false;
+    let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state).with_config(config).build();
+    let sorted = DataFrame::new(state.clone(), plan);
+    let schema = std::sync::Arc::new(sorted.schema().as_arrow().clone());
+    let stream = sorted.execute_stream().await.map_err(|e| step_error(step, e))?;
+    let once = SortedOnce { schema: schema.clone(), stream: std::sync::Mutex::new(Some(stream)) };
+    let table = StreamingTable::try_new(schema, vec![std::sync::Arc::new(once) as std::sync::Arc<dyn PartitionStream>])
+        .map_err(|e| step_error(step, e))?;
+    SessionContext::new_with_state(state).read_table(std::sync::Arc::new(table)).map_err(|e| step_error(step, e))
+}
+
+/// A sorted stream as a table the write scans once.
+struct SortedOnce {
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    stream: std::sync::Mutex<Option<datafusion::execution::SendableRecordBatchStream>>,
+}
+
+impl std::fmt::Debug for SortedOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SortedOnce").finish_non_exhaustive()
+    }
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for SortedOnce {
+    fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: std::sync::Arc<datafusion::execution::TaskContext>) -> datafusion::execution::SendableRecordBatchStream {
+        match self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(stream) => stream,
+            None => {
+                let twice = futures::stream::once(async {
+                    Err(datafusion::error::DataFusionError::Internal("the sorted silver rows can be read only once".into()))
+                });
+                Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(self.schema.clone(), twice))
+            }
+        }
     }
 }

@@ -43,12 +43,29 @@ const FRESHNESS_EVERY: Duration = Duration::from_secs(5);
 /// How long a scheduled run waits for a run of the same dataset to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(600);
 
+/// What a slot does: run a dataset, or maintain its tables.
+#[derive(Debug, Clone)]
+enum Job {
+    Run(String),
+    Maintain(String),
+}
+
+impl Job {
+    /// The name its slots are claimed under (`workbench.schedule_slots.dataset`).
+    fn key(&self) -> String {
+        match self {
+            Job::Run(dataset) => dataset.clone(),
+            Job::Maintain(dataset) => format!("{dataset}:maintenance"),
+        }
+    }
+}
+
 pub struct Scheduler {
     pipeline: Arc<Pipeline>,
     meta: Arc<MetaStore>,
     /// Who claims slots: host and process.
     replica: String,
-    datasets: Vec<(String, Schedule)>,
+    jobs: Vec<(Job, Schedule)>,
     workers: Arc<Semaphore>,
     /// Some dataset alerts when it goes stale: look every [`FRESHNESS_EVERY`].
     watch_freshness: bool,
@@ -58,19 +75,22 @@ impl Scheduler {
     /// A scheduler for the datasets of `pipeline` that have a schedule;
     /// `None` when none has.
     pub fn new(pipeline: Arc<Pipeline>, meta: Arc<MetaStore>) -> Option<Scheduler> {
-        let datasets: Vec<(String, Schedule)> = pipeline
-            .project()
-            .datasets
-            .iter()
-            .filter_map(|d| d.schedule.clone().map(|s| (d.name.clone(), s)))
-            .collect();
+        let mut jobs: Vec<(Job, Schedule)> = Vec::new();
+        for d in &pipeline.project().datasets {
+            if let Some(schedule) = &d.schedule {
+                jobs.push((Job::Run(d.name.clone()), schedule.clone()));
+            }
+            if let Some(maintenance) = &d.maintenance {
+                jobs.push((Job::Maintain(d.name.clone()), maintenance.schedule.clone()));
+            }
+        }
         let watch_freshness = pipeline
             .project()
             .datasets
             .iter()
             .any(|d| d.freshness.is_some() && d.notify.iter().any(|n| n.on.contains(&crate::spec::AlertEvent::Freshness)));
         let watch_files = pipeline.project().datasets.iter().any(|d| d.on_file);
-        if datasets.is_empty() && !watch_freshness && !watch_files {
+        if jobs.is_empty() && !watch_freshness && !watch_files {
             return None;
         }
         let host = std::fs::read_to_string("/etc/hostname")
@@ -82,7 +102,7 @@ impl Scheduler {
             pipeline,
             meta,
             replica: format!("{host}:{}", std::process::id()),
-            datasets,
+            jobs,
             workers: Arc::new(Semaphore::new(WORKERS)),
             watch_freshness,
         })
@@ -94,16 +114,16 @@ impl Scheduler {
         let this = Arc::new(self);
         tokio::spawn(this.clone().watch_files(shutdown.clone()));
         let started = Utc::now();
-        for (dataset, schedule) in &this.datasets {
-            tracing::info!(%dataset, schedule = %schedule.describe(), next = ?schedule.next_after(started), "scheduled");
-            for slot in this.missed(dataset, schedule, started).await {
-                this.fire(dataset, slot);
+        for (job, schedule) in &this.jobs {
+            tracing::info!(job = %job.key(), schedule = %schedule.describe(), next = ?schedule.next_after(started), "scheduled");
+            for slot in this.missed(&job.key(), schedule, started).await {
+                this.fire(job, slot);
             }
         }
-        let mut cursors: Vec<DateTime<Utc>> = vec![started; this.datasets.len()];
+        let mut cursors: Vec<DateTime<Utc>> = vec![started; this.jobs.len()];
         loop {
             let due = this
-                .datasets
+                .jobs
                 .iter()
                 .zip(&cursors)
                 .filter_map(|((_, schedule), cursor)| schedule.next_after(*cursor))
@@ -123,13 +143,13 @@ impl Scheduler {
                 tokio::spawn(async move { pipeline.alert_stale().await });
             }
             let now = Utc::now();
-            for ((dataset, schedule), cursor) in this.datasets.iter().zip(cursors.iter_mut()) {
+            for ((job, schedule), cursor) in this.jobs.iter().zip(cursors.iter_mut()) {
                 // Slots that came due while this replica slept or was busy;
                 // after a long stall (a suspended machine) only the latest runs.
                 let due = schedule.slots_between(*cursor, now, 1);
                 if let Some(slot) = due.last() {
                     *cursor = *slot;
-                    this.fire(dataset, *slot);
+                    this.fire(job, *slot);
                 }
             }
         }
@@ -168,10 +188,10 @@ impl Scheduler {
         }
     }
 
-    /// Claim `slot` of `dataset` and, if this replica got it, run it.
-    fn fire(self: &Arc<Self>, dataset: &str, slot: DateTime<Utc>) {
+    /// Claim `slot` of `job` and, if this replica got it, do it.
+    fn fire(self: &Arc<Self>, job: &Job, slot: DateTime<Utc>) {
         let this = self.clone();
-        let dataset = dataset.to_string();
+        let (job, dataset) = (job.clone(), job.key());
         tokio::spawn(async move {
             let run_id = new_run_id();
             match this.meta.claim_slot(&dataset, slot, &this.replica, &run_id).await {
@@ -203,8 +223,22 @@ impl Scheduler {
                 heartbeat.abort();
                 return;
             };
-            tracing::info!(%dataset, %slot, %run_id, "scheduled run starting");
             crate::metrics::schedule_lag((Utc::now() - slot).to_std().unwrap_or_default());
+            if let Job::Maintain(of) = &job {
+                let (status, error) = match this.pipeline.maintain(of).await {
+                    Ok(_) => ("succeeded", None),
+                    Err(err) => ("failed", Some(err.to_string())),
+                };
+                heartbeat.abort();
+                if let Some(error) = &error {
+                    tracing::error!(dataset = %of, %slot, %error, "scheduled table maintenance failed");
+                }
+                if let Err(err) = this.meta.finish_slot(&dataset, slot, status, error.as_deref()).await {
+                    tracing::warn!(%dataset, %slot, %err, "recording the end of a scheduled slot failed");
+                }
+                return;
+            }
+            tracing::info!(%dataset, %slot, %run_id, "scheduled run starting");
             let options = RunOptions {
                 trigger: "schedule".into(),
                 run_id: Some(run_id.clone()),

@@ -179,6 +179,8 @@ pub struct Spec {
     pub notify: Vec<Notify>,
     /// `trigger: on_file`: run when new landing files arrive.
     pub on_file: bool,
+    /// `maintenance:`: compact and vacuum the dataset's tables on a schedule.
+    pub maintenance: Option<Maintenance>,
     /// Datasets named in `depends_on:`.
     pub depends_on: Vec<Located<String>>,
     pub file: PathBuf,
@@ -192,6 +194,16 @@ pub struct Spec {
     /// Descriptions, tags and masks of its columns; they apply to the
     /// dataset's bronze, silver and quarantine tables.
     pub columns: Vec<ColumnPolicy>,
+}
+
+/// Table maintenance on a schedule (the scheduler runs it like a slot of the
+/// dataset, once across replicas): OPTIMIZE each table of the dataset
+/// (silver Z-ordered by `cluster_by`), then VACUUM with the retention.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    pub schedule: Schedule,
+    pub optimize: bool,
+    pub vacuum: Option<std::time::Duration>,
 }
 
 /// A webhook and the events it is told about.
@@ -459,6 +471,10 @@ pub struct Silver {
     pub key: Vec<String>,
     pub rules: Vec<Located<Rule>>,
     pub expectations: Vec<Located<Expectation>>,
+    /// `cluster_by:` columns: every write sorts its rows by them (so each
+    /// file's min/max prune queries filtering on them), and `workbench
+    /// optimize` Z-orders by them unless told otherwise.
+    pub cluster_by: Option<Located<Vec<String>>>,
 }
 
 /// A value with the place in the spec it came from.

@@ -43,6 +43,9 @@ pub struct RawSpec {
     /// Stop a run that takes longer, e.g. `30m`.
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,
+    /// Compact and vacuum the dataset's tables on a schedule.
+    #[serde(default)]
+    pub maintenance: Option<Spanned<RawMaintenance>>,
     pub source: Spanned<RawSource>,
     #[serde(default)]
     pub bronze: RawBronze,
@@ -53,6 +56,18 @@ pub struct RawSpec {
     /// Descriptions, tags and masks of the dataset's columns (by their silver name).
     #[serde(default)]
     pub columns: BTreeMap<String, Spanned<RawColumn>>,
+}
+
+/// `maintenance: { schedule: "0 3 * * SUN", optimize: true, vacuum: 7d }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    pub schedule: Spanned<String>,
+    #[serde(default)]
+    pub optimize: Option<Spanned<bool>>,
+    /// Retention: delete files unused for longer.
+    #[serde(default)]
+    pub vacuum: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +173,9 @@ pub struct RawSilver {
     pub rules: Vec<Spanned<RawRule>>,
     #[serde(default)]
     pub expectations: Vec<Spanned<RawExpectation>>,
+    /// Columns each write sorts its rows by, so file statistics prune.
+    #[serde(default)]
+    pub cluster_by: Option<Spanned<Vec<String>>>,
 }
 
 /// One tidy-up step; the YAML key names the rule.

@@ -186,6 +186,7 @@ impl Validator {
         let policy = self.policy(&raw);
         let freshness = raw.freshness.as_ref().and_then(|f| self.freshness(f));
         let notify = raw.notify.iter().filter_map(|n| self.notify(n)).collect();
+        let maintenance = raw.maintenance.as_ref().and_then(|m| self.maintenance(m, &raw));
         let on_file = match &raw.trigger {
             None => false,
             Some(t) if t.value == "on_file" => {
@@ -216,6 +217,7 @@ impl Validator {
                 freshness,
                 notify,
                 on_file,
+                maintenance,
                 depends_on: raw.depends_on.iter().map(|d| Located { value: d.value.clone(), location: self.at(d) }).collect(),
                 file: self.file.clone(),
                 text: text.to_string(),
@@ -303,6 +305,38 @@ impl Validator {
             self.error(self.at(path), format!("invalid glob '{}'", path.value), "use * and ** wildcards, e.g. landing/sales/*.csv");
         }
         Some(Source { format, path: s.path.as_ref().map(|p| p.value.clone()), location })
+    }
+
+    fn maintenance(&mut self, raw: &Spanned<raw::RawMaintenance>, spec: &RawSpec) -> Option<Maintenance> {
+        let m = &raw.value;
+        let timezone = spec.timezone.as_ref().and_then(|tz| tz.value.parse::<chrono_tz::Tz>().ok()).unwrap_or(chrono_tz::UTC);
+        let schedule = match Schedule::parse(&m.schedule.value, timezone, Catchup::Latest) {
+            Ok(schedule) => Some(schedule),
+            Err(err) => {
+                self.error(self.at(&m.schedule), format!("maintenance.schedule: {err}"), "a cron expression, e.g. \"0 3 * * SUN\" (Sundays at 03:00)");
+                None
+            }
+        };
+        let optimize = m.optimize.as_ref().is_none_or(|o| o.value);
+        let vacuum = match &m.vacuum {
+            None => None,
+            Some(v) => match humantime::parse_duration(v.value.trim()) {
+                Ok(retain) if retain >= std::time::Duration::from_secs(3600) => Some(retain),
+                Ok(_) => {
+                    self.error(self.at(v), "maintenance.vacuum keeps less than an hour", "a retention shorter than the longest query or table_at you rely on breaks them: e.g. vacuum: 7d");
+                    None
+                }
+                Err(err) => {
+                    self.error(self.at(v), format!("maintenance.vacuum: {err}"), "a retention such as 7d or 30d");
+                    None
+                }
+            },
+        };
+        if !optimize && m.vacuum.is_none() {
+            self.error(self.at(raw), "maintenance does nothing: optimize is false and there is no vacuum", "set optimize: true, vacuum: 7d, or both");
+            return None;
+        }
+        Some(Maintenance { schedule: schedule?, optimize, vacuum })
     }
 
     fn schedule(&mut self, raw: &RawSpec) -> Option<Schedule> {
@@ -479,7 +513,18 @@ impl Validator {
                 expectations.push(Located { value, location });
             }
         }
-        Some(Silver { mode, key, rules, expectations })
+        let cluster_by = s.cluster_by.as_ref().and_then(|c| {
+            if c.value.is_empty() {
+                self.error(self.at(c), "cluster_by lists no columns", "e.g. cluster_by: [posting_date]");
+                return None;
+            }
+            if mode == WriteMode::Merge {
+                self.error(self.at(c), "cluster_by does not apply to silver mode merge (a merge rewrites only the files it matches)", "use workbench optimize --zorder on the table instead");
+                return None;
+            }
+            Some(Located { value: c.value.clone(), location: self.at(c) })
+        });
+        Some(Silver { mode, key, rules, expectations, cluster_by })
     }
 
     fn rule(&mut self, raw: &RawRule, at: &Location) -> Option<Rule> {

@@ -11,6 +11,9 @@ use object_store::path::Path as ObjectPath;
 use url::Url;
 
 /// The lakehouse layers a table can live in.
+mod maintenance;
+pub use maintenance::{DataFile, Optimized, SMALL_FILE_BYTES, Vacuumed};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Layer {
     Bronze,

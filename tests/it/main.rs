@@ -2,6 +2,7 @@
 //! process over a real socket, with real Delta tables on disk.
 
 mod harness;
+mod maintenance;
 mod http;
 mod clients;
 mod coordination;
