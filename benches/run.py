@@ -2,7 +2,7 @@
 """Workbench benchmarks, each case side by side with its anchor in the same
 run, reported as ratios in benches/RESULTS.md and benches/results.json.
 
-Usage: benches/run.sh [--sf 1] [--cases tpch,http,stream,ingest,preview,validate,concurrency,isolation]
+Usage: benches/run.sh [--sf 1] [--cases tpch,http,optimize,stream,ingest,preview,validate,concurrency,isolation]
        benches/run.sh --cases soak [--soak-seconds 600]   (64 clients for 10 minutes)
 
 Everything it needs is prepared here: TPC-H data (tpchgen-cli), the
@@ -369,9 +369,25 @@ def percentile(values, p):
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def case_preview(ctx):
+def read_head_elsewhere(path, rows):
+    """The anchor of a preview: the first `rows` rows of a CSV with DuckDB,
+    of an XLSX with pandas; five timings and the anchor's name."""
     import duckdb
 
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        if path.suffix == ".csv":
+            duckdb.connect().execute(f"SELECT * FROM read_csv('{path}') LIMIT {rows}").fetchall()
+        else:
+            import pandas as pd
+            pd.read_excel(path, nrows=rows)
+        timings.append(time.perf_counter() - start)
+    name = f"DuckDB read_csv LIMIT {rows}" if path.suffix == ".csv" else f"pandas.read_excel(nrows={rows})"
+    return timings, name
+
+
+def case_preview(ctx):
     csv, xlsx = preview_files(ctx["data"])
     results = []
     ctx["server"].reset_peak()
@@ -388,17 +404,8 @@ def case_preview(ctx):
                 start = time.perf_counter()
                 conn.execute(call("preview", name, rel, 1000)).fetchall()
                 cached.append(time.perf_counter() - start)
-            anchor = []
-            for _ in range(5):
-                start = time.perf_counter()
-                if path.suffix == ".csv":
-                    duckdb.connect().execute(f"SELECT * FROM read_csv('{path}') LIMIT 1000").fetchall()
-                else:
-                    import pandas as pd
-                    pd.read_excel(path, nrows=1000)
-                anchor.append(time.perf_counter() - start)
+            anchor, anchor_name = read_head_elsewhere(path, 1000)
             size = path.stat().st_size / 1e6
-            anchor_name = "DuckDB read_csv LIMIT 1000" if path.suffix == ".csv" else "pandas.read_excel(nrows=1000)"
             for label, values in (("cold", cold), ("cached", cached)):
                 results.append(dict(
                     case=f"preview() of a {size:.1f} MB {path.suffix[1:].upper()}, {label}, p50 (ms)",
@@ -412,7 +419,6 @@ def case_preview(ctx):
 def case_http(ctx):
     """The HTTP API: preview of the 5 MB files as JSON (cold and cached), and
     what a Prometheus scrape of /metrics costs next to the cheapest request."""
-    import duckdb
     import http.client
 
     csv, xlsx = preview_files(ctx["data"])
@@ -444,17 +450,8 @@ def case_http(ctx):
                 start = time.perf_counter()
                 wire.execute(call("preview", name, rel, 2000)).fetchall()
                 over_wire.append(time.perf_counter() - start)
-            anchor = []
-            for _ in range(5):
-                start = time.perf_counter()
-                if path.suffix == ".csv":
-                    duckdb.connect().execute(f"SELECT * FROM read_csv('{path}') LIMIT 2000").fetchall()
-                else:
-                    import pandas as pd
-                    pd.read_excel(path, nrows=2000)
-                anchor.append(time.perf_counter() - start)
+            anchor, anchor_name = read_head_elsewhere(path, 2000)
             size = path.stat().st_size / 1e6
-            anchor_name = "DuckDB read_csv LIMIT 2000" if path.suffix == ".csv" else "pandas.read_excel(nrows=2000)"
             for label, values in timings.items():
                 results.append(dict(
                     case=f"HTTP preview of a {size:.1f} MB {path.suffix[1:].upper()} as JSON ({rows} rows), {label}, p50 (ms)",
@@ -474,6 +471,62 @@ def case_http(ctx):
         note=f"p95 {percentile(took, 95) * 1000:.2f} ms; {len(scrapes[-1][1]) / 1024:.1f} KiB a scrape"))
     conn.close()
     return results, []
+
+
+def case_optimize(ctx):
+    """Queries on a silver table of 200 small appends (one per run), before and
+    after `workbench optimize`: what small files cost and compaction wins back."""
+    binary = ctx["binary"]
+    work = ctx["data"] / "optimize"
+    shutil.rmtree(work, ignore_errors=True)
+    lake, specs = work / "lake", work / "specs"
+    landing = lake / "landing" / "appends"
+    landing.mkdir(parents=True)
+    specs.mkdir(parents=True)
+    (specs / "appends.yaml").write_text(
+        "name: appends\nsource: { format: csv, path: landing/appends/*.csv }\n"
+        "silver:\n  mode: append\n  rules:\n    - type_cast: { id: bigint, amount: int, day: date }\n")
+    start = time.perf_counter()
+    for i in range(200):
+        rows = "\n".join(f"{i * 5000 + j},{(i * 5000 + j) % 997},2024-{j % 12 + 1:02d}-{j % 28 + 1:02d}" for j in range(5000))
+        (landing / f"{i:03d}.csv").write_text("id,amount,day\n" + rows + "\n")
+        subprocess.run([str(binary), "run", "appends", "--lake", str(lake), "--specs", str(specs)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+    log(f"200 runs of 5000 rows in {time.perf_counter() - start:.1f}s")
+    queries = [
+        "SELECT count(*), sum(amount) FROM silver.appends",
+        "SELECT day, count(*), sum(amount) FROM silver.appends WHERE day = DATE '2024-03-03' GROUP BY day",
+        "SELECT count(DISTINCT id), max(amount) FROM silver.appends WHERE amount > 900",
+    ]
+    server = Server(binary, lake, specs, port=PORT + 1)
+    try:
+        def measure():
+            with wb_connect(port=PORT + 1) as conn:
+                files = conn.execute("SELECT files FROM storage() WHERE table_name = 'silver.appends'").fetchone()[0]
+                answers, total = [], 0.0
+                for sql in queries:
+                    timings = []
+                    for _ in range(5):
+                        begin = time.perf_counter()
+                        answer = conn.execute(sql).fetchall()
+                        timings.append(time.perf_counter() - begin)
+                    answers.append(answer)
+                    total += statistics.median(timings)
+                return files, answers, total
+        files_before, answers_before, before = measure()
+        begin = time.perf_counter()
+        sh([str(binary), "optimize", "silver.appends", "--lake", str(lake), "--specs", str(specs)], env=dict(os.environ, RUST_LOG="warn"))
+        took = time.perf_counter() - begin
+        files_after, answers_after, after = measure()
+        peak = server.peak_rss_mb()
+    finally:
+        server.stop()
+    same = "same answers" if answers_before == answers_after else "ANSWERS DIFFER"
+    return [dict(
+        case=f"3 queries on a silver table of 200 appends (1M rows), after workbench optimize (s)", workbench=after,
+        anchor=before, anchor_name=f"the same table before optimize ({files_before} files)", ratio=after / before,
+        lower_is_better=True, rss_mb=peak,
+        note=f"{files_before} files → {files_after}; optimize took {took:.1f}s; {same}; median of 5 per query")], []
 
 
 VALIDATE_SUITE = """
@@ -823,6 +876,7 @@ def case_soak(ctx):
 CASES = {
     "tpch": case_tpch,
     "http": case_http,
+    "optimize": case_optimize,
     "governance": case_governance,
     "stream": case_stream,
     "ingest": case_ingest,

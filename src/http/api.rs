@@ -177,16 +177,20 @@ pub(super) fn session(state: &HttpState, caller: &Caller) -> Result<SessionConte
 
 /// The rows of `sql`, as JSON objects.
 pub(super) async fn rows(ctx: &SessionContext, sql: &str) -> Result<serde_json::Value, ApiError> {
+    let bytes = rows_json(ctx, sql).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The rows of `sql` as the text of a JSON array of objects, written once
+/// by Arrow's JSON writer (large answers are not parsed back to be sent).
+async fn rows_json(ctx: &SessionContext, sql: &str) -> Result<Vec<u8>, ApiError> {
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
     let refs: Vec<&datafusion::arrow::array::RecordBatch> = batches.iter().collect();
     writer.write_batches(&refs).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     writer.finish().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(serde_json::json!([]));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    Ok(if bytes.is_empty() { b"[]".to_vec() } else { bytes })
 }
 
 pub(super) fn quote(text: &str) -> String {
@@ -277,7 +281,7 @@ async fn preview(
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<PreviewQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let caller = login(&state, &headers).await?;
     known_dataset(&state, &name)?;
     let ctx = session(&state, &caller)?;
@@ -286,7 +290,10 @@ async fn preview(
         (None, Some(limit)) => format!("SELECT * FROM preview({}) LIMIT {}", quote(&name), limit.min(10_000)),
         (None, None) => format!("SELECT * FROM preview({}) LIMIT 100", quote(&name)),
     };
-    Ok(Json(serde_json::json!({ "rows": rows(&ctx, &sql).await? })))
+    let mut body = b"{\"rows\":".to_vec();
+    body.extend(rows_json(&ctx, &sql).await?);
+    body.push(b'}');
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn upload(

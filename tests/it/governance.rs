@@ -862,26 +862,16 @@ async fn tls_optional_serves_both_and_beyond_loopback_needs_tls() {
     let dir = tempfile::TempDir::new().unwrap();
     let config = dir.path().join("workbench.yaml");
     std::fs::write(&config, format!("users:\n  - {{ name: etl, password_hash: \"{}\" }}\n", hash_password(PASSWORD))).unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "0.0.0.0:0", "--lake"])
-        .arg(dir.path())
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `serve` with `listen` flags on this config: it must refuse to start.
+    let refused = |listen: &[&str]| {
+        let out = Command::new(BIN).arg("serve").args(listen).arg("--lake").arg(dir.path()).arg("--config").arg(&config).output().unwrap();
+        assert!(!out.status.success(), "{listen:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&["--listen", "0.0.0.0:0"]);
     assert!(err.contains("tls:") && err.contains("allow_plaintext"), "{err}");
     // So is an HTTP API beyond loopback without TLS.
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "0.0.0.0:0", "--lake"])
-        .arg(dir.path())
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["--listen", "127.0.0.1:0", "--http-listen", "0.0.0.0:0"]);
     assert!(err.contains("http_listen") && err.contains("tls:") && err.contains("allow_plaintext"), "{err}");
     // A bad certificate path is a startup error that names the file.
     std::fs::write(&config, "tls: { cert: missing.crt, key: missing.key }\n").unwrap();
