@@ -518,8 +518,12 @@ impl Validator {
                 self.error(self.at(c), "cluster_by lists no columns", "e.g. cluster_by: [posting_date]");
                 return None;
             }
-            if mode == WriteMode::Merge {
-                self.error(self.at(c), "cluster_by does not apply to silver mode merge (a merge rewrites only the files it matches)", "use workbench optimize --zorder on the table instead");
+            if matches!(mode, WriteMode::Merge | WriteMode::Scd2) {
+                self.error(
+                    self.at(c),
+                    format!("cluster_by does not apply to silver mode {} (it rewrites only the rows it matches)", mode.as_str()),
+                    "use mode append or overwrite, or Z-order the table with workbench optimize --zorder",
+                );
                 return None;
             }
             Some(Located { value: c.value.clone(), location: self.at(c) })
