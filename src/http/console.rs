@@ -446,6 +446,31 @@ async fn dataset(State(state): State<HttpState>, headers: HeaderMap, Path(name):
             body.push_str("</table>");
         }
     }
+    // Its tables as the lake holds them: many small files want `workbench optimize`.
+    let mut tables: Vec<String> = spec["tables"]
+        .as_str()
+        .and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
+        .or_else(|| spec["tables"].as_array().map(|a| a.iter().map(text).collect()))
+        .unwrap_or_default();
+    tables.push(format!("silver.{name}__quarantine"));
+    if !tables.is_empty() {
+        let list = tables.iter().map(|t| quote(t)).collect::<Vec<_>>().join(", ");
+        let storage = rows(&ctx, &format!("SELECT table_name, version, files, small_files, bytes, rows FROM storage() WHERE table_name IN ({list}) ORDER BY table_name")).await?;
+        body.push_str("<h2>Tables in the lake</h2><table id=\"storage\"><tr><th>table</th><th>version</th><th>files</th><th>small files</th><th>bytes</th><th>rows</th></tr>");
+        for t in storage.as_array().into_iter().flatten() {
+            body.push_str(&format!(
+                "<tr><td><a href=\"/lineage?table={0}\">{1}</a></td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6}</td></tr>",
+                esc(&url_part(&text(&t["table_name"]))),
+                esc(&text(&t["table_name"])),
+                esc(&text(&t["version"])),
+                esc(&text(&t["files"])),
+                esc(&text(&t["small_files"])),
+                esc(&text(&t["bytes"])),
+                esc(&text(&t["rows"])),
+            ));
+        }
+        body.push_str("</table><p>Many small files slow every query: <code>workbench optimize &lt;table&gt;</code> compacts them (or <code>maintenance:</code> in the spec, on a schedule).</p>");
+    }
     body.push_str("<h2>Spec</h2>");
     body.push_str(&format!("<pre>{}</pre>", esc(&text(&spec["spec_text"]))));
     Ok(page(&format!("Dataset {name}"), &body))

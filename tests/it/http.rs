@@ -376,5 +376,11 @@ async fn the_console_in_a_real_browser_logs_in_uploads_excel_previews_runs_and_s
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
+    // The dataset page shows its tables as the lake holds them (storage()).
+    let page = http.get(format!("http://{}/datasets/ledger", server.http.unwrap())).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let storage = page.split("<table id=\"storage\">").nth(1).and_then(|t| t.split("</table>").next()).unwrap_or_else(|| panic!("{page}"));
+    for table in ["bronze.ledger", "silver.ledger", "gold.ledger_totals"] {
+        assert!(storage.contains(&format!(">{table}</a>")), "{table}: {storage}");
+    }
     eprintln!("screenshots in {}", shots.display());
 }
