@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
@@ -94,14 +93,15 @@ impl From<DataFusionError> for ApiError {
     }
 }
 
-pub fn routes(upload_limit: usize) -> Router<HttpState> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/api/openapi.json", get(openapi))
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run_detail))
         .route("/api/datasets/{name}/runs", post(start_run))
         .route("/api/datasets/{name}/preview", get(preview))
-        .route("/api/datasets/{name}/files/{file}", put(upload).layer(DefaultBodyLimit::max(upload_limit)))
+        // The body is spooled to disk under upload_max_size by the handler itself.
+        .route("/api/datasets/{name}/files/{file}", put(upload).layer(DefaultBodyLimit::disable()))
         .route("/api/lineage", get(lineage))
         .route("/api/tables/{table}/validations", post(validate))
         .route("/api/validations/{id}", get(validation))
@@ -300,14 +300,16 @@ async fn upload(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path((name, file)): Path<(String, String)>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    // Who and what first: nothing is read of a body that would be refused.
     let caller = login(&state, &headers).await?;
     let pipeline = known_dataset(&state, &name)?;
     if !caller.may(|p| p.can_upload(&name)) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, format!("you may not upload landing files of dataset {name} (needs `upload: [{name}]`)")));
     }
-    let stored = pipeline.upload_file(&name, &file, body).await?;
+    let spooled = super::spool::spool(body.into_data_stream(), state.upload_limit).await?;
+    let stored = pipeline.upload_file(&name, &file, spooled.read().await?).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({

@@ -180,19 +180,18 @@ async fn upload(State(state): State<HttpState>, headers: HeaderMap, Path(name): 
             Some("csrf") => csrf = Some(field.text().await.map_err(|e| bad(e.to_string()))?),
             Some("file") => {
                 let file_name = field.file_name().unwrap_or_default().to_string();
-                let bytes = field.bytes().await.map_err(|e| bad(format!("reading the file: {e}")))?;
-                file = Some((file_name, bytes));
+                file = Some((file_name, super::spool::spool(field, state.upload_limit).await?));
             }
             _ => {}
         }
     }
     check_csrf(&session, csrf.as_deref().unwrap_or_default())?;
-    let Some((file_name, bytes)) = file else { return Err(bad("choose a file to upload".into())) };
+    let Some((file_name, spooled)) = file else { return Err(bad("choose a file to upload".into())) };
     let pipeline = state.pipeline.clone().ok_or_else(|| bad("this server runs without specs".into()))?;
     if !caller.may(|p| p.can_upload(&name)) {
         return Err(ConsoleError::Api(ApiError::new(StatusCode::FORBIDDEN, format!("you may not upload landing files of dataset {name}"))));
     }
-    let stored = pipeline.upload_file(&name, &file_name, bytes).await.map_err(ApiError::from)?;
+    let stored = pipeline.upload_file(&name, &file_name, spooled.read().await?).await.map_err(ApiError::from)?;
     let to = format!("/datasets/{}/preview?file={}", url_part(&name), url_part(&stored.path));
     Ok(Redirect::to(&to).into_response())
 }

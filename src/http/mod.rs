@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 mod api;
 pub mod console;
+mod spool;
 pub mod tls;
 
 use crate::cache::Coordinator;
@@ -57,7 +58,7 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = api::routes(state.upload_limit)
+    let app = api::routes()
         .merge(console::routes(state.upload_limit))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -161,9 +161,16 @@ async fn the_json_api_logs_users_in_uploads_previews_runs_and_refuses_what_it_mu
         "upload_max_size: 1KiB\nusers:\n  - {{ name: loader, password_hash: \"{hash}\", roles: [loader] }}\n  - {{ name: viewer, password_hash: \"{hash}\", roles: [viewer] }}\n\
          roles:\n  loader: {{ read: [\"*\"], run: [ledger], landing: [ledger], upload: [ledger] }}\n  viewer: {{ read: [\"*\"] }}\n"
     );
+    // Uploads are spooled to the server's temporary directory while they arrive.
+    let spool = tempfile::TempDir::new().unwrap();
     let server = Server::start_at(
         lake.path(),
-        ServerOptions { config_yaml: config, args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()], ..Default::default() },
+        ServerOptions {
+            config_yaml: config,
+            args: vec!["--specs".into(), specs.path().display().to_string(), "--no-scheduler".into()],
+            env: vec![("TMPDIR".into(), spool.path().display().to_string())],
+            ..Default::default()
+        },
     );
     let base = format!("http://{}", server.http.unwrap());
     let http = reqwest::Client::new();
@@ -201,6 +208,14 @@ async fn the_json_api_logs_users_in_uploads_previews_runs_and_refuses_what_it_mu
     files.sort();
     assert_eq!(files, ["jan.csv"]);
     assert!(!lake.path().join("escape.csv").exists() && !lake.path().parent().unwrap().join("escape.csv").exists());
+    // Stored, refused or too large: no spooled upload is left behind.
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "spool files left");
+    // (And that is where they go: without it, an upload cannot be taken in.)
+    std::fs::remove_dir(spool.path()).unwrap();
+    let response = as_user(http.put(format!("{base}/api/datasets/ledger/files/mar.csv")), "loader").body(csv).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert!(response.text().await.unwrap().contains("temporary file"));
+    std::fs::create_dir(spool.path()).unwrap();
 
     // Preview before anything is written: the row failing not_null is marked.
     let response = as_user(http.get(format!("{base}/api/datasets/ledger/preview?file=landing/ledger/jan.csv&limit=10")), "loader").send().await.unwrap();
