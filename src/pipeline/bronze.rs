@@ -11,15 +11,13 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::streaming::StreamingTable;
 use datafusion::error::DataFusionError;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -125,16 +123,7 @@ impl Pipeline {
                 Some(Feed::Batch(batch)) => batch,
                 _ => return Ok(None),
             };
-            let incoming = Incoming {
-                schema: first.schema(),
-                feed: Mutex::new(Some((first, rx))),
-            };
-            let table = StreamingTable::try_new(incoming.schema.clone(), vec![Arc::new(incoming) as Arc<dyn PartitionStream>])
-                .map_err(|e| step_error(&step, e))?;
-            let frame = self
-                .engine
-                .internal_session()
-                .read_table(Arc::new(table))
+            let frame = super::scan_once(&self.engine.internal_session(), incoming(first, rx), "the incoming landing rows")
                 .map_err(|e| step_error(&step, e))?;
             self.lake
                 .write_frame_once(Layer::Bronze, &spec.name, frame, kind, run_id, vec![], &keys)
@@ -331,44 +320,22 @@ fn same_columns(file: &str, schema: &SchemaRef, first: Option<&(String, SchemaRe
     ))
 }
 
-/// The reader's batches as a table the write scans once.
-struct Incoming {
-    schema: SchemaRef,
-    feed: Mutex<Option<(RecordBatch, mpsc::Receiver<Feed>)>>,
-}
-
-impl std::fmt::Debug for Incoming {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Incoming").finish_non_exhaustive()
-    }
-}
-
-impl PartitionStream for Incoming {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let Some((first, rx)) = self.feed.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            let read_twice = futures::stream::once(async {
-                Err(DataFusionError::Internal("the incoming landing rows can be read only once".into()))
-            });
-            return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), read_twice));
-        };
-        let stream = futures::stream::unfold(Some((Some(first), rx)), |state| async move {
-            let (first, mut rx) = state?;
-            if let Some(batch) = first {
-                return Some((Ok(batch), Some((None, rx))));
-            }
-            match rx.recv().await {
-                Some(Feed::Batch(batch)) => Some((Ok(batch), Some((None, rx)))),
-                Some(Feed::Done) => None,
-                Some(Feed::Failed(message)) => Some((Err(DataFusionError::Execution(message)), None)),
-                None => Some((Err(DataFusionError::Execution("the landing file reader stopped early".into())), None)),
-            }
-        });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
-    }
+/// The reader's batches, `first` then what the channel brings, as one stream.
+fn incoming(first: RecordBatch, rx: mpsc::Receiver<Feed>) -> SendableRecordBatchStream {
+    let schema = first.schema();
+    let stream = futures::stream::unfold(Some((Some(first), rx)), |state| async move {
+        let (first, mut rx) = state?;
+        if let Some(batch) = first {
+            return Some((Ok(batch), Some((None, rx))));
+        }
+        match rx.recv().await {
+            Some(Feed::Batch(batch)) => Some((Ok(batch), Some((None, rx)))),
+            Some(Feed::Done) => None,
+            Some(Feed::Failed(message)) => Some((Err(DataFusionError::Execution(message)), None)),
+            None => Some((Err(DataFusionError::Execution("the landing file reader stopped early".into())), None)),
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 
 pub(super) fn hash_batches(batches: &[RecordBatch]) -> String {

@@ -481,3 +481,49 @@ fn normalize(reference: &str) -> String {
         _ => reference.to_string(),
     }
 }
+
+/// `stream` as a table its one reader — the Delta writer — scans once, so a
+/// write consumes rows produced elsewhere (a landing-file reader, a sort
+/// run as the root of its own plan) without collecting them. A second scan
+/// is an error naming `what`.
+fn scan_once(
+    ctx: &datafusion::prelude::SessionContext,
+    stream: datafusion::execution::SendableRecordBatchStream,
+    what: &'static str,
+) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
+    use datafusion::physical_plan::streaming::PartitionStream;
+    let once = ScanOnce { schema: stream.schema(), stream: std::sync::Mutex::new(Some(stream)), what };
+    let table = datafusion::catalog::streaming::StreamingTable::try_new(once.schema.clone(), vec![Arc::new(once) as Arc<dyn PartitionStream>])?;
+    ctx.read_table(Arc::new(table))
+}
+
+struct ScanOnce {
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    stream: std::sync::Mutex<Option<datafusion::execution::SendableRecordBatchStream>>,
+    what: &'static str,
+}
+
+impl std::fmt::Debug for ScanOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanOnce").field("what", &self.what).finish_non_exhaustive()
+    }
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for ScanOnce {
+    fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<datafusion::execution::TaskContext>) -> datafusion::execution::SendableRecordBatchStream {
+        match self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(stream) => stream,
+            None => {
+                let what = self.what;
+                let twice = futures::stream::once(async move {
+                    Err(datafusion::error::DataFusionError::Internal(format!("{what} can be read only once")))
+                });
+                Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(self.schema.clone(), twice))
+            }
+        }
+    }
+}

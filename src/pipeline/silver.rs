@@ -317,8 +317,6 @@ impl Pipeline {
 /// requires. Without round-robin repartitioning the stream reaches the
 /// writer in order.
 async fn cluster_sorted(frame: DataFrame, cluster: &crate::spec::Located<Vec<String>>, step: &str) -> Result<DataFrame, PipelineError> {
-    use datafusion::catalog::streaming::StreamingTable;
-    use datafusion::physical_plan::streaming::PartitionStream;
     let columns: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
     let mut order = Vec::with_capacity(cluster.value.len());
     for column in &cluster.value {
@@ -336,40 +334,6 @@ async fn cluster_sorted(frame: DataFrame, cluster: &crate::spec::Located<Vec<Str
     config.options_mut().optimizer.enable_round_robin_repartition = false;
     let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state).with_config(config).build();
     let sorted = DataFrame::new(state.clone(), plan);
-    let schema = std::sync::Arc::new(sorted.schema().as_arrow().clone());
     let stream = sorted.execute_stream().await.map_err(|e| step_error(step, e))?;
-    let once = SortedOnce { schema: schema.clone(), stream: std::sync::Mutex::new(Some(stream)) };
-    let table = StreamingTable::try_new(schema, vec![std::sync::Arc::new(once) as std::sync::Arc<dyn PartitionStream>])
-        .map_err(|e| step_error(step, e))?;
-    SessionContext::new_with_state(state).read_table(std::sync::Arc::new(table)).map_err(|e| step_error(step, e))
-}
-
-/// A sorted stream as a table the write scans once.
-struct SortedOnce {
-    schema: datafusion::arrow::datatypes::SchemaRef,
-    stream: std::sync::Mutex<Option<datafusion::execution::SendableRecordBatchStream>>,
-}
-
-impl std::fmt::Debug for SortedOnce {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SortedOnce").finish_non_exhaustive()
-    }
-}
-
-impl datafusion::physical_plan::streaming::PartitionStream for SortedOnce {
-    fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: std::sync::Arc<datafusion::execution::TaskContext>) -> datafusion::execution::SendableRecordBatchStream {
-        match self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(stream) => stream,
-            None => {
-                let twice = futures::stream::once(async {
-                    Err(datafusion::error::DataFusionError::Internal("the sorted silver rows can be read only once".into()))
-                });
-                Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(self.schema.clone(), twice))
-            }
-        }
-    }
+    super::scan_once(&SessionContext::new_with_state(state), stream, "the sorted silver rows").map_err(|e| step_error(step, e))
 }

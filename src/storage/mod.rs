@@ -10,10 +10,10 @@ use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use url::Url;
 
-/// The lakehouse layers a table can live in.
 mod maintenance;
 pub use maintenance::{DataFile, Optimized, SMALL_FILE_BYTES, Vacuumed};
 
+/// The lakehouse layers a table can live in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Layer {
     Bronze,
