@@ -36,7 +36,7 @@ if ! command -v curl >/dev/null; then
   apt-get update -qq && apt-get install -y -qq curl >/dev/null
 fi
 if ! python3 -c 'import sqlalchemy, psycopg2, psycopg, asyncpg, pandas, pyodbc, prometheus_client, selenium, moto' 2>/dev/null \
-  || ! command -v moto_server >/dev/null; then
+  || ! command -v moto_server >/dev/null || ! command -v tpchgen-cli >/dev/null; then
   log "installing Python client libraries"
   python3 -m pip install -q -r tests/clients/requirements.txt
 fi

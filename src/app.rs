@@ -47,6 +47,8 @@ pub enum AppError {
     MaskingKey(String),
     #[error(transparent)]
     Tls(#[from] crate::pg::TlsError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Roles and users from the config, column tags and masks from the specs.
@@ -185,6 +187,7 @@ impl Core {
                     roles,
                     debug_functions: config.debug_functions,
                     meta: Some(meta.clone()),
+                    cluster: config.cluster.clone().map(|c| Arc::new(crate::cluster::Cluster::new(c))),
                 },
             )
             .await?,
@@ -382,6 +385,18 @@ pub async fn vacuum(config: &Config, table: &str, retain: std::time::Duration, d
     let (layer, name) = lake_table(table)?;
     let lake = Lake::open(&config.lake, config.storage_options.clone())?;
     Ok(lake.vacuum(layer, &name, retain, dry_run).await?)
+}
+
+/// `workbench scheduler`: a Ballista scheduler for this lake, until `shutdown`.
+pub async fn scheduler(config: &Config, options: crate::cluster::SchedulerOptions, shutdown: CancellationToken) -> Result<(), AppError> {
+    let lake = Lake::open(&config.lake, config.storage_options.clone())?;
+    Ok(crate::cluster::run_scheduler(&lake, options, shutdown).await?)
+}
+
+/// `workbench executor`: a Ballista executor for this lake, until `shutdown`.
+pub async fn executor(config: &Config, options: crate::cluster::ExecutorOptions, shutdown: CancellationToken) -> Result<(), AppError> {
+    let lake = Lake::open(&config.lake, config.storage_options.clone())?;
+    Ok(crate::cluster::run_executor(&lake, options, shutdown).await?)
 }
 
 /// How `workbench query` runs its statements.

@@ -92,6 +92,20 @@ pub struct FileConfig {
     pub redis: RedisConfig,
     /// How long a dataset's run lock outlives a holder that died, e.g. `30s`.
     pub lock_ttl: Option<String>,
+    /// A Ballista cluster (`workbench scheduler` + `workbench executor`s)
+    /// that large lake queries are sent to.
+    pub cluster: Option<ClusterFileConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFileConfig {
+    /// `HOST:PORT` (or `df://HOST:PORT`) of `workbench scheduler`.
+    pub scheduler: String,
+    /// Lake queries that read fewer bytes than this run on the server, e.g. `64MiB`.
+    pub min_scan_bytes: Option<String>,
+    /// When the cluster cannot answer: `local` (run the query here) or `error`.
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,7 +298,23 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub redis_prefix: String,
     pub lock_ttl: Duration,
+    /// Where large lake queries go; `None`: every query runs here.
+    pub cluster: Option<ClusterSettings>,
 }
+
+/// The Ballista cluster lake queries may be sent to.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `http://HOST:PORT` of the scheduler's gRPC endpoint.
+    pub scheduler: String,
+    /// Queries over fewer bytes of lake files stay on the server.
+    pub min_scan_bytes: u64,
+    /// Whether a query the cluster failed is answered here instead.
+    pub fallback_local: bool,
+}
+
+/// Scan size under which a query stays on the server when none is configured.
+pub const DEFAULT_MIN_SCAN_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -499,6 +529,7 @@ impl Config {
             redis_url: o.redis_url.or(file.redis.url).filter(|u| !u.is_empty()),
             redis_prefix: o.redis_prefix.or(file.redis.prefix).unwrap_or_default(),
             lock_ttl: duration("lock_ttl", o.lock_ttl.or(file.lock_ttl))?.unwrap_or(Duration::from_secs(30)),
+            cluster: file.cluster.map(cluster_settings).transpose()?,
         })
     }
 
@@ -506,6 +537,43 @@ impl Config {
     pub fn requires_password(&self) -> bool {
         !self.users.is_empty()
     }
+}
+
+/// `cluster:`: the scheduler's address checked, the threshold and the
+/// fallback read.
+fn cluster_settings(file: ClusterFileConfig) -> Result<ClusterSettings, ConfigError> {
+    let address = file.scheduler.trim();
+    let host_port = address.strip_prefix("df://").unwrap_or(address);
+    let valid = host_port
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        return Err(ConfigError::Invalid {
+            setting: "cluster.scheduler",
+            value: file.scheduler.clone(),
+            reason: "expected HOST:PORT of `workbench scheduler`, e.g. 10.0.0.5:50050".into(),
+        });
+    }
+    let min_scan_bytes = match file.min_scan_bytes {
+        None => DEFAULT_MIN_SCAN_BYTES,
+        Some(text) => parse_size("cluster.min_scan_bytes", &text)?.unwrap_or(0),
+    };
+    let fallback_local = match file.fallback.as_deref().map(str::trim) {
+        None | Some("local") => true,
+        Some("error") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                setting: "cluster.fallback",
+                value: other.into(),
+                reason: "expected `local` (answer on the server when the cluster fails) or `error`".into(),
+            });
+        }
+    };
+    Ok(ClusterSettings {
+        scheduler: format!("http://{host_port}"),
+        min_scan_bytes,
+        fallback_local,
+    })
 }
 
 /// The machine's memory (or the cgroup's limit, when lower), in bytes.

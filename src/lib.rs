@@ -29,6 +29,7 @@
 pub mod alerts;
 pub mod app;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod meta;

@@ -42,6 +42,12 @@ enum Command {
     /// Delete the files a table stopped using more than --retain ago
     /// (VACUUM); every version within the retention stays readable.
     Vacuum(VacuumArgs),
+    /// Run a Ballista scheduler for the lake: servers with `cluster:` in
+    /// their config send large lake queries to it.
+    Scheduler(SchedulerArgs),
+    /// Run a Ballista executor: it registers with the scheduler and runs
+    /// the tasks of distributed queries.
+    Executor(ExecutorArgs),
     /// Print a password hash for the `users:` section of the config file
     /// (reads the password from standard input).
     HashPassword,
@@ -140,6 +146,51 @@ struct VacuumArgs {
     /// List what would be deleted, delete nothing
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct SchedulerArgs {
+    /// Address to listen on (gRPC, for servers and executors)
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    listen: std::net::SocketAddr,
+    /// The host name servers and executors reach it by [default: the listen address]
+    #[arg(long)]
+    external_host: Option<String>,
+    /// An executor silent this long is dead and its tasks run elsewhere
+    #[arg(long, default_value = "30s")]
+    executor_timeout: humantime::Duration,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct ExecutorArgs {
+    /// HOST:PORT of `workbench scheduler`
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    scheduler: String,
+    /// Address of its Arrow Flight service (results and shuffles)
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: std::net::SocketAddr,
+    /// Port of its gRPC service (tasks from the scheduler)
+    #[arg(long, default_value_t = 50052)]
+    grpc_port: u16,
+    /// The host name the scheduler and servers reach it by [default: localhost]
+    #[arg(long)]
+    external_host: Option<String>,
+    /// Tasks it runs at once [default: number of cores]
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
+    /// Directory for shuffle files [default: a temporary directory]
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// How often it tells the scheduler it is alive
+    #[arg(long, default_value = "10s")]
+    heartbeat: humantime::Duration,
+    /// Memory its tasks may use together before spilling, e.g. 4GiB [default: 80% of the machine's]
+    #[arg(long)]
+    memory_limit: Option<bytesize::ByteSize>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -349,6 +400,33 @@ async fn run() -> anyhow::Result<()> {
             }
             let verb = if done.dry_run { "would delete" } else { "deleted" };
             eprintln!("{}: {verb} {} file(s) unused for more than {}", args.table, done.files.len(), args.retain);
+        }
+        Command::Scheduler(args) => {
+            let config = args.common.config()?;
+            init_telemetry();
+            let options = workbench::cluster::SchedulerOptions {
+                listen: args.listen,
+                external_host: args.external_host,
+                executor_timeout: args.executor_timeout.into(),
+            };
+            println!("workbench scheduler on {}", args.listen);
+            workbench::app::scheduler(&config, options, shutdown_signal()).await?;
+        }
+        Command::Executor(args) => {
+            let config = args.common.config()?;
+            init_telemetry();
+            let options = workbench::cluster::ExecutorOptions {
+                scheduler: args.scheduler,
+                listen: args.listen,
+                grpc_port: args.grpc_port,
+                external_host: args.external_host,
+                concurrency: args.concurrency,
+                work_dir: args.work_dir,
+                heartbeat: args.heartbeat.into(),
+                memory_limit: args.memory_limit.map(|m| m.as_u64()),
+            };
+            println!("workbench executor on {}", args.listen);
+            workbench::app::executor(&config, options, shutdown_signal()).await?;
         }
         Command::Cancel(args) => {
             let config = args.common.config()?;

@@ -3,7 +3,8 @@
 //! statements by outcome and their durations), the pipeline (runs by status,
 //! rows written, expectation results), the scheduler (how late a slot
 //! started), the alerts (deliveries by outcome), the shared cache (hits and
-//! misses) and the run locks (how long runs waited for them, refusals).
+//! misses), the run locks (how long runs waited for them, refusals) and the
+//! queries sent to the Ballista cluster.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -55,6 +56,7 @@ struct Metrics {
     cache: Family<Outcome, Counter>,
     locks: Family<Outcome, Counter>,
     lock_wait: Histogram,
+    cluster: Family<Outcome, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -83,6 +85,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("run_locks", "Run lock requests by outcome (acquired, or refused: another run held it)", locks.clone());
     let lock_wait = duration_buckets();
     registry.register("run_lock_wait_seconds", "How long runs waited for their datasets' locks", lock_wait.clone());
+    let cluster = Family::<Outcome, Counter>::default();
+    registry.register(
+        "cluster_queries",
+        "Lake queries sent to the Ballista cluster, by outcome (cluster: answered there; fallback: failed there, answered here; failed)",
+        cluster.clone(),
+    );
     Metrics {
         registry,
         connections,
@@ -97,6 +105,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cache,
         locks,
         lock_wait,
+        cluster,
     }
 });
 
@@ -154,6 +163,12 @@ pub fn run_lock(acquired: bool, waited: Duration) {
     let outcome = if acquired { "acquired" } else { "refused" };
     METRICS.locks.get_or_create(&Outcome { outcome: outcome.to_string() }).inc();
     METRICS.lock_wait.observe(waited.as_secs_f64());
+}
+
+/// A lake query went to the Ballista cluster and ended `outcome`
+/// (`cluster`, `fallback` or `failed`).
+pub fn cluster_query(outcome: &str) {
+    METRICS.cluster.get_or_create(&Outcome { outcome: outcome.to_string() }).inc();
 }
 
 /// Everything, in the OpenMetrics text format.

@@ -39,6 +39,7 @@ use datafusion::prelude::DataFrame;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::{Cluster, Placement};
 use crate::storage::Layer;
 
 /// Batches in flight between the scan and the consumer.
@@ -123,15 +124,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Start `frame` on its query runtime; its batches arrive through the stream.
-pub async fn execute(frame: DataFrame) -> Result<SendableRecordBatchStream> {
-    let runtime = if reads_lake(frame.logical_plan()) { lake() } else { statements() };
+/// Start `frame` on its query runtime (or, for a lake query, on the
+/// session's cluster when `placement` allows); its batches arrive through
+/// the stream.
+pub async fn execute(frame: DataFrame, placement: Placement) -> Result<SendableRecordBatchStream> {
+    let reads_lake = reads_lake(frame.logical_plan());
+    let runtime = if reads_lake { lake() } else { statements() };
+    let cluster = (reads_lake && placement != Placement::Local)
+        .then(|| frame.task_ctx().session_config().get_extension::<Cluster>())
+        .flatten();
     let schema: SchemaRef = std::sync::Arc::new(frame.schema().as_arrow().clone());
     let (batches_tx, batches) = mpsc::channel(IN_FLIGHT);
     let (started_tx, started) = oneshot::channel();
     let task = runtime.spawn(async move {
         let run = AssertUnwindSafe(async {
-            let mut stream = match frame.execute_stream().await {
+            let started = match cluster {
+                Some(cluster) => cluster.execute(frame, placement).await,
+                None => frame.execute_stream().await,
+            };
+            let mut stream = match started {
                 Ok(stream) => {
                     let _ = started_tx.send(Ok(()));
                     stream

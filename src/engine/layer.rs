@@ -5,10 +5,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
-use datafusion::catalog::SchemaProvider;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{ScanArgs, ScanResult, SchemaProvider, Session};
+use datafusion::common::{Constraints, Statistics};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use deltalake::DeltaTable;
 
 use crate::storage::{Lake, Layer};
 
@@ -54,7 +62,13 @@ impl SchemaProvider for LayerSchema {
         {
             return Ok(Some(provider.clone()));
         }
-        let provider = table.table_provider().await?;
+        let delta = table.table_provider().await?;
+        let provider: Arc<dyn TableProvider> = Arc::new(LakeTable {
+            inner: delta,
+            layer: self.layer,
+            name: name.to_string(),
+            table,
+        });
         if let Some(version) = version {
             self.providers
                 .lock()
@@ -89,5 +103,91 @@ impl SchemaProvider for LayerSchema {
             "cannot drop {}.{name}: the {} layer is written only by pipelines",
             self.layer, self.layer
         )))
+    }
+}
+
+/// A lake table as queries see it: Delta's own scan of one committed
+/// version, plus what the cluster needs to read that same version
+/// elsewhere (which table, its files). Everything a query asks of it is
+/// Delta's answer.
+#[derive(Debug)]
+pub struct LakeTable {
+    inner: Arc<dyn TableProvider>,
+    layer: Layer,
+    name: String,
+    /// The table at the version `inner` reads.
+    table: DeltaTable,
+}
+
+impl LakeTable {
+    pub fn layer(&self) -> Layer {
+        self.layer
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Delta table at the version this provider reads.
+    pub fn delta(&self) -> &DeltaTable {
+        &self.table
+    }
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.inner.constraints()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn get_table_definition(&self) -> Option<&str> {
+        self.inner.get_table_definition()
+    }
+
+    fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
+        self.inner.get_logical_plan()
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.inner.get_column_default(column)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    async fn scan_with_args<'a>(&self, state: &dyn Session, args: ScanArgs<'a>) -> Result<ScanResult> {
+        self.inner.scan_with_args(state, args).await
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner.statistics()
+    }
+
+    async fn insert_into(
+        &self,
+        state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.insert_into(state, input, insert_op).await
     }
 }

@@ -34,7 +34,7 @@ use crate::governance::Access;
 pub use catalog_tables::SessionSettingsRows;
 pub use executor::{execute, off_connection, panic_message};
 pub use governed::governed_view;
-pub use layer::LayerSchema;
+pub use layer::{LakeTable, LayerSchema};
 pub use limits::LimitError;
 pub use pg_catalog::type_modifier;
 
@@ -64,6 +64,8 @@ pub struct EngineOptions {
     pub debug_functions: bool,
     /// The metadata store, served as the `workbench` schema.
     pub meta: Option<Arc<crate::meta::MetaStore>>,
+    /// Where large lake queries go (every session holds it).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub struct Engine {
@@ -107,11 +109,14 @@ pub fn version_string() -> String {
 
 impl Engine {
     pub async fn new(lake: Arc<Lake>, options: EngineOptions) -> Result<Engine, EngineError> {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
             .with_create_default_catalog_and_schema(false)
             // Served by our own `information_schema` schema (Postgres type names).
             .with_information_schema(false);
+        if let Some(cluster) = &options.cluster {
+            config = config.with_extension(cluster.clone());
+        }
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()

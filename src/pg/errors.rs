@@ -173,6 +173,9 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
                 with_hint(error(INSUFFICIENT_PRIVILEGE, denied.to_string()), denied.hint())
             } else if let Some(storage) = inner.downcast_ref::<crate::storage::StorageError>() {
                 storage_error(storage)
+            } else if let Some(cluster) = inner.downcast_ref::<crate::cluster::ClusterError>() {
+                // system_error: the query was fine, the cluster failed it.
+                error("58000", cluster.to_string())
             } else if let Some(limit) = inner.downcast_ref::<crate::engine::LimitError>() {
                 with_hint(error(PROGRAM_LIMIT, limit.to_string()), "ask for a smaller value, or compute it in pieces")
             } else if let Some(df) = inner.downcast_ref::<DataFusionError>() {

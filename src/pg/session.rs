@@ -195,7 +195,7 @@ impl Session {
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let format_options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(&schema, &format, Some(format_options))?);
-        let batches = crate::engine::execute(frame)
+        let batches = crate::engine::execute(frame, self.settings.placement())
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
         let rows = encode::rows(batches, fields.clone());

@@ -63,6 +63,7 @@ const KNOWN: &[Known] = &[
     known("transaction_isolation", "read committed", false, "Sets the current transaction's isolation level."),
     known("transaction_read_only", "off", false, "Sets the current transaction's read-only status."),
     known("work_mem", "4MB", false, "Sets the maximum memory to be used for query workspaces."),
+    known("workbench.execution", "auto", false, "Where lake queries run: auto (large ones on the Ballista cluster, when configured), local (on this server), cluster (on the cluster whatever their size)."),
 ];
 
 fn find(name: &str) -> Option<&'static Known> {
@@ -244,6 +245,13 @@ impl Settings {
     }
 
     /// `statement_timeout` in milliseconds (0: none).
+    /// Where this session's lake queries run (`workbench.execution`).
+    pub fn placement(&self) -> crate::cluster::Placement {
+        self.get("workbench.execution")
+            .and_then(|v| crate::cluster::Placement::parse(&v))
+            .unwrap_or_default()
+    }
+
     pub fn statement_timeout_ms(&self) -> u64 {
         self.get("statement_timeout")
             .and_then(|v| parse_duration_ms(&v))
@@ -321,6 +329,10 @@ fn normalize(name: &str, value: &str) -> Result<String, SettingError> {
             }
         }
         "search_path" => value.to_string(),
+        "workbench.execution" => match crate::cluster::Placement::parse(value) {
+            Some(_) => value.trim().to_ascii_lowercase(),
+            None => return Err(invalid("one of auto, local, cluster")),
+        },
         "DateStyle" => {
             let v = value.to_ascii_uppercase();
             let style = if v.contains("ISO") { "ISO" } else if v.contains("GERMAN") { "German" } else if v.contains("SQL") { "SQL" } else if v.contains("POSTGRES") { "Postgres" } else { "ISO" };

@@ -727,6 +727,30 @@ impl Lake {
         self.store.put_opts(&ObjectPath::from(path), bytes.into(), options).await.map(|_| ())
     }
 
+    /// For a lake on object storage, the store of its whole bucket and the
+    /// URL it answers for (`s3://bucket`): what a DataFusion runtime
+    /// registers to read the lake's files by their full URLs (the Ballista
+    /// scheduler and executors do). `None` for a local lake, which every
+    /// runtime reads through `file://` already.
+    pub fn bucket_store(&self) -> Result<Option<(Url, Arc<dyn ObjectStore>)>, StorageError> {
+        if self.local_root().is_some() {
+            return Ok(None);
+        }
+        let invalid = |reason: String| StorageError::Location {
+            location: self.root.to_string(),
+            reason,
+        };
+        let store = DeltaTableBuilder::from_url(self.root.clone())
+            .map_err(|e| invalid(e.to_string()))?
+            .with_storage_options(self.options.clone())
+            .build_storage()
+            .map_err(|e| invalid(e.to_string()))?
+            .root_object_store(None);
+        let mut bucket = self.root.clone();
+        bucket.set_path("");
+        Ok(Some((bucket, store)))
+    }
+
     /// The bytes of a landing file (relative to the lake root).
     pub async fn read_bytes(&self, path: &str) -> Result<bytes::Bytes, object_store::Error> {
         use object_store::ObjectStoreExt;

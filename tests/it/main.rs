@@ -5,6 +5,7 @@ mod harness;
 mod maintenance;
 mod http;
 mod clients;
+mod cluster;
 mod coordination;
 mod encoding;
 mod functions;

@@ -34,6 +34,11 @@ impl KeyedHash {
         }
     }
 
+    /// The key it hashes with (what the function carries to a cluster).
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     pub fn hash(&self, value: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(value.as_bytes());
@@ -75,6 +80,11 @@ impl Partial {
             shown,
             signature: Signature::string(1, Volatility::Immutable),
         }
+    }
+
+    /// How many trailing characters it shows.
+    pub fn shown(&self) -> usize {
+        self.shown
     }
 
     pub fn mask(&self, value: &str) -> String {
