@@ -44,10 +44,15 @@ fn tpch_lake(dir: &Path) -> (PathBuf, PathBuf) {
         .expect("tpchgen-cli (pip install tpchgen-cli; scripts/test.sh installs it)");
     assert!(out.status.success(), "tpchgen-cli: {}", String::from_utf8_lossy(&out.stderr));
     for (table, columns) in TABLES {
+        // Masks travel to the executors with their parameters (the key).
+        let masks = match *table {
+            "supplier" => "columns:\n  s_phone: { tags: [pii], mask: hash }\n  s_address: { tags: [pii], mask: partial(4) }\n",
+            _ => "",
+        };
         std::fs::write(
             specs.join(format!("{table}.yaml")),
             format!(
-                "name: {table}\nsource:\n  format: parquet\n  path: landing/tpch/{table}.parquet\nsilver:\n  rules:\n    - select: [{columns}]\n"
+                "name: {table}\nsource:\n  format: parquet\n  path: landing/tpch/{table}.parquet\n{masks}silver:\n  rules:\n    - select: [{columns}]\n"
             ),
         )
         .unwrap();
@@ -220,9 +225,23 @@ async fn tpch_on_one_scheduler_and_two_executors_answers_as_the_server_does() {
     let (lake, specs) = tpch_lake(dir.path());
     let cluster = Cluster::start(&lake, dir.path());
     // The default threshold (64 MiB) keeps this small lake's queries on the
-    // server unless a session asks for the cluster.
-    let server = Server::start_at(&lake, ServerOptions { config_yaml: cluster.config_yaml(""), args: specs_arg(&specs), ..Default::default() });
-    let client = server.connect().await;
+    // server unless a session asks for the cluster. An administrator, and an
+    // analyst who reads supplier masked and orders through a row filter.
+    let password = crate::harness::hash_password("cluster-secret-1");
+    let governance = [
+        "users:".to_string(),
+        format!("  - {{ name: admin, password_hash: \"{password}\", roles: [admin] }}"),
+        format!("  - {{ name: analyst, password_hash: \"{password}\", roles: [analyst] }}"),
+        "roles:".into(),
+        "  admin: { admin: true }".into(),
+        "  analyst: { read: [\"silver.*\"], row_filters: { silver.orders: \"o_orderstatus = 'F'\" } }".into(),
+    ]
+    .join("\n");
+    let server = Server::start_at(
+        &lake,
+        ServerOptions { config_yaml: format!("{}{governance}\n", cluster.config_yaml("")), args: specs_arg(&specs), ..Default::default() },
+    );
+    let client = server.connect_as("admin", Some("cluster-secret-1")).await.unwrap();
     query(&client, "SET search_path = silver").await.unwrap();
 
     for n in 1..=22 {
@@ -251,9 +270,28 @@ async fn tpch_on_one_scheduler_and_two_executors_answers_as_the_server_does() {
     // A session function only the server has: the query stays here.
     assert_eq!(
         query(&client, "SELECT count(*), current_user FROM lineitem GROUP BY current_user").await.unwrap(),
-        vec!["60175|workbench"]
+        vec!["60175|admin"]
     );
     assert_eq!(cluster_queries(&server, "cluster").await, before);
+
+    // The analyst's masked columns come back from the cluster masked exactly
+    // as the server masks them (the hash with the lake's key).
+    let analyst = server.connect_as("analyst", Some("cluster-secret-1")).await.unwrap();
+    const MASKED: &str = "SELECT s_suppkey, s_phone, s_address, count(*) OVER (PARTITION BY s_phone) \
+                          FROM silver.supplier ORDER BY s_suppkey LIMIT 5";
+    query(&analyst, "SET workbench.execution = 'local'").await.unwrap();
+    let local = query(&analyst, MASKED).await.unwrap();
+    query(&analyst, "SET workbench.execution = 'cluster'").await.unwrap();
+    assert_eq!(query(&analyst, MASKED).await.unwrap(), local);
+    assert_eq!(cluster_queries(&server, "cluster").await, before + 1, "the masked query ran on the cluster");
+    let first: Vec<&str> = local[0].split('|').collect();
+    assert!(first[1].len() == 32 && first[1].chars().all(|c| c.is_ascii_hexdigit()), "s_phone is hashed: {first:?}");
+    assert!(first[2].starts_with("****"), "s_address shows its last 4 characters: {first:?}");
+    // A row-filtered table is sealed by a plan node only the server has: the
+    // analyst's query on orders stays here, and sees only its rows.
+    let statuses = query(&analyst, "SELECT DISTINCT o_orderstatus FROM silver.orders").await.unwrap();
+    assert_eq!(statuses, vec!["F"]);
+    assert_eq!(cluster_queries(&server, "cluster").await, before + 1);
     // A bad value is refused, naming the choices.
     let err = client.simple_query("SET workbench.execution = 'everywhere'").await.unwrap_err();
     assert_eq!(sqlstate(&err), "22023");
