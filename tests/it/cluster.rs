@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{BIN, Server, ServerOptions, sqlstate};
+use crate::harness::{BIN, Moto, Server, ServerOptions, sqlstate};
 
 const TABLES: &[(&str, &str)] = &[
     ("region", "r_regionkey, r_name, r_comment"),
@@ -92,11 +92,13 @@ struct Node {
 }
 
 impl Node {
-    fn start(lake: &Path, args: &[String], log: PathBuf) -> Node {
-        let child = Command::new(BIN)
-            .args(args)
-            .arg("--lake")
-            .arg(lake)
+    fn start(lake: &Lake, args: &[String], log: PathBuf) -> Node {
+        let mut command = Command::new(BIN);
+        command.args(args).arg("--lake").arg(&lake.location).current_dir(log.parent().expect("a log directory"));
+        if let Some(config) = &lake.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .env("RUST_LOG", "warn,workbench=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -121,6 +123,19 @@ impl Drop for Node {
     }
 }
 
+/// Where the cluster's nodes find the lake.
+struct Lake {
+    location: String,
+    /// A config file with its storage options.
+    config: Option<PathBuf>,
+}
+
+impl Lake {
+    fn local(path: &Path) -> Lake {
+        Lake { location: path.display().to_string(), config: None }
+    }
+}
+
 /// One scheduler and two executors on loopback.
 struct Cluster {
     scheduler_port: u16,
@@ -129,7 +144,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(lake: &Path, logs: &Path) -> Cluster {
+    fn start(lake: &Lake, logs: &Path) -> Cluster {
         let scheduler_port = free_port();
         let scheduler_log = logs.join("scheduler.log");
         let scheduler = Node::start(
@@ -223,7 +238,7 @@ fn tpch_query(n: usize) -> String {
 async fn tpch_on_one_scheduler_and_two_executors_answers_as_the_server_does() {
     let dir = tempfile::TempDir::new().unwrap();
     let (lake, specs) = tpch_lake(dir.path());
-    let cluster = Cluster::start(&lake, dir.path());
+    let cluster = Cluster::start(&Lake::local(&lake), dir.path());
     // The default threshold (64 MiB) keeps this small lake's queries on the
     // server unless a session asks for the cluster. An administrator, and an
     // analyst who reads supplier masked and orders through a row filter.
@@ -302,7 +317,7 @@ async fn tpch_on_one_scheduler_and_two_executors_answers_as_the_server_does() {
 async fn an_executor_killed_mid_query_and_a_stopped_scheduler_leave_the_server_answering() {
     let dir = tempfile::TempDir::new().unwrap();
     let (lake, specs) = tpch_lake(dir.path());
-    let mut cluster = Cluster::start(&lake, dir.path());
+    let mut cluster = Cluster::start(&Lake::local(&lake), dir.path());
     // Every lake query goes to the cluster (threshold 0); failures fall back.
     let server = Server::start_at(
         &lake,
@@ -354,4 +369,64 @@ async fn an_executor_killed_mid_query_and_a_stopped_scheduler_leave_the_server_a
     assert_eq!(cluster_queries(&server, "fallback").await, fell_back + 1);
     assert_eq!(cluster_queries(&server, "failed").await, 1);
     assert_eq!(query(&server.connect().await, "SELECT 1").await.unwrap(), vec!["1"]);
+}
+
+#[tokio::test]
+async fn the_cluster_reads_a_lake_on_s3() {
+    let moto = Moto::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("s3.yaml");
+    std::fs::write(&config, moto.config_yaml()).unwrap();
+    const LAKE: &str = "s3://lake/wb";
+    // A landing file in the bucket, loaded by `workbench run` into S3.
+    let csv = dir.path().join("jan.csv");
+    let body: String = (0..5000).map(|i| format!("{},{}\n", 1000 + i % 37, i)).collect();
+    std::fs::write(&csv, format!("account,amount\n{body}")).unwrap();
+    let put = Command::new("curl")
+        .args(["-sf", "-T"])
+        .arg(&csv)
+        .arg(format!("{}/lake/wb/landing/ledger/jan.csv", moto.endpoint()))
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{put:?}");
+    let specs = dir.path().join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(
+        specs.join("ledger.yaml"),
+        "name: ledger\nsource: { format: csv, path: landing/ledger/*.csv }\nsilver:\n  rules:\n    - type_cast: { account: int, amount: int }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--all", "--lake", LAKE, "--config"])
+        .arg(&config)
+        .arg("--specs")
+        .arg(&specs)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "workbench run: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The scheduler and the executors read the bucket with the same storage options.
+    let cluster = Cluster::start(&Lake { location: LAKE.into(), config: Some(config.clone()) }, dir.path());
+    // Run history shared the way replicas on S3 share it (not in a local file).
+    let meta = crate::metadata::ScratchDb::create("cluster");
+    let server = Server::start_at(
+        dir.path(),
+        ServerOptions {
+            config_yaml: format!("{}{}", moto.config_yaml(), cluster.config_yaml("")),
+            args: [specs_arg(&specs), vec!["--database-url".into(), meta.url()]].concat(),
+            lake_url: Some(LAKE.into()),
+            ..Default::default()
+        },
+    );
+    let client = server.connect().await;
+    const TOTALS: &str = "SELECT account % 5, count(*), sum(amount) FROM silver.ledger GROUP BY 1 ORDER BY 1";
+    query(&client, "SET workbench.execution = 'local'").await.unwrap();
+    let local = query(&client, TOTALS).await.unwrap();
+    assert_eq!(local.len(), 5);
+    query(&client, "SET workbench.execution = 'cluster'").await.unwrap();
+    let distributed = query(&client, TOTALS).await.unwrap_or_else(|e| panic!("{}\n{}", message(&e), cluster.logs()));
+    assert_eq!(distributed, local);
+    assert_eq!(cluster_queries(&server, "cluster").await, 1);
 }
