@@ -2,7 +2,7 @@
 """Workbench benchmarks, each case side by side with its anchor in the same
 run, reported as ratios in benches/RESULTS.md and benches/results.json.
 
-Usage: benches/run.sh [--sf 1] [--cases tpch,http,optimize,stream,ingest,preview,validate,concurrency,isolation]
+Usage: benches/run.sh [--sf 1] [--cases tpch,http,optimize,cluster,stream,ingest,preview,validate,concurrency,isolation]
        benches/run.sh --cases soak [--soak-seconds 600]   (64 clients for 10 minutes)
 
 Everything it needs is prepared here: TPC-H data (tpchgen-cli), the
@@ -518,6 +518,89 @@ def case_http(ctx):
     return results, []
 
 
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port, what, log_path, timeout=60):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{what} did not listen on {port}: {Path(log_path).read_text()[-2000:]}")
+
+
+def case_cluster(ctx):
+    """TPC-H over the wire, the server alone vs the same server sending every
+    query to 1 scheduler + 2 executors (Ballista) on this same machine."""
+    data, binary, lake = ctx["data"], ctx["binary"], ctx["data"] / "lake"
+    work = data / "cluster"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    env = dict(os.environ, RUST_LOG="warn")
+    scheduler_port = free_port()
+    nodes = [subprocess.Popen([str(binary), "scheduler", "--listen", f"127.0.0.1:{scheduler_port}", "--lake", str(lake)],
+                              stdout=subprocess.DEVNULL, stderr=open(work / "scheduler.log", "w"), env=env)]
+    server = None
+    try:
+        wait_port(scheduler_port, "the scheduler", work / "scheduler.log")
+        for i in range(2):
+            flight, grpc = free_port(), free_port()
+            (work / f"executor-{i}").mkdir()
+            nodes.append(subprocess.Popen(
+                [str(binary), "executor", "--scheduler", f"127.0.0.1:{scheduler_port}", "--listen", f"127.0.0.1:{flight}",
+                 "--grpc-port", str(grpc), "--work-dir", str(work / f"executor-{i}"), "--lake", str(lake)],
+                stdout=subprocess.DEVNULL, stderr=open(work / f"executor-{i}.log", "w"), env=env))
+            wait_port(flight, "an executor", work / f"executor-{i}.log")
+        config = work / "cluster.yaml"
+        config.write_text(f"cluster:\n  scheduler: 127.0.0.1:{scheduler_port}\n")
+        server = Server(binary, lake, ctx["specs"], port=PORT + 1, config=config)
+        files = sorted(QUERIES.glob("q*.sql"), key=lambda p: int(p.stem[1:]))
+        rows = []
+        with wb_connect(PORT + 1) as conn:
+            conn.execute("SET search_path TO silver")
+            for f in files:
+                sql = f.read_text()
+                times, results = {}, {}
+                for where in ("local", "cluster"):
+                    conn.execute(f"SET workbench.execution = '{where}'")
+                    runs = []
+                    for _ in range(2):
+                        start = time.perf_counter()
+                        results[where] = conn.execute(sql).fetchall()
+                        runs.append(time.perf_counter() - start)
+                    times[where] = min(runs)
+                ok, why = same_rows(results["cluster"], results["local"])
+                rows.append(dict(cluster_query=f.stem, local=times["local"], cluster=times["cluster"], match=ok, why=why))
+                log(f"{f.stem}: server alone {times['local']:.3f}s, cluster {times['cluster']:.3f}s "
+                    f"{'OK' if ok else 'MISMATCH ' + why}")
+        total_local = sum(r["local"] for r in rows)
+        total_cluster = sum(r["cluster"] for r in rows)
+        matched = sum(r["match"] for r in rows)
+        return [dict(case="TPC-H SF%s total, 22 queries on 1 scheduler + 2 executors on this machine (s)" % ctx["sf"],
+                     workbench=total_cluster, anchor=total_local, anchor_name="the same server executing alone",
+                     ratio=total_cluster / total_local, lower_is_better=True, rss_mb=None,
+                     note=f"{matched}/22 results equal; every query through Ballista's stages and shuffles "
+                          "on the same 2 cores: the ratio is the distribution's overhead, not a speed-up")], rows
+    finally:
+        if server:
+            server.stop()
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+
+
 def case_optimize(ctx):
     """Queries on a silver table of 200 small appends (one per run), before and
     after `workbench optimize`: what small files cost and compaction wins back."""
@@ -922,6 +1005,7 @@ CASES = {
     "tpch": case_tpch,
     "http": case_http,
     "optimize": case_optimize,
+    "cluster": case_cluster,
     "governance": case_governance,
     "stream": case_stream,
     "ingest": case_ingest,
@@ -951,8 +1035,10 @@ def merged_with_previous(results, details, sf):
         return results, details
     fresh = {r["case"]: r for r in results}
     merged = [fresh.pop(r["case"], r) for r in previous["results"]] + list(fresh.values())
-    tpch = details if any("query" in d for d in details) else previous.get("tpch", [])
-    return merged, tpch
+    # Per-query tables: this run's where it ran them, the previous run's otherwise.
+    tpch = [d for d in details if "query" in d] or previous.get("tpch", [])
+    cluster = [d for d in details if "cluster_query" in d] or previous.get("cluster", [])
+    return merged, tpch + cluster
 
 
 def write_results(results, details, sf, started):
@@ -985,9 +1071,17 @@ def write_results(results, details, sf, started):
         for d in tpch:
             lines.append(f"| {d['query']} | {d['workbench']:.3f} | {(d['datafusion'] or 0):.3f} | {d['duckdb']:.3f} | "
                          f"{d['workbench'] / d['duckdb']:.2f}× | {'matches DuckDB' if d['match'] else 'MISMATCH: ' + d['why']} |")
+    cluster = [d for d in details if "cluster_query" in d]
+    if cluster:
+        lines += ["", "## TPC-H per query: the server alone vs a Ballista cluster on the same machine (seconds)", "",
+                  "| Query | Server alone | 1 scheduler + 2 executors | Ratio | Result |",
+                  "|---|---:|---:|---:|---|"]
+        for d in cluster:
+            lines.append(f"| {d['cluster_query']} | {d['local']:.3f} | {d['cluster']:.3f} | {d['cluster'] / d['local']:.2f}× | "
+                         f"{'equal' if d['match'] else 'MISMATCH: ' + d['why']} |")
     (BENCHES / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (BENCHES / "results.json").write_text(json.dumps(
-        dict(machine=mach, date=when, sf=sf, results=results, tpch=tpch), indent=2, default=str) + "\n")
+        dict(machine=mach, date=when, sf=sf, results=results, tpch=tpch, cluster=cluster), indent=2, default=str) + "\n")
     log(f"wrote {BENCHES / 'RESULTS.md'}")
 
 
@@ -998,7 +1092,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=30, help="duration of the concurrency and isolation cases")
     parser.add_argument("--soak-seconds", type=int, default=600, help="duration of the soak case")
     args = parser.parse_args()
-    if "tpch" in args.cases.split(",") and len(list(QUERIES.glob("q*.sql"))) != 22:
+    if {"tpch", "cluster"} & set(args.cases.split(",")) and len(list(QUERIES.glob("q*.sql"))) != 22:
         raise SystemExit(f"the 22 TPC-H queries (q1.sql ... q22.sql) are not in {QUERIES}: "
                          "run from a checkout next to ../shared, or set TPCH_QUERIES to their directory")
     started = time.time()
