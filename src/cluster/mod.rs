@@ -14,15 +14,17 @@
 //! instead (`cluster.fallback: local`, the default; counted in
 //! `workbench_cluster_queries_total{outcome="fallback"}`), or fails with
 //! SQLSTATE 58000 (`fallback: error`, or a session that asked for the
-//! cluster). Either way the server keeps serving and the next query
-//! connects afresh.
+//! cluster). Either way the server keeps serving; a scheduler that could
+//! not be reached at all is left alone for 10 seconds (`auto` sessions run
+//! their lake queries here meanwhile), then the next query connects afresh.
 
 mod codec;
 mod nodes;
 mod ship;
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ballista_core::extension::{SessionConfigExt, SessionStateExt};
 use datafusion::error::{DataFusionError, Result};
@@ -97,6 +99,23 @@ pub struct Cluster {
     /// Functions a shipped plan may call: the executors' (by name) and the
     /// masks (which travel with their parameters).
     functions: HashSet<String>,
+    /// Until when `auto` sessions skip a scheduler that could not be
+    /// reached, instead of each waiting for its connection to fail.
+    unreachable_until: Mutex<Option<Instant>>,
+}
+
+/// How long a scheduler that could not be reached is left alone.
+const UNREACHABLE_PAUSE: Duration = Duration::from_secs(10);
+/// How long the server waits to connect to the scheduler.
+const CONNECT_TIMEOUT_SECONDS: &str = "5";
+
+/// Whether a failure was the scheduler not answering at all (rather than a
+/// job failing on it).
+fn unreachable(err: &DataFusionError) -> bool {
+    let text = err.to_string();
+    ["transport error", "tcp connect", "Connection refused", "ConnectError", "timed out"]
+        .iter()
+        .any(|needle| text.contains(needle))
 }
 
 impl Cluster {
@@ -107,8 +126,15 @@ impl Cluster {
             .map(|f| f.name().to_string())
             .collect();
         functions.extend(shared_functions().iter().map(|f| f.name().to_string()));
+        // Aggregates and window functions: DataFusion's, which every node has.
+        functions.extend(datafusion::functions_aggregate::all_default_aggregate_functions().iter().map(|f| f.name().to_string()));
+        functions.extend(datafusion::functions_window::all_default_window_functions().iter().map(|f| f.name().to_string()));
         functions.extend(["wb_mask_hash".to_string(), "wb_mask_partial".to_string()]);
-        Cluster { settings, functions }
+        Cluster {
+            settings,
+            functions,
+            unreachable_until: Mutex::new(None),
+        }
     }
 
     pub fn scheduler(&self) -> &str {
@@ -126,8 +152,18 @@ impl Cluster {
             }
             ship::Route::Cluster(shipment) => shipment,
         };
+        let paused = self.unreachable_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| Instant::now() < until);
+        if paused && placement == Placement::Auto && self.settings.fallback_local {
+            crate::metrics::cluster_query("fallback");
+            return DataFrame::new(state, plan).execute_stream().await;
+        }
         tracing::info!(files = shipment.files, bytes = shipment.bytes, scheduler = %self.settings.scheduler, "query sent to the cluster");
-        match self.remote(&state, shipment.plan).await {
+        let result = self.remote(&state, shipment.plan).await;
+        *self.unreachable_until.lock().unwrap_or_else(|p| p.into_inner()) = match &result {
+            Err(err) if unreachable(err) => Some(Instant::now() + UNREACHABLE_PAUSE),
+            _ => None,
+        };
+        match result {
             Ok(stream) => {
                 crate::metrics::cluster_query("cluster");
                 Ok(stream)
@@ -150,11 +186,15 @@ impl Cluster {
     /// Submit `plan` and wait for its first rows: a job that fails fails
     /// here, before anything reached the client.
     async fn remote(&self, state: &SessionState, plan: LogicalPlan) -> Result<SendableRecordBatchStream> {
-        let config = state
+        let mut config = state
             .config()
             .clone()
+            .upgrade_for_ballista()
             .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
             .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()));
+        config
+            .options_mut()
+            .set("ballista.client.grpc_connect_timeout_seconds", CONNECT_TIMEOUT_SECONDS)?;
         let state = SessionStateBuilder::new_from_existing(state.clone())
             .with_config(config)
             .build()

@@ -70,11 +70,12 @@ pub fn route(state: &SessionState, plan: &LogicalPlan, functions: &HashSet<Strin
     let plan = analyzed
         .transform_up_with_subqueries(|node| match node {
             LogicalPlan::TableScan(mut scan) => {
-                let provider = source_as_provider(&scan.source)?;
-                let Some(lake) = provider.downcast_ref::<LakeTable>() else {
+                let provider = source_as_provider(&scan.source).ok();
+                let Some(lake) = provider.as_ref().and_then(|p| p.downcast_ref::<LakeTable>()) else {
                     return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
                 };
-                scan.source = provider_as_source(Arc::new(listing(lake, state)?));
+                let listing = listing(lake, state)?;
+                scan.source = provider_as_source(Arc::new(listing));
                 Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
             }
             other => Ok(Transformed::no(other)),
@@ -87,11 +88,11 @@ pub fn route(state: &SessionState, plan: &LogicalPlan, functions: &HashSet<Strin
 fn check_node(node: &LogicalPlan, functions: &HashSet<String>, bytes: &mut u64, files: &mut usize) -> Result<Option<String>> {
     match node {
         LogicalPlan::TableScan(scan) => {
-            let provider = source_as_provider(&scan.source)?;
-            let Some(lake) = provider.downcast_ref::<LakeTable>() else {
+            let provider = source_as_provider(&scan.source).ok();
+            let Some(lake) = provider.as_ref().and_then(|p| p.downcast_ref::<LakeTable>()) else {
                 return Ok(Some(format!("reads {}, which only the server can read", scan.table_name)));
             };
-            match lake_files(lake)? {
+            match lake_files(lake) {
                 Ok((count, size)) => {
                     *files += count;
                     *bytes += size;
@@ -115,13 +116,17 @@ fn check_node(node: &LogicalPlan, functions: &HashSet<String>, bytes: &mut u64, 
     let mut unknown = None;
     node.apply_expressions(|expr| {
         expr.apply(|e| {
-            if let Expr::ScalarFunction(call) = e
-                && !functions.contains(call.func.name())
-            {
-                unknown = Some(call.func.name().to_string());
-                return Ok(TreeNodeRecursion::Stop);
+            let name = match e {
+                Expr::ScalarFunction(call) => call.func.name(),
+                Expr::AggregateFunction(call) => call.func.name(),
+                Expr::WindowFunction(call) => call.fun.name(),
+                _ => return Ok(TreeNodeRecursion::Continue),
+            };
+            if functions.contains(name) {
+                return Ok(TreeNodeRecursion::Continue);
             }
-            Ok(TreeNodeRecursion::Continue)
+            unknown = Some(name.to_string());
+            Ok(TreeNodeRecursion::Stop)
         })
     })?;
     Ok(unknown.map(|name| format!("calls {name}(), which only the server has")))
@@ -129,23 +134,23 @@ fn check_node(node: &LogicalPlan, functions: &HashSet<String>, bytes: &mut u64, 
 
 /// Files and bytes of the version `lake` reads, or why the cluster cannot
 /// read it as Delta would.
-fn lake_files(lake: &LakeTable) -> Result<std::result::Result<(usize, u64), String>> {
-    let state = lake.delta().snapshot().map_err(|e| DataFusionError::External(Box::new(e)))?;
+fn lake_files(lake: &LakeTable) -> std::result::Result<(usize, u64), String> {
     let name = format!("{}.{}", lake.layer(), lake.name());
+    let state = lake.delta().snapshot().map_err(|e| format!("{name}: {e}"))?;
     if !state.metadata().partition_columns().is_empty() {
-        return Ok(Err(format!("{name} is partitioned")));
+        return Err(format!("{name} is partitioned"));
     }
     if state.protocol().min_reader_version() > 1
         && state.protocol().reader_features().is_some_and(|features| !features.is_empty())
     {
-        return Ok(Err(format!("{name} uses Delta reader features (deletion vectors, column mapping)")));
+        return Err(format!("{name} uses Delta reader features (deletion vectors, column mapping)"));
     }
     let log = state.log_data();
     if log.num_files() == 0 {
-        return Ok(Err(format!("{name} has no files")));
+        return Err(format!("{name} has no files"));
     }
     let size = log.iter().map(|f| f.size() as u64).sum();
-    Ok(Ok((log.num_files(), size)))
+    Ok((log.num_files(), size))
 }
 
 /// A Parquet listing of exactly the files of the version `lake` reads.
