@@ -761,25 +761,44 @@ impl Lake {
 impl Lake {
     /// The latest `limit` commits of `layer.table` (all when `None`), newest first.
     pub async fn commits(&self, layer: Layer, table: &str, limit: Option<usize>) -> Result<Vec<CommitRecord>, StorageError> {
-        use futures::TryStreamExt;
         let Some(delta) = self.table(layer, table).await? else {
             return Ok(Vec::new());
         };
-        let latest = delta.version().unwrap_or_default() as i64;
-        let infos: Vec<deltalake::kernel::CommitInfo> =
-            delta.history(limit).try_collect().await.map_err(table_error(layer, table))?;
-        Ok(infos
-            .into_iter()
-            .enumerate()
-            .map(|(i, info)| CommitRecord {
-                version: latest - i as i64,
-                timestamp_ms: info.timestamp,
-                operation: info.operation,
-                run_id: info.info.get(RUN_ID_KEY).and_then(|v| v.as_str()).map(str::to_string),
-                metadata: info.info,
-            })
-            .collect())
+        let latest = delta.version().unwrap_or_default();
+        let oldest = limit.map_or(0, |n| latest.saturating_sub((n.max(1) - 1) as _));
+        // Read by version, down from the version this snapshot is at. The log
+        // may already hold newer commits (another writer's): a listing of it
+        // would number them as this snapshot's and shift every version.
+        let log_store = delta.log_store();
+        let mut records = Vec::new();
+        let mut version = latest;
+        loop {
+            let entry = log_store.read_commit_entry(version).await.map_err(table_error(layer, table))?;
+            // A commit file removed by log retention (after a checkpoint) has no history left.
+            if let Some(info) = entry.as_deref().and_then(commit_info) {
+                records.push(CommitRecord {
+                    version: version as i64,
+                    timestamp_ms: info.timestamp,
+                    operation: info.operation,
+                    run_id: info.info.get(RUN_ID_KEY).and_then(|v| v.as_str()).map(str::to_string),
+                    metadata: info.info,
+                });
+            }
+            if version <= oldest {
+                break;
+            }
+            version -= 1;
+        }
+        Ok(records)
     }
+}
+
+/// The `commitInfo` action of a commit file, if it has one.
+fn commit_info(commit: &[u8]) -> Option<deltalake::kernel::CommitInfo> {
+    commit.split(|b| *b == b'\n').find_map(|line| {
+        let action: serde_json::Value = serde_json::from_slice(line).ok()?;
+        serde_json::from_value(action.get("commitInfo")?.clone()).ok()
+    })
 }
 
 /// Which of `keys` `delta`'s snapshot records as application transactions.
