@@ -2,7 +2,7 @@
 """Workbench benchmarks, each case side by side with its anchor in the same
 run, reported as ratios in benches/RESULTS.md and benches/results.json.
 
-Usage: benches/run.sh [--sf 1] [--cases tpch,http,optimize,cluster,stream,ingest,preview,validate,concurrency,isolation]
+Usage: benches/run.sh [--sf 1] [--cases tpch,http,optimize,cluster,stream,ingest,preview,validate,concurrency,isolation,cdc]
        benches/run.sh --cases soak [--soak-seconds 600]   (64 clients for 10 minutes)
 
 Everything it needs is prepared here: TPC-H data (tpchgen-cli), the
@@ -1001,6 +1001,160 @@ def case_soak(ctx):
                       f"RSS first third {first:.0f} MB, last third {last:.0f} MB ({len(samples)} samples)")], []
 
 
+class LogicalPostgres:
+    """A PostgreSQL cluster of the bench's own with wal_level = logical (the
+    local one runs with replica): initdb in a temp dir, on `port`."""
+
+    def __init__(self, port):
+        import tempfile
+        self.bin = next(p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin")) if (p / "initdb").exists())
+        self.dir = Path(tempfile.mkdtemp(prefix="wb-cdc-"))
+        self.port = port
+        shutil.chown(self.dir, "postgres")
+        self.as_postgres([self.bin / "initdb", "-D", self.dir / "data", "-U", "postgres", "--auth=trust"])
+        # The source's own durability is not what is measured: commits return before the WAL flush.
+        options = (f"-p {port} -k {self.dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 "
+                   "-c max_replication_slots=10 -c synchronous_commit=off -c shared_buffers=256MB -c max_wal_size=4GB")
+        self.as_postgres([self.bin / "pg_ctl", "-D", self.dir / "data", "-o", options, "-w", "-l", self.dir / "log", "start"])
+        self.url = f"postgres://postgres@127.0.0.1:{port}/postgres"
+
+    @staticmethod
+    def as_postgres(args):
+        subprocess.run(["runuser", "-u", "postgres", "--"] + [str(a) for a in args], check=True, stdout=subprocess.DEVNULL)
+
+    def connect(self, dbname="postgres"):
+        import psycopg
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, autocommit=True)
+
+    def pgbench(self, *args):
+        sh([str(self.bin / "pgbench"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-n", *args, "postgres"],
+           stdout=subprocess.DEVNULL)
+
+    def stop(self):
+        self.as_postgres([self.bin / "pg_ctl", "-D", self.dir / "data", "-m", "fast", "stop"])
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_for(what, check, timeout=600, every=0.2):
+    start = time.perf_counter()
+    while True:
+        try:
+            if check():
+                return time.perf_counter() - start
+        except Exception:  # a table that does not exist yet
+            pass
+        if time.perf_counter() - start > timeout:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def case_cdc(ctx):
+    """Change data capture from Postgres (pgbench-style single-row updates):
+    how fast a backlog of changes reaches silver, against PostgreSQL's own
+    logical replication (a subscription in a second database of the same
+    cluster) catching up on the same backlog; then commit-to-visible latency
+    under a steady update load with flush_every: 1s."""
+    rows, backlog = 100_000, 200_000
+    ctx["server"].stop()  # this case runs servers of its own, on its own lake
+    pg = LogicalPostgres(free_port())
+    lake = CACHE / "cdc-lake"
+    shutil.rmtree(lake, ignore_errors=True)
+    lake.mkdir(parents=True)
+    specs = CACHE / "cdc-specs"
+    shutil.rmtree(specs, ignore_errors=True)
+    specs.mkdir(parents=True)
+    (specs / "accounts.yaml").write_text(
+        "name: accounts\nsource:\n  format: postgres_cdc\n"
+        f"  url: {pg.url}\n  tables: [public.accounts]\n  flush_every: 1s\n"
+        "silver:\n  mode: cdc\n  key: [aid]\n")
+    script = CACHE / "cdc-update.sql"
+    script.write_text(f"\\set aid random(1, {rows})\nUPDATE accounts SET abalance = abalance + 1 WHERE aid = :aid;\n")
+    server = None
+    try:
+        with pg.connect() as source:
+            source.execute("CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int NOT NULL, filler char(84))")
+            source.execute(f"INSERT INTO accounts SELECT n, n % 10, 0, '' FROM generate_series(0, {rows}) n")
+            source.execute("CREATE PUBLICATION anchor_pub FOR TABLE accounts")
+            source.execute("SELECT pg_create_logical_replication_slot('anchor_slot', 'pgoutput')")
+            source.execute("CREATE DATABASE replica")
+        with pg.connect("replica") as replica:
+            replica.execute("CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int NOT NULL, filler char(84))")
+            replica.execute(f"CREATE SUBSCRIPTION anchor CONNECTION 'host=127.0.0.1 port={pg.port} dbname=postgres user=postgres' "
+                            "PUBLICATION anchor_pub WITH (create_slot = false, slot_name = 'anchor_slot')")
+        replica = pg.connect("replica")
+        source = pg.connect()
+        total = lambda conn, table: conn.execute(f"SELECT count(*), sum(abalance) FROM {table}").fetchone()
+        expected = lambda: tuple(int(v) for v in total(source, "accounts"))
+        wait_for("the subscription's initial copy", lambda: tuple(int(v or 0) for v in total(replica, "accounts")) == expected())
+        # Snapshot into bronze and silver.
+        server = Server(ctx["binary"], lake, specs)
+        wb = wb_connect()
+        snapshot = wait_for("the snapshot in silver", lambda: tuple(int(v or 0) for v in total(wb, "silver.accounts")) == expected())
+        log(f"snapshot of {rows + 1} rows in silver after {snapshot:.1f}s")
+        # The backlog accumulates while neither reader runs.
+        wb.close()
+        server.stop()
+        server = None
+        replica.execute("ALTER SUBSCRIPTION anchor DISABLE")
+        start = time.perf_counter()
+        pg.pgbench("-c", "4", "-j", "2", "-t", str(backlog // 4), "-f", str(script))
+        log(f"{backlog} single-row update transactions in {time.perf_counter() - start:.1f}s")
+        want = expected()
+        server = Server(ctx["binary"], lake, specs)
+        server.reset_peak()
+        wb = wb_connect()
+        wb_seconds = wait_for("silver to catch up", lambda: tuple(int(v or 0) for v in total(wb, "silver.accounts")) == want, every=0.05)
+        wb_rate = backlog / wb_seconds
+        catch_up_rss = server.peak_rss_mb()
+        replica.execute("ALTER SUBSCRIPTION anchor ENABLE")
+        pg_seconds = wait_for("the subscription to catch up", lambda: tuple(int(v or 0) for v in total(replica, "accounts")) == want, every=0.05)
+        pg_rate = backlog / pg_seconds
+        log(f"backlog of {backlog}: Workbench {wb_seconds:.1f}s ({wb_rate:,.0f}/s), PostgreSQL subscription {pg_seconds:.1f}s ({pg_rate:,.0f}/s)")
+        replica.execute("ALTER SUBSCRIPTION anchor DISABLE")
+        # Latency under a steady load: a probe row's new value, committed at
+        # a known time, until a query on silver returns it.
+        latencies, stop = [], threading.Event()
+
+        def probe():
+            writer, reader = pg.connect(), wb_connect()
+            value = 0
+            while not stop.is_set():
+                value += 1
+                writer.execute("UPDATE accounts SET abalance = %s WHERE aid = 0", (value,))
+                committed = time.perf_counter()
+                while reader.execute("SELECT abalance FROM silver.accounts WHERE aid = 0").fetchone()[0] < value:
+                    time.sleep(0.02)
+                    if time.perf_counter() - committed > 60:
+                        raise SystemExit("a change took over a minute to reach silver")
+                latencies.append(time.perf_counter() - committed)
+                time.sleep(0.1)
+
+        prober = threading.Thread(target=probe)
+        server.reset_peak()
+        prober.start()
+        pg.pgbench("-c", "2", "-j", "1", "-R", "2000", "-T", "30", "-f", str(script))
+        stop.set()
+        prober.join()
+        load_rss = server.peak_rss_mb()
+        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        log(f"commit-to-visible under 2,000 updates/s: p50 {p50:.2f}s, p99 {p99:.2f}s ({len(latencies)} probes)")
+        wb.close()
+        return [
+            dict(case="cdc: backlog of single-row updates into silver (changes/s)", workbench=wb_rate, anchor=pg_rate,
+                 anchor_name="PostgreSQL logical replication subscription", ratio=wb_rate / pg_rate, lower_is_better=False,
+                 rss_mb=catch_up_rss,
+                 note=f"{backlog:,} transactions on {rows:,} rows; Workbench {wb_seconds:.1f}s, subscription {pg_seconds:.1f}s; "
+                      f"target ≥ 20,000/s"),
+            dict(case="cdc: commit-to-visible latency p99 (s), 2,000 updates/s, flush_every 1s", workbench=p99, anchor=None,
+                 anchor_name="target 5 s", ratio=p99 / 5.0, lower_is_better=True, rss_mb=load_rss,
+                 note=f"p50 {p50:.2f}s over {len(latencies)} probes; ratio is p99 ÷ the 5 s target"),
+        ], []
+    finally:
+        if server:
+            server.stop()
+        pg.stop()
+
+
 CASES = {
     "tpch": case_tpch,
     "http": case_http,
@@ -1014,7 +1168,10 @@ CASES = {
     "concurrency": case_concurrency,
     "isolation": case_isolation,
     "soak": case_soak,
+    "cdc": case_cdc,
 }
+# Cases that need the TPC-H data and lake (all but cdc).
+NEEDS_TPCH = set(CASES) - {"cdc"}
 # The soak runs for minutes: only when asked for (--cases soak).
 DEFAULT_CASES = [name for name in CASES if name != "soak"]
 
@@ -1100,10 +1257,12 @@ def main():
     # the long pole of a run from nothing; these are mostly network and disk).
     prepared = {}
 
+    tpch_needed = bool(NEEDS_TPCH & set(args.cases.split(",")))
+
     def prepare():
         try:
             sh([sys.executable, "-m", "pip", "install", "-q", "-r", str(BENCHES / "requirements.txt")])
-            prepared["data"] = generate_tpch(args.sf)
+            prepared["data"] = generate_tpch(args.sf) if tpch_needed else None
         except BaseException as error:  # re-raised on the main thread
             prepared["error"] = error
 
@@ -1114,9 +1273,11 @@ def main():
     if "error" in prepared:
         raise prepared["error"]
     data = prepared["data"]
-    specs = write_specs(data)
-    lake = data / "lake"
-    if not (lake / "silver" / "lineitem").exists():
+    specs = write_specs(data) if tpch_needed else CACHE / "no-specs"
+    lake = data / "lake" if tpch_needed else CACHE / "no-lake"
+    for empty in ((specs, lake) if not tpch_needed else ()):
+        empty.mkdir(parents=True, exist_ok=True)
+    if tpch_needed and not (lake / "silver" / "lineitem").exists():
         start = time.perf_counter()
         sh([str(binary), "run", *TPCH_TABLES, "--lake", str(lake), "--specs", str(specs)], env=dict(os.environ, RUST_LOG="warn"))
         log(f"TPC-H lake built by the pipeline in {time.perf_counter() - start:.1f}s")

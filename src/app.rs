@@ -693,10 +693,18 @@ impl App {
                 }
             });
         }
+        let mut captures = Vec::new();
         if let Some(pipeline) = self.pipeline.clone() {
+            // Datasets copied from a database's change stream: one capture
+            // each, running as long as the server does.
+            for dataset in pipeline.captured_datasets() {
+                tracing::info!(%dataset, "starting change data capture");
+                captures.push(tokio::spawn(pipeline.clone().keep_capturing(dataset, shutdown.clone())));
+            }
             // First start on a fresh lake: build what is missing, in the background.
             tokio::spawn(async move {
-                let missing = pipeline.unbuilt().await;
+                let captured = pipeline.captured_datasets();
+                let missing: Vec<String> = pipeline.unbuilt().await.into_iter().filter(|d| !captured.contains(d)).collect();
                 if missing.is_empty() {
                     return;
                 }
@@ -714,6 +722,10 @@ impl App {
                 }
             });
         }
-        self.server.run(shutdown).await.map_err(AppError::Serve)
+        let served = self.server.run(shutdown).await.map_err(AppError::Serve);
+        for capture in captures {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(15), capture).await;
+        }
+        served
     }
 }

@@ -4,7 +4,8 @@
 //! rows written, expectation results), the scheduler (how late a slot
 //! started), the alerts (deliveries by outcome), the shared cache (hits and
 //! misses), the run locks (how long runs waited for them, refusals) and the
-//! queries sent to the Ballista cluster.
+//! queries sent to the Ballista cluster, and change data capture (changes
+//! captured, how far each dataset's slot is behind the source).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -33,6 +34,11 @@ struct Layer {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Dataset {
+    dataset: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Success {
     success: String,
 }
@@ -57,6 +63,8 @@ struct Metrics {
     locks: Family<Outcome, Counter>,
     lock_wait: Histogram,
     cluster: Family<Outcome, Counter>,
+    cdc_changes: Family<Dataset, Counter>,
+    cdc_lag_bytes: Family<Dataset, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -91,8 +99,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Lake queries sent to the Ballista cluster, by outcome (cluster: answered there; fallback: failed there, answered here; failed)",
         cluster.clone(),
     );
+    let cdc_changes = Family::<Dataset, Counter>::default();
+    registry.register("cdc_changes", "Changes captured from a source database into bronze, by dataset", cdc_changes.clone());
+    let cdc_lag_bytes = Family::<Dataset, Gauge>::default();
+    registry.register(
+        "cdc_lag_bytes",
+        "How far a dataset's replication slot is behind the source's WAL (bytes not yet committed to bronze)",
+        cdc_lag_bytes.clone(),
+    );
     Metrics {
         registry,
+        cdc_changes,
+        cdc_lag_bytes,
         connections,
         connections_total,
         statements,
@@ -169,6 +187,14 @@ pub fn run_lock(acquired: bool, waited: Duration) {
 /// (`cluster`, `fallback` or `failed`).
 pub fn cluster_query(outcome: &str) {
     METRICS.cluster.get_or_create(&Outcome { outcome: outcome.to_string() }).inc();
+}
+
+/// `changes` changes of `dataset` were committed to bronze; its slot is now
+/// `lag_bytes` behind the source.
+pub fn cdc_flush(dataset: &str, changes: u64, lag_bytes: u64) {
+    let label = Dataset { dataset: dataset.to_string() };
+    METRICS.cdc_changes.get_or_create(&label).inc_by(changes);
+    METRICS.cdc_lag_bytes.get_or_create(&label).set(lag_bytes.min(i64::MAX as u64) as i64);
 }
 
 /// Everything, in the OpenMetrics text format.

@@ -76,6 +76,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "run control", include_str!("../../migrations/postgres/0006_run_control.sql")),
     (7, "alerts", include_str!("../../migrations/postgres/0007_alerts.sql")),
     (8, "validation calls", include_str!("../../migrations/postgres/0008_validation_calls.sql")),
+    (9, "run progress", include_str!("../../migrations/postgres/0009_run_progress.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "metadata", include_str!("../../migrations/sqlite/0001_metadata.sql")),
@@ -86,6 +87,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "run control", include_str!("../../migrations/sqlite/0006_run_control.sql")),
     (7, "alerts", include_str!("../../migrations/sqlite/0007_alerts.sql")),
     (8, "validation calls", include_str!("../../migrations/sqlite/0008_validation_calls.sql")),
+    (9, "run progress", include_str!("../../migrations/sqlite/0009_run_progress.sql")),
 ];
 
 fn migrator(files: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -482,6 +482,20 @@ impl MetaStore {
         Ok(done)
     }
 
+    /// What run `id` has done so far: its row counts and `progress` (a
+    /// long-lived run's position, lag and throughput).
+    pub async fn run_progress(&self, id: &str, rows_in: i64, rows_out: i64, progress: &serde_json::Value) -> Result<(), MetaError> {
+        on_pool!(self, |pool| sqlx::query("UPDATE runs SET rows_in = $2, rows_out = $3, progress = $4 WHERE id = $1")
+            .bind(id)
+            .bind(rows_in)
+            .bind(rows_out)
+            .bind(Json(progress))
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
     pub async fn record_step(&self, step: &StepRecord) -> Result<(), MetaError> {
         on_pool!(self, |pool| sqlx::query(
             "INSERT INTO run_steps (run_id, seq, dataset, layer, table_name, rows_in, rows_out, rows_rejected, status, duration_ms, message) \

@@ -48,7 +48,7 @@ pub const TABLES: &[TableDef] = &[
             ("id", Text), ("datasets", Json), ("trigger", Text), ("parameters", Json), ("status", Text),
             ("started_at", Timestamp), ("finished_at", Timestamp), ("error", Text), ("rows_in", Int),
             ("rows_out", Int), ("rows_rejected", Int), ("openlineage", Json), ("attempt", Int), ("retry_of", Text),
-            ("cancel_requested_at", Timestamp), ("cancel_requested_by", Text),
+            ("cancel_requested_at", Timestamp), ("cancel_requested_by", Text), ("progress", Json),
         ],
         order_by: "started_at, id",
     },

@@ -95,6 +95,11 @@ impl Pipeline {
                     "the query of {dataset} uses neither {{{{ start_date }}}} nor {{{{ end_date }}}}: every slice would read the same rows; add them to its WHERE clause"
                 )));
             }
+            SourceFormat::PostgresCdc(_) => {
+                return Err(PipelineError::Backfill(format!(
+                    "{dataset} copies its table change by change: there is no date window to backfill; `workbench run --full-refresh {dataset}` takes a new snapshot"
+                )));
+            }
             other => {
                 return Err(PipelineError::Backfill(format!(
                     "{dataset} reads {} landing files, which have no date window to slice; run it without --step (it ingests every new file)",

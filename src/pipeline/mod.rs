@@ -10,6 +10,8 @@
 
 mod backfill;
 mod bronze;
+mod cdc;
+mod cdc_silver;
 mod column_lineage;
 mod downstream;
 mod gold;
@@ -157,6 +159,9 @@ pub struct RunOptions {
     pub lock_held: LockHeld,
     /// Told of each step as it starts and ends (`workbench run` shows it).
     pub progress: ProgressSink,
+    /// A change-data-capture dataset's run goes on until it is stopped
+    /// (`serve`), instead of stopping once it caught up.
+    pub continuous: bool,
 }
 
 /// What a run tells whoever watches it, as it goes.

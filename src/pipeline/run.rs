@@ -435,6 +435,16 @@ impl Pipeline {
         report: &mut RunReport,
         changed: &mut HashSet<String>,
     ) -> Result<(), PipelineError> {
+        if let crate::spec::SourceFormat::PostgresCdc(source) = &spec.source.format {
+            let before = report.steps.len();
+            let captured = self.capture(spec, source, options, run_id, report).await;
+            for step in &report.steps[before..] {
+                if step.status == StepStatus::Ok {
+                    changed.insert(format!("{}.{}", step.layer, spec.name));
+                }
+            }
+            return captured;
+        }
         let started = Instant::now();
         let mut step = StepReport::new(&run_id, &spec.name, Layer::Bronze, &spec.name);
         report.started(&spec.name, Layer::Bronze, &spec.name);

@@ -398,6 +398,7 @@ pub enum SourceFormat {
     Json,
     Ndjson,
     Postgres(PostgresOptions),
+    PostgresCdc(CdcSource),
 }
 
 impl SourceFormat {
@@ -409,6 +410,7 @@ impl SourceFormat {
             SourceFormat::Json => "json",
             SourceFormat::Ndjson => "ndjson",
             SourceFormat::Postgres(_) => "postgres",
+            SourceFormat::PostgresCdc(_) => "postgres_cdc",
         }
     }
 }
@@ -446,12 +448,65 @@ pub struct PostgresOptions {
     pub batch_size: usize,
 }
 
+/// A table of a Postgres database copied change by change through logical
+/// replication (pgoutput): an initial snapshot, then every insert, update,
+/// delete and truncate.
+#[derive(Debug, Clone)]
+pub struct CdcSource {
+    /// A `postgres://` URL, or `env:NAME`.
+    pub url: String,
+    pub schema: String,
+    pub table: String,
+    /// Created (`FOR TABLE` the source table) when missing.
+    pub publication: String,
+    /// Created when missing; its confirmed position advances only after the
+    /// Delta commit holding the changes before it.
+    pub slot: String,
+    /// Commit bronze at least this often while changes arrive...
+    pub flush_interval: std::time::Duration,
+    /// ...or as soon as this many changes are waiting.
+    pub flush_changes: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
     Overwrite,
     Append,
     Merge,
     Scd2,
+    /// Changes captured from a database applied by key (see [`CdcApply`]).
+    Cdc,
+}
+
+/// How `mode: cdc` applies changes to silver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CdcApply {
+    /// A source column that orders a key's changes; `None`: the change's
+    /// position in the source's log (commit LSN, then order in the
+    /// transaction).
+    pub sequence_by: Option<String>,
+    pub history: History,
+    /// SCD2: a new version only when one of these changes (all columns when empty).
+    pub track_history_on: Vec<String>,
+    pub deletes: Deletes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// The latest row per key.
+    Scd1,
+    /// Every version, with `_valid_from`, `_valid_to` and `_is_current`.
+    Scd2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletes {
+    /// The row leaves silver (SCD2: its current version is closed).
+    Apply,
+    /// The row stays, with `_deleted` true.
+    Soft,
+    /// Deletes are not applied.
+    Ignore,
 }
 
 impl WriteMode {
@@ -461,6 +516,7 @@ impl WriteMode {
             WriteMode::Append => "append",
             WriteMode::Merge => "merge",
             WriteMode::Scd2 => "scd2",
+            WriteMode::Cdc => "cdc",
         }
     }
 }
@@ -475,6 +531,8 @@ pub struct Silver {
     /// file's min/max prune queries filtering on them), and `workbench
     /// optimize` Z-orders by them unless told otherwise.
     pub cluster_by: Option<Located<Vec<String>>>,
+    /// Set for `mode: cdc`.
+    pub cdc: Option<CdcApply>,
 }
 
 /// A value with the place in the spec it came from.

@@ -146,6 +146,17 @@ pub struct RawSource {
     pub query: Option<Spanned<String>>,
     #[serde(default)]
     pub batch_size: Option<usize>,
+    // Postgres change data capture (postgres_cdc)
+    /// The one source table (`schema.table`) this dataset copies.
+    #[serde(default)]
+    pub tables: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub publication: Option<Spanned<String>>,
+    #[serde(default)]
+    pub slot: Option<Spanned<String>>,
+    /// `5s` (a duration) or `10000` (a number of changes).
+    #[serde(default)]
+    pub flush_every: Option<Spanned<serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +187,18 @@ pub struct RawSilver {
     /// Columns each write sorts its rows by, so file statistics prune.
     #[serde(default)]
     pub cluster_by: Option<Spanned<Vec<String>>>,
+    // mode: cdc
+    /// `_lsn` (the default) or a source column ordering a key's changes.
+    #[serde(default)]
+    pub sequence_by: Option<Spanned<String>>,
+    /// `scd1` (latest row per key) or `scd2` (every version).
+    #[serde(default)]
+    pub history: Option<Spanned<String>>,
+    #[serde(default)]
+    pub track_history_on: Option<Spanned<Vec<String>>>,
+    /// `apply`, `soft` or `ignore`.
+    #[serde(default)]
+    pub deletes: Option<Spanned<String>>,
 }
 
 /// One tidy-up step; the YAML key names the rule.

@@ -171,7 +171,14 @@ impl Validator {
                 "use lower-case letters, digits and underscores, starting with a letter (e.g. sales_orders)",
             );
         }
-        let source = self.source(&raw.source);
+        let mut source = self.source(&raw.source);
+        if let Some(Source { format: SourceFormat::PostgresCdc(cdc), .. }) = &mut source {
+            for name_of in [&mut cdc.publication, &mut cdc.slot] {
+                if name_of.is_empty() {
+                    *name_of = format!("workbench_{name}");
+                }
+            }
+        }
         if let Some(mode) = &raw.bronze.mode
             && mode.value != "append"
         {
@@ -182,7 +189,25 @@ impl Validator {
             );
         }
         let silver = raw.silver.as_ref().and_then(|s| self.silver(s));
+        if let (Some(source), Some(silver), Some(raw_silver)) = (&source, &silver, &raw.silver) {
+            let cdc_source = matches!(source.format, SourceFormat::PostgresCdc(_));
+            if cdc_source != (silver.mode == WriteMode::Cdc) {
+                let (message, hint) = if cdc_source {
+                    ("a postgres_cdc source's silver applies its changes by key", "use silver mode: cdc with key: [..]")
+                } else {
+                    ("silver mode cdc applies changes captured from a database", "use source format: postgres_cdc, or another silver mode")
+                };
+                self.error(self.at(raw_silver), message, hint);
+            }
+        }
         let schedule = self.schedule(&raw);
+        if let (Some(Source { format: SourceFormat::PostgresCdc(_), .. }), Some(at)) = (&source, raw.schedule.as_ref()) {
+            self.error(
+                self.at(at),
+                "a postgres_cdc dataset needs no schedule: `serve` captures its changes continuously",
+                "remove `schedule` (`workbench run` catches up on demand)",
+            );
+        }
         let policy = self.policy(&raw);
         let freshness = raw.freshness.as_ref().and_then(|f| self.freshness(f));
         let notify = raw.notify.iter().filter_map(|n| self.notify(n)).collect();
@@ -282,22 +307,30 @@ impl Validator {
                     }
                 }
             }
+            "postgres_cdc" => SourceFormat::PostgresCdc(self.cdc_source(raw)?),
             other => {
                 self.error(
                     self.at(&s.format),
                     format!("unknown source format '{other}'"),
-                    "use one of csv, tsv, xlsx, xls, ods, parquet, json, ndjson, postgres",
+                    "use one of csv, tsv, xlsx, xls, ods, parquet, json, ndjson, postgres, postgres_cdc",
                 );
                 return None;
             }
         };
-        let is_file = !matches!(format, SourceFormat::Postgres(_));
+        let is_file = !matches!(format, SourceFormat::Postgres(_) | SourceFormat::PostgresCdc(_));
         if is_file && s.path.is_none() {
             self.error(location.clone(), format!("a {} source needs `path`", format.name()), "path: landing/<dataset>/*.csv (a glob relative to the lake)");
             return None;
         }
         if let (false, Some(path)) = (is_file, &s.path) {
-            self.error(self.at(path), "a postgres source takes `url` and `query`, not `path`", "remove `path`");
+            self.error(self.at(path), format!("a {} source reads a database, not `path`", format.name()), "remove `path`");
+        }
+        if !matches!(format, SourceFormat::PostgresCdc(_)) {
+            for (field, set) in [("tables", s.tables.is_some()), ("publication", s.publication.is_some()), ("slot", s.slot.is_some()), ("flush_every", s.flush_every.is_some())] {
+                if set {
+                    self.error(location.clone(), format!("`{field}` applies to a postgres_cdc source only"), format!("remove `{field}`, or use format: postgres_cdc"));
+                }
+            }
         }
         if let Some(path) = &s.path
             && glob::Pattern::new(&path.value).is_err()
@@ -305,6 +338,67 @@ impl Validator {
             self.error(self.at(path), format!("invalid glob '{}'", path.value), "use * and ** wildcards, e.g. landing/sales/*.csv");
         }
         Some(Source { format, path: s.path.as_ref().map(|p| p.value.clone()), location })
+    }
+
+    /// `format: postgres_cdc`: one table, a publication and a slot (named
+    /// after the dataset unless given), how often bronze commits.
+    fn cdc_source(&mut self, raw: &Spanned<raw::RawSource>) -> Option<CdcSource> {
+        let s = &raw.value;
+        let location = self.at(raw);
+        let (Some(url), Some(tables)) = (&s.url, &s.tables) else {
+            self.error(location, "a postgres_cdc source needs `url` and `tables`", "url: env:ERP_DATABASE_URL and tables: [public.account_move_line]");
+            return None;
+        };
+        if s.query.is_some() {
+            self.error(self.at(s.query.as_ref().expect("set")), "a postgres_cdc source copies a table, not a query", "remove `query` (use format: postgres for a query)");
+        }
+        let [table] = tables.value.as_slice() else {
+            self.error(
+                self.at(tables),
+                format!("a postgres_cdc dataset copies one table, got {}", tables.value.len()),
+                "write one dataset per source table (they may share a publication; each needs its own slot)",
+            );
+            return None;
+        };
+        let (schema, name) = table.split_once('.').unwrap_or(("public", table.as_str()));
+        let plain = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain(schema) || !plain(name) {
+            self.error(self.at(tables), format!("'{table}' is not a schema.table name"), "e.g. tables: [public.account_move_line] (letters, digits and underscores)");
+            return None;
+        }
+        // Unnamed: `workbench_<dataset>`, filled in once the name is known.
+        let mut named = |value: &Option<Spanned<String>>, what: &str| -> String {
+            match value {
+                Some(v) if is_identifier(&v.value) => v.value.clone(),
+                Some(v) => {
+                    self.error(self.at(v), format!("{what} name '{}' is not a plain name", v.value), "lower-case letters, digits and underscores, e.g. workbench_gl");
+                    String::new()
+                }
+                None => String::new(),
+            }
+        };
+        let publication = named(&s.publication, "publication");
+        let slot = named(&s.slot, "slot");
+        let (mut flush_interval, mut flush_changes) = (std::time::Duration::from_secs(5), 50_000usize);
+        if let Some(every) = &s.flush_every {
+            match &every.value {
+                serde_json::Value::Number(n) if n.as_u64().is_some_and(|n| n > 0) => flush_changes = n.as_u64().unwrap_or(1) as usize,
+                serde_json::Value::String(text) => match humantime::parse_duration(text.trim()) {
+                    Ok(d) if d >= std::time::Duration::from_millis(100) => flush_interval = d,
+                    _ => self.error(self.at(every), format!("flush_every: '{text}' is not a duration of at least 100ms"), "e.g. flush_every: 5s, or a number of changes: flush_every: 10000"),
+                },
+                other => self.error(self.at(every), format!("flush_every: {other} is neither a duration nor a number of changes"), "e.g. flush_every: 5s, or flush_every: 10000"),
+            }
+        }
+        Some(CdcSource {
+            url: url.value.clone(),
+            schema: schema.to_string(),
+            table: name.to_string(),
+            publication,
+            slot,
+            flush_interval,
+            flush_changes,
+        })
     }
 
     fn maintenance(&mut self, raw: &Spanned<raw::RawMaintenance>, spec: &RawSpec) -> Option<Maintenance> {
@@ -490,13 +584,14 @@ impl Validator {
             "append" => WriteMode::Append,
             "merge" => WriteMode::Merge,
             "scd2" => WriteMode::Scd2,
+            "cdc" => WriteMode::Cdc,
             other => {
-                self.error(self.at(s.mode.as_ref().expect("set")), format!("unknown silver mode '{other}'"), "use overwrite, append, merge or scd2");
+                self.error(self.at(s.mode.as_ref().expect("set")), format!("unknown silver mode '{other}'"), "use overwrite, append, merge, scd2 or cdc");
                 WriteMode::Overwrite
             }
         };
         let key = s.key.as_ref().map(|k| k.value.clone()).unwrap_or_default();
-        if matches!(mode, WriteMode::Merge | WriteMode::Scd2) && key.is_empty() {
+        if matches!(mode, WriteMode::Merge | WriteMode::Scd2 | WriteMode::Cdc) && key.is_empty() {
             self.error(self.at(raw), format!("silver mode {} needs a `key`", mode.as_str()), "key: [column, ...] identifies a row across runs");
         }
         let mut rules = Vec::new();
@@ -518,7 +613,7 @@ impl Validator {
                 self.error(self.at(c), "cluster_by lists no columns", "e.g. cluster_by: [posting_date]");
                 return None;
             }
-            if matches!(mode, WriteMode::Merge | WriteMode::Scd2) {
+            if matches!(mode, WriteMode::Merge | WriteMode::Scd2 | WriteMode::Cdc) {
                 self.error(
                     self.at(c),
                     format!("cluster_by does not apply to silver mode {} (it rewrites only the rows it matches)", mode.as_str()),
@@ -528,7 +623,53 @@ impl Validator {
             }
             Some(Located { value: c.value.clone(), location: self.at(c) })
         });
-        Some(Silver { mode, key, rules, expectations, cluster_by })
+        let cdc = self.cdc_apply(s, mode);
+        Some(Silver { mode, key, rules, expectations, cluster_by, cdc })
+    }
+
+    /// The `mode: cdc` options; each one is an error under another mode.
+    fn cdc_apply(&mut self, s: &raw::RawSilver, mode: WriteMode) -> Option<CdcApply> {
+        if mode != WriteMode::Cdc {
+            let fields = [
+                ("sequence_by", s.sequence_by.as_ref().map(|v| self.at(v))),
+                ("history", s.history.as_ref().map(|v| self.at(v))),
+                ("track_history_on", s.track_history_on.as_ref().map(|v| self.at(v))),
+                ("deletes", s.deletes.as_ref().map(|v| self.at(v))),
+            ];
+            for (field, at) in fields {
+                if let Some(at) = at {
+                    self.error(at, format!("`{field}` applies to silver mode cdc only"), format!("remove `{field}`, or use mode: cdc with a postgres_cdc source"));
+                }
+            }
+            return None;
+        }
+        let history = match s.history.as_ref().map(|h| h.value.as_str()) {
+            None | Some("scd1") => History::Scd1,
+            Some("scd2") => History::Scd2,
+            Some(other) => {
+                self.error(self.at(s.history.as_ref().expect("set")), format!("unknown history '{other}'"), "use scd1 (latest row per key) or scd2 (every version)");
+                History::Scd1
+            }
+        };
+        let deletes = match s.deletes.as_ref().map(|d| d.value.as_str()) {
+            None | Some("apply") => Deletes::Apply,
+            Some("soft") => Deletes::Soft,
+            Some("ignore") => Deletes::Ignore,
+            Some(other) => {
+                self.error(self.at(s.deletes.as_ref().expect("set")), format!("unknown deletes policy '{other}'"), "use apply (remove the row), soft (keep it with _deleted = true) or ignore");
+                Deletes::Apply
+            }
+        };
+        let track_history_on = match &s.track_history_on {
+            Some(t) if history != History::Scd2 => {
+                self.error(self.at(t), "track_history_on applies to history: scd2", "add history: scd2, or remove track_history_on");
+                Vec::new()
+            }
+            Some(t) => t.value.clone(),
+            None => Vec::new(),
+        };
+        let sequence_by = s.sequence_by.as_ref().map(|q| q.value.clone()).filter(|q| q != "_lsn");
+        Some(CdcApply { sequence_by, history, track_history_on, deletes })
     }
 
     fn rule(&mut self, raw: &RawRule, at: &Location) -> Option<Rule> {

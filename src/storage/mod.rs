@@ -695,6 +695,111 @@ impl Lake {
     }
 }
 
+/// What a [`Lake::merge_changes`] does with each source row: the join, what
+/// happens to target rows it matches (in order, the first clause whose
+/// condition holds), and which unmatched rows it inserts. Conditions and
+/// values are SQL over `source.` and `target.` columns.
+#[derive(Debug, Clone, Default)]
+pub struct MergeClauses {
+    pub on: String,
+    pub matched: Vec<Matched>,
+    pub insert_when: Option<String>,
+    pub insert: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Matched {
+    Update { when: String, set: Vec<(String, String)> },
+    Delete { when: String },
+}
+
+impl Lake {
+    /// Apply `source` to `layer.table` as `clauses` say, in one commit. The
+    /// table must exist and have every column the clauses set.
+    pub async fn merge_changes(
+        &self,
+        layer: Layer,
+        table: &str,
+        source: datafusion::prelude::DataFrame,
+        clauses: MergeClauses,
+        run_id: &str,
+        extra: CommitMetadata,
+    ) -> Result<CommitInfo, StorageError> {
+        let wrap = table_error(layer, table);
+        let delta = self.writable(layer, table).await?;
+        let mut builder = delta
+            .merge(source, clauses.on.as_str())
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_commit_properties(commit_properties(run_id, extra));
+        for clause in clauses.matched {
+            builder = match clause {
+                Matched::Update { when, set } => builder
+                    .when_matched_update(|update| set.iter().fold(update.predicate(when.as_str()), |u, (c, v)| u.update(c.as_str(), v.as_str())))
+                    .map_err(wrap)?,
+                Matched::Delete { when } => builder.when_matched_delete(|delete| delete.predicate(when.as_str())).map_err(wrap)?,
+            };
+        }
+        if !clauses.insert.is_empty() {
+            let when = clauses.insert_when.clone();
+            builder = builder
+                .when_not_matched_insert(|insert| {
+                    let insert = match &when {
+                        Some(w) => insert.predicate(w.as_str()),
+                        None => insert,
+                    };
+                    clauses.insert.iter().fold(insert, |i, (c, v)| i.set(c.as_str(), v.as_str()))
+                })
+                .map_err(wrap)?;
+        }
+        let (after, metrics) = builder.await.map_err(wrap)?;
+        Ok(CommitInfo {
+            version: after.version().unwrap_or_default() as i64,
+            rows_written: metrics.num_target_rows_inserted as u64,
+            rows_updated: (metrics.num_target_rows_updated + metrics.num_target_rows_deleted) as u64,
+        })
+    }
+}
+
+impl Lake {
+    /// Delete the rows of `layer.table` matching `predicate` (all without
+    /// one) in one commit.
+    pub async fn delete_where(&self, layer: Layer, table: &str, predicate: Option<&str>, run_id: &str, extra: CommitMetadata) -> Result<(), StorageError> {
+        let wrap = table_error(layer, table);
+        let delta = self.writable(layer, table).await?;
+        let mut builder = delta.delete().with_commit_properties(commit_properties(run_id, extra));
+        if let Some(predicate) = predicate {
+            builder = builder.with_predicate(predicate);
+        }
+        builder.await.map_err(wrap)?;
+        Ok(())
+    }
+
+    /// Set `set` (column, SQL value) on the rows of `layer.table` matching
+    /// `predicate` (all without one) in one commit.
+    pub async fn update_where(
+        &self,
+        layer: Layer,
+        table: &str,
+        predicate: Option<&str>,
+        set: &[(String, String)],
+        run_id: &str,
+        extra: CommitMetadata,
+    ) -> Result<(), StorageError> {
+        let wrap = table_error(layer, table);
+        let delta = self.writable(layer, table).await?;
+        let mut builder = delta.update().with_commit_properties(commit_properties(run_id, extra));
+        if let Some(predicate) = predicate {
+            builder = builder.with_predicate(predicate);
+        }
+        for (column, value) in set {
+            builder = builder.with_update(column.as_str(), value.as_str());
+        }
+        builder.await.map_err(wrap)?;
+        Ok(())
+    }
+}
+
 impl Lake {
     /// Whether the lake's store answers: one listing of its top level.
     pub async fn probe(&self) -> Result<(), StorageError> {

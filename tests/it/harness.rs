@@ -340,10 +340,21 @@ pub struct PrivatePostgres {
     dir: tempfile::TempDir,
     port: u16,
     bin: std::path::PathBuf,
+    /// `-c name=value` server settings.
+    settings: String,
 }
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        PrivatePostgres::start_with(&[])
+    }
+
+    /// A cluster that can stream changes (wal_level = logical).
+    pub fn start_logical() -> PrivatePostgres {
+        PrivatePostgres::start_with(&["wal_level=logical", "max_wal_senders=10", "max_replication_slots=10"])
+    }
+
+    pub fn start_with(settings: &[&str]) -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries in /usr/lib/postgresql")
             .filter_map(|e| e.ok())
@@ -355,14 +366,15 @@ impl PrivatePostgres {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let out = as_postgres(&bin.join("initdb"), &["-D", &dir.path().join("data").display().to_string(), "-U", "postgres", "--auth=trust"]);
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let pg = PrivatePostgres { dir, port, bin };
+        let settings = settings.iter().map(|s| format!(" -c {s}")).collect();
+        let pg = PrivatePostgres { dir, port, bin, settings };
         pg.up();
         pg
     }
 
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         let data = self.dir.path().join("data").display().to_string();
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1{}", self.port, self.dir.path().display(), self.settings);
         let mut all = vec!["-D", &data, "-o", &options, "-w"];
         all.extend_from_slice(args);
         as_postgres(&self.bin.join("pg_ctl"), &all)

@@ -7,7 +7,9 @@ mod csv;
 mod excel;
 mod json;
 mod parquet;
+pub mod pgoutput;
 mod postgres;
+pub mod postgres_cdc;
 
 use std::sync::Arc;
 
@@ -72,7 +74,7 @@ pub fn read_file_head(
         SourceFormat::Parquet => parquet::read(name, bytes),
         SourceFormat::Json => json::read(name, bytes, false),
         SourceFormat::Ndjson => json::read(name, bytes, true),
-        SourceFormat::Postgres(_) => Err(file_error(name, "a postgres source has no files")),
+        SourceFormat::Postgres(_) | SourceFormat::PostgresCdc(_) => Err(file_error(name, "a database source has no files")),
     }?;
     let Some(mut left) = max_rows else { return Ok(batches) };
     Ok(batches
