@@ -54,6 +54,22 @@ impl Drop for Scratch {
     }
 }
 
+/// One segment's changes (registered as `segment`) and where they go.
+struct SegmentWrite<'a> {
+    ctx: &'a SessionContext,
+    segment: &'a str,
+    spec: &'a Spec,
+    silver: &'a Silver,
+    apply: &'a CdcApply,
+    step: &'a str,
+    /// Silver's data columns (after the rules).
+    data: &'a [String],
+    /// Silver is written anew (no table yet, or rebuilt from the snapshot).
+    first: bool,
+    run_id: &'a str,
+    metadata: CommitMetadata,
+}
+
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -237,9 +253,10 @@ impl Pipeline {
             APPLIED_KEY.to_string(),
             serde_json::to_value(Applied { position: watermark, snapshot_run: state.snapshot_run.clone() }).map_err(|e| step_error(step, e))?,
         )];
+        let write = SegmentWrite { ctx, segment: &scratch.segment, spec, silver, apply, step, data: &data, first, run_id, metadata: metadata.clone() };
         let written = match apply.history {
-            History::Scd1 => self.apply_scd1(ctx, &scratch.segment, spec, silver, apply, step, &data, first, run_id, metadata.clone()).await?,
-            History::Scd2 => self.apply_scd2(ctx, &scratch.segment, spec, silver, apply, step, &data, first, run_id, metadata.clone()).await?,
+            History::Scd1 => self.apply_scd1(write).await?,
+            History::Scd2 => self.apply_scd2(write).await?,
         };
         if let Some((at, true)) = to {
             self.apply_truncate(ctx, &scratch.pending, spec, apply, step, at, run_id, metadata).await?;
@@ -263,20 +280,8 @@ impl Pipeline {
     /// The latest change per key, merged: a delete removes the row (or marks
     /// it `_deleted`), anything else replaces it, unless silver already has
     /// a later version of the key (by `sequence_by`).
-    #[allow(clippy::too_many_arguments)]
-    async fn apply_scd1(
-        &self,
-        ctx: &SessionContext,
-        segment: &str,
-        spec: &Spec,
-        silver: &Silver,
-        apply: &CdcApply,
-        step: &str,
-        data: &[String],
-        first: bool,
-        run_id: &str,
-        metadata: CommitMetadata,
-    ) -> Result<u64, PipelineError> {
+    async fn apply_scd1(&self, w: SegmentWrite<'_>) -> Result<u64, PipelineError> {
+        let SegmentWrite { ctx, segment, spec, silver, apply, step, data, first, run_id, metadata } = w;
         let keys = silver.key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
         let sequence = apply.sequence_by.as_deref().map(quote);
         let order = match &sequence {
@@ -349,20 +354,8 @@ impl Pipeline {
     /// into versions where a tracked column changes (or after a delete);
     /// each version ends where the next begins. The versions computed
     /// replace the key's current one (matched by `_valid_from`) or are added.
-    #[allow(clippy::too_many_arguments)]
-    async fn apply_scd2(
-        &self,
-        ctx: &SessionContext,
-        segment: &str,
-        spec: &Spec,
-        silver: &Silver,
-        apply: &CdcApply,
-        step: &str,
-        data: &[String],
-        first: bool,
-        run_id: &str,
-        metadata: CommitMetadata,
-    ) -> Result<u64, PipelineError> {
+    async fn apply_scd2(&self, w: SegmentWrite<'_>) -> Result<u64, PipelineError> {
+        let SegmentWrite { ctx, segment, spec, silver, apply, step, data, first, run_id, metadata } = w;
         let name = &spec.name;
         let (from, to, current) = (scd2::VALID_FROM, scd2::VALID_TO, scd2::IS_CURRENT);
         let keys = silver.key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");

@@ -46,7 +46,7 @@ fn err(message: impl Into<String>) -> SourceError {
 /// A failed connection or query: `Unreachable` when the server could not be
 /// reached, went away or is shutting down (SQLSTATE class 08, 57P01-57P03),
 /// so the run may be retried; `Postgres` for what the query itself did wrong.
-fn query_error(what: &str, e: sqlx::Error) -> SourceError {
+pub(super) fn query_error(what: &str, e: sqlx::Error) -> SourceError {
     let transient = match &e {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db
@@ -60,7 +60,7 @@ fn query_error(what: &str, e: sqlx::Error) -> SourceError {
 }
 
 /// Resolve `env:NAME` URLs.
-fn resolve_url(url: &str) -> Result<String, SourceError> {
+pub(super) fn resolve_url(url: &str) -> Result<String, SourceError> {
     match url.strip_prefix("env:") {
         Some(var) => std::env::var(var).map_err(|_| {
             err(format!("environment variable {var} (the source url) is not set; export it with the connection URL"))

@@ -15,6 +15,8 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
 use super::SourceError;
+// A failed statement is `Unreachable` (worth retrying) as the query source judges it.
+use super::postgres::{query_error as sql_error, resolve_url};
 use crate::spec::CdcSource;
 
 /// Session settings that make text values the same in the snapshot and in
@@ -24,21 +26,6 @@ const SESSION_SETTINGS: [(&str, &str); 4] =
 
 fn err(message: impl Into<String>) -> SourceError {
     SourceError::Postgres(message.into())
-}
-
-/// A failed statement: `Unreachable` (worth retrying) when the server went
-/// away or is starting or stopping.
-fn sql_error(what: &str, e: sqlx::Error) -> SourceError {
-    let transient = match &e {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")),
-        sqlx::Error::Protocol(message) => message.contains("closed") || message.contains("EOF"),
-        _ => false,
-    };
-    let message = format!("{what}: {e}");
-    if transient { SourceError::Unreachable(message) } else { err(message) }
 }
 
 /// A replication failure: the connection dropped or the server is going
@@ -56,15 +43,6 @@ pub fn stream_error(e: pgwire_replication::PgWireError) -> SourceError {
         }
         E::Protocol(text) if text.contains("closed") || text.contains("EOF") || text.contains("eof") => SourceError::Unreachable(message),
         _ => err(message),
-    }
-}
-
-/// Resolve `env:NAME`.
-pub fn resolve_url(url: &str) -> Result<String, SourceError> {
-    match url.strip_prefix("env:") {
-        Some(var) => std::env::var(var)
-            .map_err(|_| err(format!("environment variable {var} (the source url) is not set; export it with the connection URL"))),
-        None => Ok(url.to_string()),
     }
 }
 
