@@ -1035,16 +1035,16 @@ class LogicalPostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wait_for(what, check, timeout=600, every=0.2):
-    start = time.perf_counter()
+def wait_for(what, check, timeout=300, every=0.2):
+    start, last = time.perf_counter(), None
     while True:
         try:
             if check():
                 return time.perf_counter() - start
-        except Exception:  # a table that does not exist yet
-            pass
+        except Exception as error:  # a table that does not exist yet
+            last = error
         if time.perf_counter() - start > timeout:
-            raise SystemExit(f"timed out waiting for {what}")
+            raise SystemExit(f"timed out waiting for {what} (last error: {last})")
         time.sleep(every)
 
 
@@ -1088,11 +1088,14 @@ def case_cdc(ctx):
         wait_for("the subscription's initial copy", lambda: tuple(int(v or 0) for v in total(replica, "accounts")) == expected())
         # Snapshot into bronze and silver.
         server = Server(ctx["binary"], lake, specs)
-        wb = wb_connect()
-        snapshot = wait_for("the snapshot in silver", lambda: tuple(int(v or 0) for v in total(wb, "silver.accounts")) == expected())
+
+        def silver_total():
+            with wb_connect() as wb:
+                return tuple(int(v or 0) for v in total(wb, "silver.accounts"))
+
+        snapshot = wait_for("the snapshot in silver", lambda: silver_total() == expected())
         log(f"snapshot of {rows + 1} rows in silver after {snapshot:.1f}s")
         # The backlog accumulates while neither reader runs.
-        wb.close()
         server.stop()
         server = None
         replica.execute("ALTER SUBSCRIPTION anchor DISABLE")
@@ -1102,8 +1105,7 @@ def case_cdc(ctx):
         want = expected()
         server = Server(ctx["binary"], lake, specs)
         server.reset_peak()
-        wb = wb_connect()
-        wb_seconds = wait_for("silver to catch up", lambda: tuple(int(v or 0) for v in total(wb, "silver.accounts")) == want, every=0.05)
+        wb_seconds = wait_for("silver to catch up", lambda: silver_total() == want, every=0.05)
         wb_rate = backlog / wb_seconds
         catch_up_rss = server.peak_rss_mb()
         replica.execute("ALTER SUBSCRIPTION anchor ENABLE")
@@ -1138,7 +1140,6 @@ def case_cdc(ctx):
         load_rss = server.peak_rss_mb()
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
         log(f"commit-to-visible under 2,000 updates/s: p50 {p50:.2f}s, p99 {p99:.2f}s ({len(latencies)} probes)")
-        wb.close()
         return [
             dict(case="cdc: backlog of single-row updates into silver (changes/s)", workbench=wb_rate, anchor=pg_rate,
                  anchor_name="PostgreSQL logical replication subscription", ratio=wb_rate / pg_rate, lower_is_better=False,

@@ -442,7 +442,8 @@ impl Session {
         {
             let copy = copy?;
             let query = Statement::Query(Box::new(copy.query.clone()));
-            let work = self.execute_plan(client, plan.clone(), &query, copy.value_format());
+            let plan = current_tables(&self.ctx, plan).await?;
+            let work = self.execute_plan(client, plan, &query, copy.value_format());
             let (response, _) = bounded(work, &guard, deadline, "planning the query").await?;
             let names = response.row_schema.iter().map(|f| f.name().to_string()).collect();
             let rows = guarded(response.data_rows, guard, deadline);
@@ -472,12 +473,11 @@ impl Session {
                     return result;
                 }
             }
+            let plan = current_tables(&self.ctx, plan).await?;
             let plan = if portal.parameter_len() == 0 {
-                plan.clone()
+                plan
             } else {
-                plan.clone()
-                    .replace_params_with_values(&values)
-                    .map_err(|e| PgWireError::ApiError(Box::new(e)))?
+                plan.replace_params_with_values(&values).map_err(|e| PgWireError::ApiError(Box::new(e)))?
             };
             let work = self.execute_plan(client, plan, statement, portal.result_column_format.clone());
             let (mut response, _) = bounded(work, &guard, deadline, "planning the query").instrument(span).await?;
@@ -500,6 +500,56 @@ impl Session {
             other => other,
         })
     }
+}
+
+/// `plan` (prepared earlier) reading the tables as they are now: each scan's
+/// table is looked up again, so a statement prepared before a run committed
+/// sees what the run wrote, as in PostgreSQL (the plan otherwise holds the
+/// Delta version it was planned on; pgjdbc and psycopg prepare a statement
+/// after its fifth execution). A table whose columns changed since is
+/// 0A000, as PostgreSQL's "cached plan must not change result type"; names
+/// the catalog does not know (table functions) keep their provider.
+async fn current_tables(ctx: &SessionContext, plan: &LogicalPlan) -> PgWireResult<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    let mut names = Vec::new();
+    plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            names.push(scan.table_name.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    if names.is_empty() {
+        return Ok(plan.clone());
+    }
+    let mut fresh = std::collections::HashMap::new();
+    for name in names {
+        if let Ok(provider) = ctx.table_provider(name.clone()).await {
+            fresh.insert(name, provider);
+        }
+    }
+    plan.clone()
+        .transform_up(|node| match node {
+            LogicalPlan::TableScan(mut scan) => match fresh.get(&scan.table_name) {
+                Some(provider) if provider.schema() == scan.source.schema() => {
+                    scan.source = datafusion::datasource::provider_as_source(provider.clone());
+                    Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+                }
+                Some(_) => Err(datafusion::error::DataFusionError::Plan(format!(
+                    "cached plan must not change result type: the columns of {} changed since the statement was prepared; prepare it again",
+                    scan.table_name
+                ))),
+                None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+            },
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+        .map_err(|e| match e {
+            datafusion::error::DataFusionError::Plan(message) if message.starts_with("cached plan") => PgWireError::UserError(Box::new(
+                pgwire::error::ErrorInfo::new("ERROR".into(), "0A000".into(), message),
+            )),
+            other => PgWireError::ApiError(Box::new(other)),
+        })
 }
 
 /// Split `sql` into statements, apply our rewrites, and refuse expressions

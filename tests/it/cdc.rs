@@ -123,6 +123,11 @@ async fn snapshot_then_inserts_updates_deletes_reach_scd1_scd2_and_soft_delete_s
     let lake = tempfile::TempDir::new().unwrap();
     let server = serve(lake.path(), specs.path(), &pg);
     wait_equal(&server, &client, "gl_current", COLUMNS, SILVER_COLUMNS, "true").await;
+    // A dashboard's prepared statement, planned now and executed after the
+    // changes arrive, must see them (not the version it was planned on).
+    let dashboard = server.connect().await;
+    let prepared = dashboard.prepare("SELECT count(*), sum(amount)::text FROM silver.gl_current").await.unwrap();
+    assert_eq!(dashboard.query_one(&prepared, &[]).await.unwrap().get::<_, i64>(0), 200);
 
     client.batch_execute("UPDATE gl SET amount = amount + 1 WHERE id <= 10").await.unwrap();
     client.batch_execute("UPDATE gl SET note = 'reviewed' WHERE id = 11").await.unwrap();
@@ -142,6 +147,9 @@ async fn snapshot_then_inserts_updates_deletes_reach_scd1_scd2_and_soft_delete_s
     wait_equal(&server, &client, "gl_current", COLUMNS, SILVER_COLUMNS, "true").await;
     wait_equal(&server, &client, "gl_history", COLUMNS, SILVER_COLUMNS, "_is_current").await;
     wait_equal(&server, &client, "gl_soft", COLUMNS, SILVER_COLUMNS, "NOT _deleted").await;
+    let now = dashboard.query_one(&prepared, &[]).await.unwrap();
+    let source_now = client.query_one("SELECT count(*), sum(amount)::text FROM gl", &[]).await.unwrap();
+    assert_eq!((now.get::<_, i64>(0), now.get::<_, String>(1)), (source_now.get::<_, i64>(0), source_now.get::<_, String>(1)));
 
     // SCD2: versions only where amount changed; a note change updates the
     // current version in place; deleted keys keep closed versions.
