@@ -2,7 +2,7 @@
 """Workbench benchmarks, each case side by side with its anchor in the same
 run, reported as ratios in benches/RESULTS.md and benches/results.json.
 
-Usage: benches/run.sh [--sf 1] [--cases tpch,http,optimize,cluster,stream,ingest,preview,validate,concurrency,isolation,cdc]
+Usage: benches/run.sh [--sf 1] [--cases tpch,memory,http,optimize,cluster,stream,ingest,preview,validate,concurrency,isolation,cdc]
        benches/run.sh --cases soak [--soak-seconds 600]   (64 clients for 10 minutes)
 
 Everything it needs is prepared here: TPC-H data (tpchgen-cli), the
@@ -1156,8 +1156,72 @@ def case_cdc(ctx):
         pg.stop()
 
 
+def metrics_text(server):
+    import urllib.request
+    with urllib.request.urlopen(f"http://{server.http}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def case_memory(ctx):
+    """TPC-H with the tables held in memory (serve: { memory: true }) against
+    DuckDB with the same tables in its own in-memory storage."""
+    import duckdb
+
+    data, binary = ctx["data"], ctx["binary"]
+    parquet = data / "lake" / "landing" / "tpch"
+    duck = duckdb.connect()
+    for table in TPCH_TABLES:
+        duck.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet('{parquet / (table + '.parquet')}')")
+    specs = data / "memory-specs"
+    shutil.rmtree(specs, ignore_errors=True)
+    specs.mkdir()
+    for table in TPCH_TABLES:
+        (specs / f"{table}.yaml").write_text((ctx["specs"] / f"{table}.yaml").read_text() + "serve:\n  memory: true\n")
+    config = data / "memory.yaml"
+    config.write_text("table_memory_budget: 12GiB\n")
+    server = Server(binary, data / "lake", specs, port=PORT + 1, config=config)
+    try:
+        def held():
+            text = metrics_text(server)
+            sizes = {}
+            for line in text.splitlines():
+                if line.startswith('workbench_memory_table_bytes{table="silver.'):
+                    sizes[line.split('"')[1]] = int(line.split()[-1])
+            return sizes if len(sizes) == len(TPCH_TABLES) and all(sizes.values()) else None
+        load_seconds = wait_for("the TPC-H tables in memory", held, timeout=900)
+        held_gib = sum(held().values()) / 2**30
+        files = sorted(QUERIES.glob("q*.sql"), key=lambda p: int(p.stem[1:]))
+        rows = []
+        with wb_connect(port=PORT + 1) as conn:
+            conn.execute("SET search_path TO silver")
+            for f in files:
+                sql = f.read_text()
+                wb_times, duck_times = [], []
+                for _ in range(2):
+                    start = time.perf_counter()
+                    wb_rows = conn.execute(sql).fetchall()
+                    wb_times.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    duck_rows = duck.execute(sql).fetchall()
+                    duck_times.append(time.perf_counter() - start)
+                ok, why = same_rows(wb_rows, duck_rows)
+                rows.append(dict(memory_query=f.stem, workbench=min(wb_times), duckdb=min(duck_times), match=ok, why=why))
+                log(f"{f.stem} in memory: workbench {min(wb_times):.3f}s duckdb {min(duck_times):.3f}s {'OK' if ok else 'MISMATCH ' + why}")
+        rss = server.peak_rss_mb()
+    finally:
+        server.stop()
+    total_wb = sum(r["workbench"] for r in rows)
+    total_duck = sum(r["duckdb"] for r in rows)
+    matched = sum(r["match"] for r in rows)
+    return [dict(case="TPC-H SF%s total, 22 queries over the wire, tables in memory (s)" % ctx["sf"], workbench=total_wb,
+                 anchor=total_duck, anchor_name="DuckDB in-process, tables in its own memory", ratio=total_wb / total_duck,
+                 lower_is_better=True, rss_mb=rss,
+                 note=f"{matched}/22 results match DuckDB; the 8 tables took {held_gib:.2f} GiB, in memory {load_seconds:.0f}s after start")], rows
+
+
 CASES = {
     "tpch": case_tpch,
+    "memory": case_memory,
     "http": case_http,
     "optimize": case_optimize,
     "cluster": case_cluster,
@@ -1196,7 +1260,8 @@ def merged_with_previous(results, details, sf):
     # Per-query tables: this run's where it ran them, the previous run's otherwise.
     tpch = [d for d in details if "query" in d] or previous.get("tpch", [])
     cluster = [d for d in details if "cluster_query" in d] or previous.get("cluster", [])
-    return merged, tpch + cluster
+    memory = [d for d in details if "memory_query" in d] or previous.get("memory", [])
+    return merged, tpch + cluster + memory
 
 
 def write_results(results, details, sf, started):
@@ -1237,9 +1302,17 @@ def write_results(results, details, sf, started):
         for d in cluster:
             lines.append(f"| {d['cluster_query']} | {d['local']:.3f} | {d['cluster']:.3f} | {d['cluster'] / d['local']:.2f}× | "
                          f"{'equal' if d['match'] else 'MISMATCH: ' + d['why']} |")
+    memory = [d for d in details if "memory_query" in d]
+    if memory:
+        lines += ["", "## TPC-H per query, tables in memory: Workbench vs DuckDB's own tables (seconds)", "",
+                  "| Query | Workbench (wire), tables in memory | DuckDB, tables in memory | Ratio | Result |",
+                  "|---|---:|---:|---:|---|"]
+        for d in memory:
+            lines.append(f"| {d['memory_query']} | {d['workbench']:.3f} | {d['duckdb']:.3f} | {d['workbench'] / d['duckdb']:.2f}× | "
+                         f"{'matches DuckDB' if d['match'] else 'MISMATCH: ' + d['why']} |")
     (BENCHES / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (BENCHES / "results.json").write_text(json.dumps(
-        dict(machine=mach, date=when, sf=sf, results=results, tpch=tpch, cluster=cluster), indent=2, default=str) + "\n")
+        dict(machine=mach, date=when, sf=sf, results=results, tpch=tpch, cluster=cluster, memory=memory), indent=2, default=str) + "\n")
     log(f"wrote {BENCHES / 'RESULTS.md'}")
 
 

@@ -184,6 +184,7 @@ impl Core {
                 EngineOptions {
                     query_memory_limit: config.query_memory_limit,
                     server_memory_limit: config.server_memory_limit,
+                    table_memory_budget: config.table_memory_budget,
                     roles,
                     debug_functions: config.debug_functions,
                     meta: Some(meta.clone()),
@@ -694,6 +695,21 @@ impl App {
             });
         }
         let mut captures = Vec::new();
+        if let Some(pipeline) = &self.pipeline {
+            // Tables served from memory: loaded now, and again at each new version.
+            let memory = self.engine.memory_tables().clone();
+            memory.keep(pipeline.tables_in_memory());
+            let (lake, stop) = (self.lake.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    memory.refresh(&lake).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            });
+        }
         if let Some(pipeline) = self.pipeline.clone() {
             // Datasets copied from a database's change stream: one capture
             // each, running as long as the server does.

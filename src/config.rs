@@ -54,6 +54,10 @@ pub struct FileConfig {
     /// What all queries together may use, e.g. `12GiB`; `0` disables the
     /// limit. Default: three quarters of the machine's memory.
     pub server_memory_limit: Option<String>,
+    /// What the tables kept in memory (`serve: { memory: true }` in their
+    /// specs) may take together, e.g. `8GiB`. Default: a quarter of the
+    /// machine's memory.
+    pub table_memory_budget: Option<String>,
     /// e.g. `30s`; server-wide default for `statement_timeout`.
     pub statement_timeout: Option<String>,
     /// How long a graceful shutdown waits for running queries, e.g. `10s`.
@@ -274,6 +278,8 @@ pub struct Config {
     pub max_connections: usize,
     pub query_memory_limit: Option<u64>,
     pub server_memory_limit: Option<u64>,
+    /// Bytes the tables served from memory may take together.
+    pub table_memory_budget: u64,
     pub statement_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub authentication_timeout: Duration,
@@ -382,6 +388,10 @@ impl Config {
         let server_memory_limit = match file.server_memory_limit {
             None => physical_memory().map(|total| total / 4 * 3),
             Some(text) => parse_size("server_memory_limit", &text)?,
+        };
+        let table_memory_budget = match file.table_memory_budget {
+            None => physical_memory().map_or(1 << 30, |total| total / 4),
+            Some(text) => parse_size("table_memory_budget", &text)?.unwrap_or(0),
         };
         let statement_timeout =
             duration("statement_timeout", o.statement_timeout.or(file.statement_timeout))?.filter(|d| !d.is_zero());
@@ -509,6 +519,7 @@ impl Config {
             max_connections,
             query_memory_limit,
             server_memory_limit,
+            table_memory_budget,
             statement_timeout,
             shutdown_timeout,
             authentication_timeout,

@@ -5,7 +5,8 @@
 //! started), the alerts (deliveries by outcome), the shared cache (hits and
 //! misses), the run locks (how long runs waited for them, refusals) and the
 //! queries sent to the Ballista cluster, and change data capture (changes
-//! captured, how far each dataset's slot is behind the source).
+//! captured, how far each dataset's slot is behind the source), and the
+//! tables kept in memory (bytes held, over budget, loads).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -39,6 +40,11 @@ struct Dataset {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Table {
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Success {
     success: String,
 }
@@ -65,6 +71,9 @@ struct Metrics {
     cluster: Family<Outcome, Counter>,
     cdc_changes: Family<Dataset, Counter>,
     cdc_lag_bytes: Family<Dataset, Gauge>,
+    memory_table_bytes: Family<Table, Gauge>,
+    memory_table_over_budget: Family<Table, Gauge>,
+    memory_table_loads: Family<Outcome, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -107,8 +116,29 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "How far a dataset's replication slot is behind the source's WAL (bytes not yet committed to bronze)",
         cdc_lag_bytes.clone(),
     );
+    let memory_table_bytes = Family::<Table, Gauge>::default();
+    registry.register(
+        "memory_table_bytes",
+        "Bytes of Arrow memory holding a table kept in memory (serve: memory), 0 while its queries read its files",
+        memory_table_bytes.clone(),
+    );
+    let memory_table_over_budget = Family::<Table, Gauge>::default();
+    registry.register(
+        "memory_table_over_budget",
+        "1 while a table asked to be kept in memory does not fit table_memory_budget (its queries read its files)",
+        memory_table_over_budget.clone(),
+    );
+    let memory_table_loads = Family::<Outcome, Counter>::default();
+    registry.register(
+        "memory_table_loads",
+        "Table versions read into memory, by outcome (loaded, over_budget, failed)",
+        memory_table_loads.clone(),
+    );
     Metrics {
         registry,
+        memory_table_bytes,
+        memory_table_over_budget,
+        memory_table_loads,
         cdc_changes,
         cdc_lag_bytes,
         connections,
@@ -195,6 +225,19 @@ pub fn cdc_flush(dataset: &str, changes: u64, lag_bytes: u64) {
     let label = Dataset { dataset: dataset.to_string() };
     METRICS.cdc_changes.get_or_create(&label).inc_by(changes);
     METRICS.cdc_lag_bytes.get_or_create(&label).set(lag_bytes.min(i64::MAX as u64) as i64);
+}
+
+/// `table` (`layer.name`) now holds `bytes` in memory; `over_budget` when it
+/// was asked to but does not fit.
+pub fn memory_table(table: &str, bytes: u64, over_budget: bool) {
+    let label = Table { table: table.to_string() };
+    METRICS.memory_table_bytes.get_or_create(&label).set(bytes.min(i64::MAX as u64) as i64);
+    METRICS.memory_table_over_budget.get_or_create(&label).set(over_budget as i64);
+}
+
+/// A table version's load into memory ended `outcome`.
+pub fn memory_table_load(outcome: &str) {
+    METRICS.memory_table_loads.get_or_create(&Outcome { outcome: outcome.to_string() }).inc();
 }
 
 /// Everything, in the OpenMetrics text format.

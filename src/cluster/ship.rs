@@ -92,6 +92,9 @@ fn check_node(node: &LogicalPlan, functions: &HashSet<String>, bytes: &mut u64, 
             let Some(lake) = provider.as_ref().and_then(|p| p.downcast_ref::<LakeTable>()) else {
                 return Ok(Some(format!("reads {}, which only the server can read", scan.table_name)));
             };
+            if lake.in_memory() {
+                return Ok(Some(format!("reads {}, which this server holds in memory", scan.table_name)));
+            }
             match lake_files(lake) {
                 Ok((count, size)) => {
                     *files += count;

@@ -18,22 +18,26 @@ use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
 
+use super::memory::MemoryTables;
 use crate::storage::{Lake, Layer};
 
 #[derive(Debug)]
 pub struct LayerSchema {
     lake: Arc<Lake>,
     layer: Layer,
+    /// Tables served from memory (`serve: { memory: true }`).
+    memory: Arc<MemoryTables>,
     /// The provider built for each table's latest version seen: catalog
     /// queries look every table up, and most lookups find no new commit.
     providers: Mutex<HashMap<String, (u64, Arc<dyn TableProvider>)>>,
 }
 
 impl LayerSchema {
-    pub fn new(lake: Arc<Lake>, layer: Layer) -> Self {
+    pub fn new(lake: Arc<Lake>, layer: Layer, memory: Arc<MemoryTables>) -> Self {
         LayerSchema {
             lake,
             layer,
+            memory,
             providers: Mutex::new(HashMap::new()),
         }
     }
@@ -53,9 +57,21 @@ impl SchemaProvider for LayerSchema {
             .map_err(|e| DataFusionError::External(Box::new(e)))?
         else {
             self.providers.lock().expect("provider cache poisoned").remove(name);
+            self.memory.forget(self.layer, name);
             return Ok(None);
         };
         let version = table.version();
+        if let Some(version) = version
+            && let Some(memory) = self.memory.get(self.layer, name, version)
+        {
+            return Ok(Some(Arc::new(LakeTable {
+                inner: memory,
+                layer: self.layer,
+                name: name.to_string(),
+                table,
+                in_memory: true,
+            })));
+        }
         if let Some(version) = version
             && let Some((seen, provider)) = self.providers.lock().expect("provider cache poisoned").get(name)
             && *seen == version
@@ -63,11 +79,18 @@ impl SchemaProvider for LayerSchema {
             return Ok(Some(provider.clone()));
         }
         let delta = table.table_provider().await?;
+        if let Some(version) = version
+            && self.memory.wants(self.layer, name)
+        {
+            // This query reads the files; the next ones, memory.
+            self.memory.load_later(self.layer, name, version, delta.clone());
+        }
         let provider: Arc<dyn TableProvider> = Arc::new(LakeTable {
             inner: delta,
             layer: self.layer,
             name: name.to_string(),
             table,
+            in_memory: false,
         });
         if let Some(version) = version {
             self.providers
@@ -107,9 +130,9 @@ impl SchemaProvider for LayerSchema {
 }
 
 /// A lake table as queries see it: Delta's own scan of one committed
-/// version, plus what the cluster needs to read that same version
-/// elsewhere (which table, its files). Everything a query asks of it is
-/// Delta's answer.
+/// version (or that version held in memory), plus what the cluster needs
+/// to read that same version elsewhere (which table, its files).
+/// Everything a query asks of it is the scan's answer.
 #[derive(Debug)]
 pub struct LakeTable {
     inner: Arc<dyn TableProvider>,
@@ -117,6 +140,8 @@ pub struct LakeTable {
     name: String,
     /// The table at the version `inner` reads.
     table: DeltaTable,
+    /// `inner` is that version decoded in memory, not its files.
+    in_memory: bool,
 }
 
 impl LakeTable {
@@ -126,6 +151,11 @@ impl LakeTable {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Served from memory (only this server holds it).
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     /// The Delta table at the version this provider reads.

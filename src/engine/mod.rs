@@ -13,6 +13,7 @@ mod governed;
 mod information_schema;
 mod layer;
 mod limits;
+mod memory;
 mod metadata;
 mod pg_catalog;
 mod privileges;
@@ -36,6 +37,7 @@ pub use executor::{execute, off_connection, panic_message};
 pub use governed::governed_view;
 pub use layer::{LakeTable, LayerSchema};
 pub use limits::LimitError;
+pub use memory::MemoryTables;
 pub use pg_catalog::type_modifier;
 
 use crate::storage::{Lake, Layer};
@@ -66,6 +68,8 @@ pub struct EngineOptions {
     pub meta: Option<Arc<crate::meta::MetaStore>>,
     /// Where large lake queries go (every session holds it).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Memory the tables kept in memory may take, all together.
+    pub table_memory_budget: u64,
 }
 
 pub struct Engine {
@@ -79,6 +83,8 @@ pub struct Engine {
     catalog_text: pg_catalog::CatalogText,
     /// `pg_catalog`'s fixed tables, shared by every connection's own `pg_catalog`.
     static_tables: Arc<PgCatalogStaticTables>,
+    /// Lake tables served from memory.
+    memory: Arc<MemoryTables>,
 }
 
 /// A function to list in the catalog (`pg_proc`, `\df`, JDBC `getFunctions`).
@@ -129,9 +135,10 @@ impl Engine {
         catalog
             .register_schema("public", Arc::new(MemorySchemaProvider::new()))
             .map_err(setup)?;
+        let memory = MemoryTables::new(options.table_memory_budget);
         for layer in Layer::ALL {
             catalog
-                .register_schema(layer.as_str(), Arc::new(LayerSchema::new(lake.clone(), layer)))
+                .register_schema(layer.as_str(), Arc::new(LayerSchema::new(lake.clone(), layer, memory.clone())))
                 .map_err(setup)?;
         }
         catalog
@@ -204,7 +211,13 @@ impl Engine {
             procs,
             catalog_text,
             static_tables,
+            memory,
         })
+    }
+
+    /// The lake tables served from memory (which, and their budget).
+    pub fn memory_tables(&self) -> &Arc<MemoryTables> {
+        &self.memory
     }
 
     /// List `functions` in `pg_proc` (one row per arity) with their

@@ -380,6 +380,24 @@ impl Pipeline {
         &self.project
     }
 
+    /// The tables the specs ask the server to keep in memory (`serve: { memory: ... }`).
+    pub fn tables_in_memory(&self) -> Vec<(Layer, String)> {
+        let mut tables = Vec::new();
+        for spec in &self.project.datasets {
+            let memory = spec.memory;
+            if memory.bronze {
+                tables.push((Layer::Bronze, spec.name.clone()));
+            }
+            if memory.silver && spec.silver.is_some() {
+                tables.push((Layer::Silver, spec.name.clone()));
+            }
+            if memory.gold {
+                tables.extend(spec.gold.iter().map(|model| (Layer::Gold, model.clone())));
+            }
+        }
+        tables
+    }
+
     /// Plan `spec`'s rules on a sample of its first landing file, so
     /// references to columns that do not exist are reported with the rule's
     /// location before anything runs. Sources without files are skipped.

@@ -181,6 +181,9 @@ pub struct Spec {
     pub on_file: bool,
     /// `maintenance:`: compact and vacuum the dataset's tables on a schedule.
     pub maintenance: Option<Maintenance>,
+    /// `serve: { memory: ... }`: which of its layers' tables the server
+    /// keeps in memory.
+    pub memory: InMemory,
     /// Datasets named in `depends_on:`.
     pub depends_on: Vec<Located<String>>,
     pub file: PathBuf,
@@ -194,6 +197,15 @@ pub struct Spec {
     /// Descriptions, tags and masks of its columns; they apply to the
     /// dataset's bronze, silver and quarantine tables.
     pub columns: Vec<ColumnPolicy>,
+}
+
+/// The layers whose tables of a dataset are served from memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InMemory {
+    pub bronze: bool,
+    pub silver: bool,
+    /// The gold models the spec declares.
+    pub gold: bool,
 }
 
 /// Table maintenance on a schedule (the scheduler runs it like a slot of the

@@ -46,6 +46,9 @@ pub struct RawSpec {
     /// Compact and vacuum the dataset's tables on a schedule.
     #[serde(default)]
     pub maintenance: Option<Spanned<RawMaintenance>>,
+    /// How the server serves the dataset's tables: `{ memory: true }`.
+    #[serde(default)]
+    pub serve: Option<Spanned<RawServe>>,
     pub source: Spanned<RawSource>,
     #[serde(default)]
     pub bronze: RawBronze,
@@ -68,6 +71,21 @@ pub struct RawMaintenance {
     /// Retention: delete files unused for longer.
     #[serde(default)]
     pub vacuum: Option<Spanned<String>>,
+}
+
+/// `serve: { memory: true }` (silver and gold) or `{ memory: [silver] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServe {
+    #[serde(default)]
+    pub memory: Option<Spanned<RawMemory>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMemory {
+    All(bool),
+    Layers(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]

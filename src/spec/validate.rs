@@ -212,6 +212,7 @@ impl Validator {
         let freshness = raw.freshness.as_ref().and_then(|f| self.freshness(f));
         let notify = raw.notify.iter().filter_map(|n| self.notify(n)).collect();
         let maintenance = raw.maintenance.as_ref().and_then(|m| self.maintenance(m, &raw));
+        let memory = raw.serve.as_ref().map(|s| self.in_memory(s, &raw)).unwrap_or_default();
         let on_file = match &raw.trigger {
             None => false,
             Some(t) if t.value == "on_file" => {
@@ -243,6 +244,7 @@ impl Validator {
                 notify,
                 on_file,
                 maintenance,
+                memory,
                 depends_on: raw.depends_on.iter().map(|d| Located { value: d.value.clone(), location: self.at(d) }).collect(),
                 file: self.file.clone(),
                 text: text.to_string(),
@@ -431,6 +433,35 @@ impl Validator {
             return None;
         }
         Some(Maintenance { schedule: schedule?, optimize, vacuum })
+    }
+
+    fn in_memory(&mut self, raw: &Spanned<raw::RawServe>, spec: &RawSpec) -> InMemory {
+        let Some(memory) = &raw.value.memory else { return InMemory::default() };
+        let has_silver = spec.silver.is_some();
+        let has_gold = !spec.gold.is_empty();
+        let layers = match &memory.value {
+            raw::RawMemory::All(false) => return InMemory::default(),
+            raw::RawMemory::All(true) => {
+                if !has_silver && !has_gold {
+                    self.error(self.at(memory), "serve.memory: this dataset has no silver table or gold model", "list the layers to keep in memory, e.g. memory: [bronze]");
+                }
+                return InMemory { bronze: false, silver: has_silver, gold: has_gold };
+            }
+            raw::RawMemory::Layers(layers) => layers,
+        };
+        let mut kept = InMemory::default();
+        for layer in layers {
+            match layer.as_str() {
+                "bronze" => kept.bronze = true,
+                "silver" if has_silver => kept.silver = true,
+                "gold" if has_gold => kept.gold = true,
+                "silver" | "gold" => {
+                    self.error(self.at(memory), format!("serve.memory names {layer}, but this dataset has no {layer} table"), "name only layers the spec writes: bronze, silver (with a silver: section), gold (with gold models)")
+                }
+                other => self.error(self.at(memory), format!("serve.memory: unknown layer '{other}'"), "use true, or a list of bronze, silver, gold"),
+            }
+        }
+        kept
     }
 
     fn schedule(&mut self, raw: &RawSpec) -> Option<Schedule> {

@@ -545,3 +545,67 @@ impl Drop for Moto {
         self.stop();
     }
 }
+// --- TPC-H -------------------------------------------------------------------
+
+pub const TPCH_TABLES: &[(&str, &str)] = &[
+    ("region", "r_regionkey, r_name, r_comment"),
+    ("nation", "n_nationkey, n_name, n_regionkey, n_comment"),
+    ("supplier", "s_suppkey, s_name, s_address, s_nationkey, s_phone, s_acctbal, s_comment"),
+    ("customer", "c_custkey, c_name, c_address, c_nationkey, c_phone, c_acctbal, c_mktsegment, c_comment"),
+    ("part", "p_partkey, p_name, p_mfgr, p_brand, p_type, p_size, p_container, p_retailprice, p_comment"),
+    ("partsupp", "ps_partkey, ps_suppkey, ps_availqty, ps_supplycost, ps_comment"),
+    (
+        "orders",
+        "o_orderkey, o_custkey, o_orderstatus, o_totalprice, o_orderdate, o_orderpriority, o_clerk, o_shippriority, o_comment",
+    ),
+    (
+        "lineitem",
+        "l_orderkey, l_partkey, l_suppkey, l_linenumber, l_quantity, l_extendedprice, l_discount, l_tax, \
+         l_returnflag, l_linestatus, l_shipdate, l_commitdate, l_receiptdate, l_shipinstruct, l_shipmode, l_comment",
+    ),
+];
+
+/// A TPC-H lake at scale factor 0.01, built by Workbench's own pipeline.
+pub fn tpch_lake(dir: &Path) -> (PathBuf, PathBuf) {
+    let lake = dir.join("lake");
+    let specs = dir.join("specs");
+    let landing = lake.join("landing/tpch");
+    std::fs::create_dir_all(&landing).unwrap();
+    std::fs::create_dir_all(&specs).unwrap();
+    let out = Command::new("tpchgen-cli")
+        .args(["parquet", "-s", "0.01", "--output-dir"])
+        .arg(&landing)
+        .output()
+        .expect("tpchgen-cli (pip install tpchgen-cli; scripts/test.sh installs it)");
+    assert!(out.status.success(), "tpchgen-cli: {}", String::from_utf8_lossy(&out.stderr));
+    for (table, columns) in TPCH_TABLES {
+        // Masks travel to the executors with their parameters (the key).
+        let masks = match *table {
+            "supplier" => "columns:\n  s_phone: { tags: [pii], mask: hash }\n  s_address: { tags: [pii], mask: partial(4) }\n",
+            _ => "",
+        };
+        std::fs::write(
+            specs.join(format!("{table}.yaml")),
+            format!(
+                "name: {table}\nsource:\n  format: parquet\n  path: landing/tpch/{table}.parquet\n{masks}silver:\n  rules:\n    - select: [{columns}]\n"
+            ),
+        )
+        .unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["run", "--all", "--lake"])
+        .arg(&lake)
+        .arg("--specs")
+        .arg(&specs)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "workbench run --all: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (lake, specs)
+}
+
+/// TPC-H query `n` as the tests run it.
+pub fn tpch_query(n: usize) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/it/tpch/q{n}.sql"));
+    std::fs::read_to_string(path).unwrap()
+}

@@ -12,6 +12,7 @@ mod encoding;
 mod functions;
 mod governance;
 mod hardening;
+mod memory;
 mod metadata;
 mod monitoring;
 mod pipeline;
