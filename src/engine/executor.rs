@@ -101,7 +101,22 @@ pub async fn off_connection<T: Send + 'static>(
     what: &'static str,
     work: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    let task = statements().spawn(AssertUnwindSafe(work).catch_unwind());
+    run_on(statements(), what, work).await
+}
+
+/// Run `work` (a background read of lake tables, such as loading a table
+/// into memory) on the lake runtime, beside the queries' scans and never on
+/// the connections' threads, and wait for it; a panic in it is an error.
+pub async fn on_lake<T: Send + 'static>(what: &'static str, work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    run_on(lake(), what, work).await
+}
+
+async fn run_on<T: Send + 'static>(
+    runtime: &'static tokio::runtime::Runtime,
+    what: &'static str,
+    work: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let task = runtime.spawn(AssertUnwindSafe(work).catch_unwind());
     let _abort = AbortOnDrop(task.abort_handle());
     match task.await {
         Ok(Ok(result)) => result,

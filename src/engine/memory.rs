@@ -48,7 +48,7 @@ pub struct MemoryTables {
     budget: u64,
     state: Mutex<State>,
     /// Bytes read so far by the loads under way (counted against the budget).
-    loading: AtomicU64,
+    loading: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for MemoryTables {
@@ -60,7 +60,7 @@ impl std::fmt::Debug for MemoryTables {
 /// Why a version was not loaded.
 #[derive(Debug, thiserror::Error)]
 enum LoadError {
-    #[error("it needs more than the {available} bytes left of table_memory_budget ({budget} bytes)")]
+    #[error("it needs more than the {} left of table_memory_budget ({})", bytesize::ByteSize(*.available), bytesize::ByteSize(*.budget))]
     OverBudget { available: u64, budget: u64 },
     #[error("{0}")]
     Read(#[from] DataFusionError),
@@ -72,7 +72,7 @@ fn label(key: &TableKey) -> String {
 
 impl MemoryTables {
     pub fn new(budget: u64) -> Arc<MemoryTables> {
-        Arc::new(MemoryTables { budget, state: Mutex::new(State::default()), loading: AtomicU64::new(0) })
+        Arc::new(MemoryTables { budget, state: Mutex::new(State::default()), loading: Arc::new(AtomicU64::new(0)) })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -174,8 +174,9 @@ impl MemoryTables {
     async fn load(&self, key: TableKey, version: u64, files: Arc<dyn TableProvider>) {
         let started = std::time::Instant::now();
         let others: u64 = self.state().loaded.iter().filter(|(k, _)| **k != key).map(|(_, l)| l.bytes).sum();
-        let budget = Budget { total: self.budget, others, loading: &self.loading };
-        match read_all(files, budget).await {
+        let budget = Budget { total: self.budget, others, loading: self.loading.clone() };
+        let read = super::executor::on_lake("loading a table into memory", async move { Ok(read_all(files, budget).await) }).await;
+        match read.unwrap_or_else(|e| Err(LoadError::Read(e))) {
             Ok((table, bytes)) => {
                 let mut state = self.state();
                 // Still wanted, and no newer version was swapped in meanwhile.
@@ -208,10 +209,10 @@ impl MemoryTables {
 
 /// What one load may use: the budget less the other tables held and what
 /// the other loads under way have read so far.
-struct Budget<'a> {
+struct Budget {
     total: u64,
     others: u64,
-    loading: &'a AtomicU64,
+    loading: Arc<AtomicU64>,
 }
 
 /// This load's share of [`MemoryTables::loading`], given back when it ends.
@@ -237,12 +238,12 @@ impl Drop for Reading<'_> {
 
 /// Every row of `files`, in as many partitions as its scan has, unless
 /// they do not fit `budget`.
-async fn read_all(files: Arc<dyn TableProvider>, budget: Budget<'_>) -> std::result::Result<(MemTable, u64), LoadError> {
+async fn read_all(files: Arc<dyn TableProvider>, budget: Budget) -> std::result::Result<(MemTable, u64), LoadError> {
     let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
     let schema: SchemaRef = files.schema();
     let plan: Arc<dyn ExecutionPlan> = ctx.read_table(files)?.create_physical_plan().await?;
-    let reading = Reading { loading: budget.loading, mine: AtomicU64::new(0) };
+    let reading = Reading { loading: &budget.loading, mine: AtomicU64::new(0) };
     let over = || LoadError::OverBudget { available: budget.total.saturating_sub(budget.others), budget: budget.total };
     let count = plan.output_partitioning().partition_count();
     let readers = (0..count).map(|partition| {
