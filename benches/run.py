@@ -1218,10 +1218,101 @@ def case_memory(ctx):
                  lower_is_better=True, rss_mb=rss,
                  note=f"{matched}/22 results match DuckDB; the 8 tables took {held_gib:.2f} GiB, in memory {load_seconds:.0f}s after start")], rows
 
+# The layout lever: the tables the queries filter by date, sorted by that date when written.
+LAYOUT = {"lineitem": "l_shipdate", "orders": "o_orderdate"}
+
+
+def tpch_times(conn, files, settings=()):
+    """Each TPC-H query twice on `conn` (the faster run counts), with its rows."""
+    times, answers = {}, {}
+    conn.execute("SET search_path TO silver")
+    for setting in settings:
+        conn.execute(setting)
+    for f in files:
+        sql = f.read_text()
+        best = None
+        for _ in range(2):
+            start = time.perf_counter()
+            answers[f.stem] = conn.execute(sql).fetchall()
+            took = time.perf_counter() - start
+            best = took if best is None else min(best, took)
+        times[f.stem] = best
+    return times, answers
+
+
+def case_layout(ctx):
+    """Layout and statistics: the same 22 queries on a second lake whose
+    lineitem and orders the pipeline wrote sorted by their dates
+    (`cluster_by`), against the unsorted lake, per query; then the sorted
+    lake with DataFusion's Parquet filter pushdown (row filters on decoded
+    pages) switched on for the session."""
+    data, binary = ctx["data"], ctx["binary"]
+    specs = data / "layout-specs"
+    lake = data / "layout-lake"
+    shutil.rmtree(specs, ignore_errors=True)
+    specs.mkdir()
+    for table in TPCH_TABLES:
+        text = (ctx["specs"] / f"{table}.yaml").read_text()
+        if table in LAYOUT:
+            text += f"  cluster_by: [{LAYOUT[table]}]\n"
+        (specs / f"{table}.yaml").write_text(text)
+    build_seconds = None
+    if not (lake / "silver" / "lineitem").exists():
+        shutil.rmtree(lake, ignore_errors=True)
+        lake.mkdir(parents=True)
+        (lake / "landing").symlink_to(data / "lake" / "landing")
+        start = time.perf_counter()
+        sh([str(binary), "run", *TPCH_TABLES, "--lake", str(lake), "--specs", str(specs)], env=dict(os.environ, RUST_LOG="warn"))
+        build_seconds = time.perf_counter() - start
+        log(f"sorted TPC-H lake built by the pipeline in {build_seconds:.1f}s")
+    files = sorted(QUERIES.glob("q*.sql"), key=lambda p: int(p.stem[1:]))
+    with wb_connect() as conn:
+        plain, plain_rows = tpch_times(conn, files)
+    ctx["server"].stop()
+    server = Server(binary, lake, specs, port=PORT + 2)
+    try:
+        with wb_connect(port=PORT + 2) as conn:
+            sorted_times, sorted_rows = tpch_times(conn, files)
+        with wb_connect(port=PORT + 2) as conn:
+            try:
+                pushdown, pushdown_rows = tpch_times(conn, files, ["SET datafusion.execution.parquet.pushdown_filters = true"])
+            except Exception as error:  # the setting is refused: say so, do not invent a number
+                log(f"pushdown_filters could not be set: {error}")
+                pushdown, pushdown_rows = None, None
+        rss = server.peak_rss_mb()
+    finally:
+        server.stop()
+    rows = []
+    for f in files:
+        q = f.stem
+        ok, why = same_rows(sorted_rows[q], plain_rows[q])
+        if ok and pushdown is not None:
+            ok, why = same_rows(pushdown_rows[q], plain_rows[q])
+        rows.append(dict(layout_query=q, plain=plain[q], sorted=sorted_times[q],
+                         pushdown=pushdown[q] if pushdown else None, match=ok, why=why))
+        log(f"{q}: unsorted {plain[q]:.3f}s sorted {sorted_times[q]:.3f}s"
+            + (f" sorted+pushdown {pushdown[q]:.3f}s" if pushdown else "") + ("" if ok else " MISMATCH " + why))
+    total_plain = sum(plain.values())
+    total_sorted = sum(sorted_times.values())
+    matched = sum(r["match"] for r in rows)
+    built = f"; the sorted lake took {build_seconds:.0f}s to build" if build_seconds else ""
+    results = [dict(case="TPC-H SF%s total, lineitem and orders written sorted by date (cluster_by) (s)" % ctx["sf"],
+                    workbench=total_sorted, anchor=total_plain, anchor_name="the same tables unsorted",
+                    ratio=total_sorted / total_plain, lower_is_better=True, rss_mb=rss,
+                    note=f"{matched}/22 answers equal{built}")]
+    if pushdown:
+        total_push = sum(pushdown.values())
+        results.append(dict(case="TPC-H SF%s total, sorted tables + parquet pushdown_filters (s)" % ctx["sf"],
+                            workbench=total_push, anchor=total_plain, anchor_name="the same tables unsorted, no pushdown",
+                            ratio=total_push / total_plain, lower_is_better=True, rss_mb=rss,
+                            note="SET datafusion.execution.parquet.pushdown_filters = true"))
+    return results, rows
+
 
 CASES = {
     "tpch": case_tpch,
     "memory": case_memory,
+    "layout": case_layout,
     "http": case_http,
     "optimize": case_optimize,
     "cluster": case_cluster,
@@ -1261,7 +1352,8 @@ def merged_with_previous(results, details, sf):
     tpch = [d for d in details if "query" in d] or previous.get("tpch", [])
     cluster = [d for d in details if "cluster_query" in d] or previous.get("cluster", [])
     memory = [d for d in details if "memory_query" in d] or previous.get("memory", [])
-    return merged, tpch + cluster + memory
+    layout = [d for d in details if "layout_query" in d] or previous.get("layout", [])
+    return merged, tpch + cluster + memory + layout
 
 
 def write_results(results, details, sf, started):
@@ -1310,6 +1402,16 @@ def write_results(results, details, sf, started):
         for d in memory:
             lines.append(f"| {d['memory_query']} | {d['workbench']:.3f} | {d['duckdb']:.3f} | {d['workbench'] / d['duckdb']:.2f}× | "
                          f"{'matches DuckDB' if d['match'] else 'MISMATCH: ' + d['why']} |")
+    layout = [d for d in details if "layout_query" in d]
+    if layout:
+        lines += ["", "## TPC-H per query, layout: lineitem and orders sorted by date (cluster_by) vs unsorted (seconds)", "",
+                  "| Query | Unsorted | Sorted | Ratio | Sorted + pushdown_filters | Ratio | Result |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for d in layout:
+            push = d["pushdown"]
+            lines.append(f"| {d['layout_query']} | {d['plain']:.3f} | {d['sorted']:.3f} | {d['sorted'] / d['plain']:.2f}× | "
+                         + (f"{push:.3f} | {push / d['plain']:.2f}× | " if push else "– | – | ")
+                         + ("equal" if d["match"] else "MISMATCH: " + d["why"]) + " |")
     (BENCHES / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (BENCHES / "results.json").write_text(json.dumps(
         dict(machine=mach, date=when, sf=sf, results=results, tpch=tpch, cluster=cluster, memory=memory), indent=2, default=str) + "\n")
