@@ -261,9 +261,24 @@ async fn read_all(files: Arc<dyn TableProvider>, budget: Budget) -> std::result:
             Ok::<_, LoadError>(batches)
         }
     });
-    let partitions: Vec<Vec<RecordBatch>> = futures::future::try_join_all(readers).await?;
-    let table = MemTable::try_new(schema, partitions)?;
+    let read: Vec<Vec<RecordBatch>> = futures::future::try_join_all(readers).await?;
+    let table = MemTable::try_new(schema, balanced(read, partitions))?;
     Ok((table, reading.mine.load(Ordering::Relaxed)))
+}
+
+/// The batches dealt out over `n` partitions so that each holds about as
+/// many rows: a scan's partitions are byte ranges of files and can be far
+/// apart in rows (or one, for a small file), and a query over the table
+/// runs one thread per partition.
+fn balanced(read: Vec<Vec<RecordBatch>>, n: usize) -> Vec<Vec<RecordBatch>> {
+    let mut dealt: Vec<(usize, Vec<RecordBatch>)> = (0..n.max(1)).map(|_| (0, Vec::new())).collect();
+    for batch in read.into_iter().flatten() {
+        if let Some((rows, batches)) = dealt.iter_mut().min_by_key(|(rows, _)| *rows) {
+            *rows += batch.num_rows();
+            batches.push(batch);
+        }
+    }
+    dealt.into_iter().map(|(_, batches)| batches).collect()
 }
 
 /// `batch` under the table's own schema (the scan may differ in field

@@ -44,6 +44,13 @@ fn reads_memory(plan: &str) -> bool {
     plan.contains("partition_sizes=") && !plan.contains("file_type=parquet")
 }
 
+/// The batches per partition of the plan's memory scan (`partition_sizes=[4, 4]`).
+fn partition_sizes(plan: &str) -> Vec<usize> {
+    let at = plan.find("partition_sizes=[").expect("a memory scan") + "partition_sizes=[".len();
+    let end = at + plan[at..].find(']').unwrap();
+    plan[at..end].split(',').map(|n| n.trim().parse().unwrap()).collect()
+}
+
 async fn tpch_answers(server: &Server) -> Vec<Vec<String>> {
     let mut answers = Vec::new();
     for n in 1..=22 {
@@ -97,6 +104,12 @@ async fn tables_in_memory_answer_as_their_files_follow_new_versions_and_respect_
     }
     let lineitem = plan(&server, "SELECT l_returnflag, sum(l_quantity) FROM silver.lineitem GROUP BY 1").await;
     assert!(reads_memory(&lineitem), "{lineitem}");
+    // Its rows are dealt out evenly, one partition per core, though its
+    // one small file is a single range to the file scan.
+    let sizes = partition_sizes(&lineitem);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert_eq!(sizes.len(), cores, "{lineitem}");
+    assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{lineitem}");
     let answers = tpch_answers(&server).await;
     for (n, (got, want)) in answers.iter().zip(&expected).enumerate() {
         assert!(!want.is_empty() || n + 1 == 18, "q{} returned no rows", n + 1);
