@@ -1308,6 +1308,86 @@ def case_layout(ctx):
                             note="SET datafusion.execution.parquet.pushdown_filters = true"))
     return results, rows
 
+def memory_cap(limit_bytes):
+    """A memory cgroup limited to `limit_bytes` (cgroup v1 or v2): its
+    directory and how to read its peak and OOM kills."""
+    v1 = Path("/sys/fs/cgroup/memory")
+    if v1.is_dir():
+        group = v1 / "workbench-bench-cap"
+        group.mkdir(exist_ok=True)
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        (group / "memory.max_usage_in_bytes").write_text("0")
+        kills = lambda: int(next((l.split()[1] for l in (group / "memory.oom_control").read_text().splitlines()
+                                  if l.startswith("oom_kill ")), 0))
+        return group, kills
+    group = Path("/sys/fs/cgroup/workbench-bench-cap")
+    group.mkdir(exist_ok=True)
+    (group / "memory.max").write_text(str(limit_bytes))
+    (group / "memory.swap.max").write_text("0")
+    kills = lambda: int(next((l.split()[1] for l in (group / "memory.events").read_text().splitlines()
+                              if l.startswith("oom_kill ")), 0))
+    return group, kills
+
+
+def run_capped(group, kills, argv, cwd=None):
+    """Run `argv` inside the cgroup: (seconds, peak RSS MB, exit code, killed by the OOM killer)."""
+    before = kills()
+    start = time.perf_counter()
+    proc = subprocess.Popen(["sh", "-c", f'echo $$ > {group / "cgroup.procs"} && exec "$@"', "capped", *map(str, argv)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env=dict(os.environ, RUST_LOG="warn"))
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            for line in open(f"/proc/{proc.pid}/status"):
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        time.sleep(0.05)
+    return time.perf_counter() - start, peak, proc.returncode, kills() > before
+
+
+CAP_SF = 4
+CAP_BYTES = 2**30
+
+
+def case_bounded(ctx):
+    """Bounded memory: a lineitem CSV about three times the memory the
+    process may use (a 1 GiB memory cgroup), ingested into bronze and typed
+    silver; DuckDB's CSV → Parquet under the same cap as the anchor."""
+    data, binary = ctx["data"], ctx["binary"]
+    big = CACHE / f"csv-sf{CAP_SF}"
+    csv = big / "lineitem.csv"
+    if not (big / ".generated").exists():
+        shutil.rmtree(big, ignore_errors=True)
+        sh(["tpchgen-cli", "csv", "-s", str(CAP_SF), "--tables", "lineitem", "--output-dir", str(big)])
+        (big / ".generated").write_text("ok")
+    size_gb = csv.stat().st_size / 1e9
+    lake = CACHE / "bounded-lake"
+    shutil.rmtree(lake, ignore_errors=True)
+    (lake / "landing" / "csv").mkdir(parents=True)
+    os.link(csv, lake / "landing" / "csv" / "lineitem.csv")
+    group, kills = memory_cap(CAP_BYTES)
+    wb_s, wb_peak, wb_code, wb_killed = run_capped(
+        group, kills, [binary, "run", "lineitem_csv", "--lake", lake, "--specs", data / "ingest-specs"])
+    out = CACHE / "bounded-duck.parquet"
+    duck_s, duck_peak, duck_code, duck_killed = run_capped(
+        group, kills, [sys.executable, "-c",
+                       "import duckdb, sys; duckdb.connect().execute(f\"COPY (SELECT * FROM read_csv('{sys.argv[1]}')) "
+                       "TO '{sys.argv[2]}' (FORMAT parquet)\")", csv, out])
+    shutil.rmtree(lake, ignore_errors=True)
+    out.unlink(missing_ok=True)
+    outcome = lambda code, killed, peak: ("ok" if code == 0 else ("OOM-killed" if killed else f"exit {code}")) + f", peak RSS {peak:,.0f} MB"
+    log(f"under a {CAP_BYTES / 2**30:.0f} GiB cap, {size_gb:.1f} GB CSV: Workbench {wb_s:.1f}s ({outcome(wb_code, wb_killed, wb_peak)}), "
+        f"DuckDB {duck_s:.1f}s ({outcome(duck_code, duck_killed, duck_peak)})")
+    done = wb_code == 0
+    return [dict(case=f"Ingest a {size_gb:.1f} GB lineitem CSV under a {CAP_BYTES / 2**30:.0f} GiB memory cap → bronze → typed silver (s)",
+                 workbench=wb_s if done else None, anchor=duck_s if duck_code == 0 else None,
+                 anchor_name="DuckDB CSV → Parquet under the same cap",
+                 ratio=wb_s / duck_s if done and duck_code == 0 else None, lower_is_better=True, rss_mb=wb_peak,
+                 note=f"Workbench: {outcome(wb_code, wb_killed, wb_peak)} after {wb_s:.1f}s; DuckDB: {outcome(duck_code, duck_killed, duck_peak)}")], []
+
 
 CASES = {
     "tpch": case_tpch,
@@ -1319,6 +1399,7 @@ CASES = {
     "governance": case_governance,
     "stream": case_stream,
     "ingest": case_ingest,
+    "bounded": case_bounded,
     "preview": case_preview,
     "validate": case_validate,
     "concurrency": case_concurrency,

@@ -180,16 +180,7 @@ impl Pipeline {
             if options.files.as_ref().is_some_and(|only| !only.contains(&path)) {
                 continue;
             }
-            let bytes = self
-                .lake
-                .read_bytes(&path)
-                .await
-                .map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
-            let size = bytes.len() as i64;
-            // Hashing is CPU work: off the async threads.
-            let hash = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
-                .await
-                .map_err(|e| step_error(&step, format!("hashing {path}: {e}")))?;
+            let (hash, size) = self.digest(&path).await.map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
             if seen.insert(hash.clone()) {
                 new_files.push(NewFile { path, hash, size, rows: None });
             } else {
@@ -197,6 +188,36 @@ impl Pipeline {
             }
         }
         Ok((new_files, skipped))
+    }
+
+    /// A landing file's content hash and size. A local file is hashed as it
+    /// is read, a megabyte at a time; from object storage it is fetched
+    /// whole. Hashing is CPU work: off the async threads.
+    async fn digest(&self, path: &str) -> Result<(String, i64), String> {
+        if let Some(file) = self.lake.local_file(path) {
+            return tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut input = std::fs::File::open(&file).map_err(|e| e.to_string())?;
+                let (mut hasher, mut size) = (Sha256::new(), 0i64);
+                let mut buffer = vec![0u8; 1 << 20];
+                loop {
+                    let n = input.read(&mut buffer).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Ok((hex::encode(hasher.finalize()), size));
+                    }
+                    hasher.update(&buffer[..n]);
+                    size += n as i64;
+                }
+            })
+            .await
+            .map_err(|e| format!("hashing stopped: {e}"))?;
+        }
+        let bytes = self.lake.read_bytes(path).await.map_err(|e| e.to_string())?;
+        let size = bytes.len() as i64;
+        let hash = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
+            .await
+            .map_err(|e| format!("hashing stopped: {e}"))?;
+        Ok((hash, size))
     }
 
     /// Feed the rows of `files`, with ingest metadata, to `tx`. On an error
@@ -240,17 +261,35 @@ impl Pipeline {
                 continue;
             }
             let path = &file.path;
-            let bytes = self
-                .lake
-                .read_bytes(path)
-                .await
-                .map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
-            if bytes.len() as i64 != file.size {
-                return Err(step_error(
+            let changed = || {
+                step_error(
                     &step,
                     format!("{path} changed while it was being ingested (it is still being written?); nothing was committed, run again once it is complete"),
-                ));
-            }
+                )
+            };
+            // A local CSV streams from the file, a few chunks in memory;
+            // anything else is read whole.
+            let input = match (&spec.source.format, self.lake.local_file(path)) {
+                (SourceFormat::Csv(_), Some(local)) => {
+                    let opened = std::fs::File::open(&local).map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
+                    let length = opened.metadata().map_err(|e| step_error(&step, format!("reading {path}: {e}")))?.len();
+                    if length as i64 != file.size {
+                        return Err(changed());
+                    }
+                    Input::File(opened, length)
+                }
+                _ => {
+                    let bytes = self
+                        .lake
+                        .read_bytes(path)
+                        .await
+                        .map_err(|e| step_error(&step, format!("reading {path}: {e}")))?;
+                    if bytes.len() as i64 != file.size {
+                        return Err(changed());
+                    }
+                    Input::Bytes(bytes)
+                }
+            };
             let format = spec.source.format.clone();
             let (tx, first_file) = (tx.clone(), columns.clone());
             let (file_path, hash, run) = (path.clone(), file.hash.clone(), run_id.to_string());
@@ -258,7 +297,7 @@ impl Pipeline {
             // Parsing is CPU work: off the async threads.
             let read = tokio::task::spawn_blocking(move || -> Result<SchemaRef, PipelineError> {
                 let mut schema: Option<SchemaRef> = None;
-                sources::read_file_into(&format, &file_path, &bytes, &mut |batch| {
+                let mut sink = |batch| {
                     let batch = with_metadata(batch, &run, &file_path, &hash, ingested_at)
                         .map_err(|e| sources::file_error(&file_path, e.to_string()))?;
                     if schema.is_none() {
@@ -269,7 +308,11 @@ impl Pipeline {
                         stopped.store(true, Ordering::Release);
                         sources::file_error(&file_path, "the bronze write stopped before the file was read")
                     })
-                })?;
+                };
+                match input {
+                    Input::File(mut opened, length) => sources::read_open_file_into(&format, &file_path, &mut opened, length, &mut sink)?,
+                    Input::Bytes(bytes) => sources::read_file_into(&format, &file_path, &bytes, &mut sink)?,
+                }
                 Ok(schema.expect("a file gives at least one batch"))
             });
             let schema = read
@@ -304,6 +347,13 @@ impl Pipeline {
 }
 
 /// Files ingested in one commit must have the same columns.
+/// A landing file to parse: open (read as it is parsed) or read whole.
+enum Input {
+    /// The file, and its length.
+    File(std::fs::File, u64),
+    Bytes(bytes::Bytes),
+}
+
 fn same_columns(file: &str, schema: &SchemaRef, first: Option<&(String, SchemaRef)>) -> Result<(), sources::SourceError> {
     let Some((first_file, first_schema)) = first else { return Ok(()) };
     if first_schema.fields() == schema.fields() {

@@ -173,6 +173,17 @@ impl Lake {
             .flatten()
     }
 
+    /// Where `path` (relative to the lake) is on this machine, when the lake
+    /// is local, so that a large landing file can be read in pieces; `None`
+    /// on object storage, or for a path that is not plainly inside the lake.
+    pub fn local_file(&self, path: &str) -> Option<std::path::PathBuf> {
+        let relative = std::path::Path::new(path);
+        if !relative.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return None;
+        }
+        self.local_root().map(|root| root.join(relative))
+    }
+
     pub fn table_url(&self, layer: Layer, table: &str) -> Url {
         // Table names are validated identifiers, so joining cannot escape the root.
         self.root

@@ -7,6 +7,8 @@
 //! core parses every n-th chunk, and the chunks are handed on in file order
 //! with their row numbers joined up, a few chunks in memory at a time.
 
+use std::borrow::Cow;
+use std::io::Read;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayBuilder, ArrayRef, Int64Array, Int64Builder, RecordBatch, StringBuilder};
@@ -22,6 +24,8 @@ const PARALLEL_MIN_BYTES: usize = 8 << 20;
 /// core), so that only a few chunks are in memory at once while the batches
 /// stream on.
 const CHUNK_BYTES: usize = 32 << 20;
+/// A file read as it is parsed comes in chunks of no less than this.
+const MIN_CHUNK_BYTES: usize = 1 << 20;
 
 /// Every row of the file (the first `max_rows` when given), as batches.
 pub fn read(options: &CsvOptions, name: &str, bytes: &[u8], max_rows: Option<usize>) -> Result<Vec<RecordBatch>, SourceError> {
@@ -44,12 +48,74 @@ pub fn read_into(
 ) -> Result<(), SourceError> {
     let (text, _, had_errors) = options.encoding.decode(bytes);
     if had_errors && options.encoding == encoding_rs::UTF_8 {
-        return Err(file_error(
-            name,
-            "the file is not valid UTF-8; set `encoding: latin1` (or windows-1252) in the spec's source",
-        ));
+        return Err(not_utf8(name));
     }
-    let mut reader = reader(options, text.as_bytes());
+    let (schema, at, line) = header(options, name, text.as_bytes(), true)?;
+    let body = &text.as_bytes()[at..];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks = if max_rows.is_none() && threads > 1 && body.len() >= PARALLEL_MIN_BYTES {
+        split(body, options.quote, (threads * 4).max(body.len() / CHUNK_BYTES))
+    } else {
+        vec![body]
+    };
+    if let [only] = chunks[..] {
+        let mut line = line;
+        let emitted = emit(name, parse_rows(options, &schema, only, max_rows), &mut line, sink)?;
+        if !emitted {
+            sink(RecordBatch::new_empty(schema))?;
+        }
+        return Ok(());
+    }
+    parse_all(options, name, &schema, line, chunks.into_iter().map(|c| Ok(Cow::Borrowed(c))), sink)
+}
+
+/// [`read_into`] for a file read from `input` a chunk at a time (cut at
+/// line ends outside quotes), so that a file larger than the memory the
+/// process may use streams through: only a few chunks are held at once.
+/// UTF-8 files stream; a file in another encoding is read whole first.
+pub fn read_stream_into(
+    options: &CsvOptions,
+    name: &str,
+    input: &mut (dyn std::io::Read + Send),
+    length: u64,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    if options.encoding != encoding_rs::UTF_8 {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes).map_err(|e| file_error(name, format!("reading the file: {e}")))?;
+        return read_into(options, name, &bytes, None, sink);
+    }
+    // At least four chunks per core, so a mid-sized file is parsed on every
+    // core too, and no more than CHUNK_BYTES each.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let size = (length / (threads * 4)).clamp(MIN_CHUNK_BYTES as u64, CHUNK_BYTES as u64) as usize;
+    let mut chunks = Chunks { input, quote: options.quote, size, carry: Vec::new(), done: false };
+    let first = match chunks.next() {
+        Some(first) => first.map_err(|e| file_error(name, e))?,
+        None => Vec::new(),
+    };
+    std::str::from_utf8(&first).map_err(|_| not_utf8(name))?;
+    let more = !chunks.done || !chunks.carry.is_empty();
+    let (schema, at, line) = header(options, name, &first, !more)?;
+    let body = first[at..].to_vec();
+    let rest = chunks.map(|chunk| {
+        let chunk = chunk?;
+        std::str::from_utf8(&chunk).map_err(|_| not_utf8(name).to_string())?;
+        Ok(Cow::Owned(chunk))
+    });
+    parse_all(options, name, &schema, line, std::iter::once(Ok(Cow::Owned(body))).chain(rest), sink)
+}
+
+fn not_utf8(name: &str) -> SourceError {
+    file_error(name, "the file is not valid UTF-8; set `encoding: latin1` (or windows-1252) in the spec's source")
+}
+
+/// The columns from the header row (after `header_row - 1` title rows) of
+/// `text`, where the rows below it start, and the header's line number.
+/// `whole`: `text` is the entire file (else its first chunk).
+fn header(options: &CsvOptions, name: &str, text: &[u8], whole: bool) -> Result<(SchemaRef, usize, i64), SourceError> {
+    let too_long = || file_error(name, format!("the rows down to header_row {} do not fit in the first chunk of the file", options.header_row));
+    let mut reader = reader(options, text);
     let mut record = ::csv::StringRecord::new();
     let mut line = 0i64;
     // Rows above the header are titles and notes.
@@ -57,75 +123,171 @@ pub fn read_into(
         line += 1;
         match reader.read_record(&mut record) {
             Ok(true) => {}
+            Ok(false) if !whole => return Err(too_long()),
             Ok(false) => return Err(file_error(name, format!("the file ends before header_row {}", options.header_row))),
             Err(err) => return Err(file_error(name, format!("row {line}: {err}"))),
         }
     }
     match reader.read_record(&mut record) {
         Ok(true) => {}
+        Ok(false) if !whole => return Err(too_long()),
         Ok(false) => return Err(file_error(name, "the file is empty: no header row")),
         Err(err) => return Err(file_error(name, format!("header: {err}"))),
     }
     line += 1;
     let names = header_names(record.iter().map(|h| Some(h.trim_start_matches('\u{feff}').to_string())));
-    let schema = text_schema(&names);
-    let body = &text.as_bytes()[reader.position().byte() as usize..];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunks = if max_rows.is_none() && threads > 1 && body.len() >= PARALLEL_MIN_BYTES {
-        split(body, options.quote, (threads * 4).max(body.len() / CHUNK_BYTES))
-    } else {
-        vec![body]
-    };
-    let mut emitted = false;
-    // Row numbers of each chunk continue from the previous chunks' records.
-    let mut emit = |result: Result<Parsed, (i64, String)>, line: &mut i64| -> Result<(), SourceError> {
-        let piece = result.map_err(|(at, message)| file_error(name, format!("row {}{message}", *line + at)))?;
-        for batch in piece.batches {
-            sink(renumbered(batch, *line).map_err(|e| file_error(name, e.to_string()))?)?;
-            emitted = true;
-        }
-        *line += piece.records;
-        Ok(())
-    };
-    if chunks.len() == 1 {
-        emit(parse_rows(options, &schema, chunks[0], max_rows), &mut line)?;
-    } else {
-        // Worker w parses chunks w, w + threads, ...; each hands over one
-        // parsed chunk at a time, and they are taken in file order.
-        let schema = &schema;
-        let chunks = &chunks;
-        std::thread::scope(|scope| {
-            let parsed: Vec<std::sync::mpsc::Receiver<Result<Parsed, (i64, String)>>> = (0..threads)
-                .map(|worker| {
-                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                    scope.spawn(move || {
-                        for chunk in chunks.iter().skip(worker).step_by(threads) {
-                            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                parse_rows(options, schema, chunk, None)
-                            }))
-                            .unwrap_or_else(|_| Err((0, ": the CSV parser panicked".into())));
-                            let failed = result.is_err();
-                            if tx.send(result).is_err() || failed {
-                                break;
-                            }
-                        }
-                    });
-                    rx
-                })
-                .collect();
-            for i in 0..chunks.len() {
-                let result = parsed[i % threads]
-                    .recv()
-                    .unwrap_or_else(|_| Err((0, ": the CSV parser stopped".into())));
-                emit(result, &mut line)?;
-            }
-            Ok::<(), SourceError>(())
-        })?;
+    Ok((text_schema(&names), reader.position().byte() as usize, line))
+}
+
+/// Why a chunk gave no rows: a row of it (counted from the chunk's first)
+/// does not parse, or the chunk could not be read.
+enum ChunkError {
+    Row(i64, String),
+    Read(String),
+}
+
+/// Hand one parsed chunk's batches on, numbering its rows after `line`.
+/// Returns whether it had any.
+fn emit(
+    name: &str,
+    result: Result<Parsed, (i64, String)>,
+    line: &mut i64,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), SourceError>,
+) -> Result<bool, SourceError> {
+    let piece = result.map_err(|(at, message)| file_error(name, format!("row {}{message}", *line + at)))?;
+    let any = !piece.batches.is_empty();
+    for batch in piece.batches {
+        sink(renumbered(batch, *line).map_err(|e| file_error(name, e.to_string()))?)?;
     }
+    *line += piece.records;
+    Ok(any)
+}
+
+/// Parse `chunks` (each ending at a line end outside quotes) on one worker
+/// per core and hand their rows to `sink` in file order. Worker w parses
+/// chunks w, w + threads, ...; each worker holds at most one chunk waiting,
+/// one being parsed and one parsed, so memory stays a few chunks whatever
+/// the file's size.
+fn parse_all<'a>(
+    options: &CsvOptions,
+    name: &str,
+    schema: &SchemaRef,
+    mut line: i64,
+    chunks: impl Iterator<Item = Result<Cow<'a, [u8]>, String>> + Send,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let mut emitted = false;
+    std::thread::scope(|scope| {
+        let mut inputs = Vec::with_capacity(threads);
+        let mut outputs = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let (to_worker, work) = std::sync::mpsc::sync_channel::<Result<Cow<'a, [u8]>, String>>(1);
+            let (done, parsed) = std::sync::mpsc::sync_channel::<Result<Parsed, ChunkError>>(1);
+            scope.spawn(move || {
+                for chunk in work {
+                    let result = match chunk {
+                        Ok(chunk) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_rows(options, schema, &chunk, None)))
+                            .unwrap_or_else(|_| Err((0, ": the CSV parser panicked".into())))
+                            .map_err(|(at, message)| ChunkError::Row(at, message)),
+                        Err(message) => Err(ChunkError::Read(message)),
+                    };
+                    let failed = result.is_err();
+                    if done.send(result).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            inputs.push(to_worker);
+            outputs.push(parsed);
+        }
+        // The reader deals the chunks out in turn, as the workers take them.
+        scope.spawn(move || {
+            for (i, chunk) in chunks.enumerate() {
+                let failed = chunk.is_err();
+                if inputs[i % threads].send(chunk).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for i in 0.. {
+            let result = match outputs[i % threads].recv() {
+                Ok(result) => result,
+                // Every worker's chunks are parsed (or one stopped on an error, handed on before).
+                Err(_) => break,
+            };
+            let result = match result {
+                Ok(parsed) => Ok(parsed),
+                Err(ChunkError::Row(at, message)) => Err((at, message)),
+                Err(ChunkError::Read(message)) => return Err(file_error(name, message)),
+            };
+            emitted |= emit(name, result, &mut line, sink)?;
+        }
+        Ok::<(), SourceError>(())
+    })?;
     if !emitted {
-        sink(RecordBatch::new_empty(schema))?;
+        sink(RecordBatch::new_empty(schema.clone()))?;
     }
     Ok(())
+}
+
+/// A reader's bytes as chunks of at least `size` bytes (the last one
+/// shorter), each cut after a line end outside quotes.
+struct Chunks<'r> {
+    input: &'r mut (dyn std::io::Read + Send),
+    quote: u8,
+    size: usize,
+    /// Bytes read past the last cut.
+    carry: Vec<u8>,
+    done: bool,
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = Result<Vec<u8>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if !self.done && self.carry.len() < self.size {
+                let want = self.size + (self.size >> 3) - self.carry.len();
+                let before = self.carry.len();
+                if let Err(e) = (&mut *self.input).take(want as u64).read_to_end(&mut self.carry) {
+                    self.done = true;
+                    return Some(Err(format!("reading the file: {e}")));
+                }
+                self.done = self.carry.len() == before;
+                continue;
+            }
+            if self.done {
+                return (!self.carry.is_empty()).then(|| Ok(std::mem::take(&mut self.carry)));
+            }
+            // A chunk starts outside quotes: the last line end with an even
+            // number of quote characters before it is where this one ends.
+            let mut quoted = false;
+            let mut cut = None;
+            for i in memchr::memchr2_iter(self.quote, b'\n', &self.carry) {
+                if self.carry[i] == self.quote {
+                    quoted = !quoted;
+                } else if !quoted {
+                    cut = Some(i + 1);
+                }
+            }
+            match cut {
+                Some(end) => {
+                    let rest = self.carry.split_off(end);
+                    return Some(Ok(std::mem::replace(&mut self.carry, rest)));
+                }
+                // One quoted value longer than the buffer: read on.
+                None => {
+                    let before = self.carry.len();
+                    if let Err(e) = (&mut *self.input).take(self.size as u64).read_to_end(&mut self.carry) {
+                        self.done = true;
+                        return Some(Err(format!("reading the file: {e}")));
+                    }
+                    self.done = self.carry.len() == before;
+                }
+            }
+        }
+    }
 }
 
 fn reader<'a>(options: &CsvOptions, bytes: &'a [u8]) -> ::csv::Reader<&'a [u8]> {
@@ -236,3 +398,4 @@ fn renumbered(batch: RecordBatch, offset: i64) -> Result<RecordBatch, datafusion
     columns[last] = Arc::new(shifted);
     RecordBatch::try_new(batch.schema(), columns)
 }
+

@@ -59,6 +59,25 @@ pub fn read_file_into(
     }
 }
 
+/// [`read_file_into`] from an open file: a CSV streams through, a few
+/// chunks in memory at a time; other formats are read whole first.
+pub fn read_open_file_into(
+    format: &SourceFormat,
+    name: &str,
+    file: &mut (dyn std::io::Read + Send),
+    length: u64,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    match format {
+        SourceFormat::Csv(options) => csv::read_stream_into(options, name, file, length, sink),
+        _ => {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(|e| file_error(name, format!("reading the file: {e}")))?;
+            read_file_into(format, name, &bytes, sink)
+        }
+    }
+}
+
 /// Read the first `max_rows` data rows of a landing file (all with `None`).
 /// CSV and spreadsheets stop reading there; other formats are read whole
 /// and cut.
