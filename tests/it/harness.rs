@@ -592,16 +592,22 @@ pub fn tpch_lake(dir: &Path) -> (PathBuf, PathBuf) {
         )
         .unwrap();
     }
-    let out = Command::new(BIN)
-        .args(["run", "--all", "--lake"])
-        .arg(&lake)
-        .arg("--specs")
-        .arg(&specs)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = workbench_cli(&["run", "--all"], &lake, &specs);
     assert!(out.status.success(), "workbench run --all: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (lake, specs)
+}
+
+/// `workbench <args> --lake <lake> --specs <specs>`, logging warnings only.
+pub fn workbench_cli(args: &[&str], lake: &Path, specs: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--lake")
+        .arg(lake)
+        .arg("--specs")
+        .arg(specs)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run workbench")
 }
 
 /// TPC-H query `n` as the tests run it.

@@ -5,7 +5,6 @@
 //! `table_memory_budget` stays on its files and the metrics say so.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{Array, RecordBatch, StringArray};
@@ -13,7 +12,7 @@ use deltalake::arrow::compute::cast;
 use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::harness::{BIN, Server, ServerOptions, TPCH_TABLES, rows, tpch_lake, tpch_query};
+use crate::harness::{Server, ServerOptions, TPCH_TABLES, rows, tpch_lake, tpch_query, workbench_cli};
 
 fn options(specs: &Path, config_yaml: &str) -> ServerOptions {
     ServerOptions { config_yaml: config_yaml.into(), args: vec!["--specs".into(), specs.display().to_string()], ..Default::default() }
@@ -120,14 +119,7 @@ async fn tables_in_memory_answer_as_their_files_follow_new_versions_and_respect_
     // A new version of region: the next query sees it (from its files),
     // then it is loaded and swapped in.
     rewrite_region(&lake, "kept in memory");
-    let out = Command::new(BIN)
-        .args(["run", "region", "--full-refresh", "--lake"])
-        .arg(&lake)
-        .arg("--specs")
-        .arg(&specs)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = workbench_cli(&["run", "region", "--full-refresh"], &lake, &specs);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(rows(&server, "SELECT DISTINCT r_comment FROM silver.region").await, vec!["kept in memory"]);
     wait_until("the new version of silver.region in memory", &server, async || {
@@ -163,7 +155,7 @@ async fn a_spec_naming_an_unknown_layer_to_keep_in_memory_is_refused_with_its_po
         "name: orders\nsource:\n  format: csv\n  path: landing/orders.csv\nserve:\n  memory: [silver, platinum]\n",
     )
     .unwrap();
-    let out = Command::new(BIN).args(["check", "--lake"]).arg(dir.path().join("lake")).arg("--specs").arg(&specs).output().unwrap();
+    let out = workbench_cli(&["check"], &dir.path().join("lake"), &specs);
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("orders.yaml:6:11"), "{text}");
