@@ -1310,22 +1310,18 @@ def case_layout(ctx):
 
 def memory_cap(limit_bytes):
     """A memory cgroup limited to `limit_bytes` (cgroup v1 or v2): its
-    directory and how to read its peak and OOM kills."""
+    directory and how to read how many OOM kills it has seen."""
     v1 = Path("/sys/fs/cgroup/memory")
-    if v1.is_dir():
-        group = v1 / "workbench-bench-cap"
-        group.mkdir(exist_ok=True)
-        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
-        (group / "memory.max_usage_in_bytes").write_text("0")
-        kills = lambda: int(next((l.split()[1] for l in (group / "memory.oom_control").read_text().splitlines()
-                                  if l.startswith("oom_kill ")), 0))
-        return group, kills
-    group = Path("/sys/fs/cgroup/workbench-bench-cap")
+    group = (v1 if v1.is_dir() else Path("/sys/fs/cgroup")) / "workbench-bench-cap"
     group.mkdir(exist_ok=True)
-    (group / "memory.max").write_text(str(limit_bytes))
-    (group / "memory.swap.max").write_text("0")
-    kills = lambda: int(next((l.split()[1] for l in (group / "memory.events").read_text().splitlines()
-                              if l.startswith("oom_kill ")), 0))
+    if v1.is_dir():
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        events = group / "memory.oom_control"
+    else:
+        (group / "memory.max").write_text(str(limit_bytes))
+        (group / "memory.swap.max").write_text("0")
+        events = group / "memory.events"
+    kills = lambda: int(next((l.split()[1] for l in events.read_text().splitlines() if l.startswith("oom_kill ")), 0))
     return group, kills
 
 
