@@ -251,8 +251,9 @@ impl Pipeline {
         let mut columns: Option<(String, SchemaRef)> = None;
         for file in files {
             if let Some(rows) = &file.rows {
+                let mut stamp = Stamp::new(run_id, &file.path, &file.hash, ingested_at);
                 for batch in rows {
-                    let batch = with_metadata(batch.clone(), run_id, &file.path, &file.hash, ingested_at).map_err(|e| step_error(&step, e))?;
+                    let batch = stamp.apply(batch.clone()).map_err(|e| step_error(&step, e))?;
                     if tx.send(Feed::Batch(batch)).await.is_err() {
                         write_stopped.store(true, Ordering::Release);
                         return Err(step_error(&step, "the bronze write stopped before the query's rows were read"));
@@ -297,8 +298,10 @@ impl Pipeline {
             // Parsing is CPU work: off the async threads.
             let read = tokio::task::spawn_blocking(move || -> Result<SchemaRef, PipelineError> {
                 let mut schema: Option<SchemaRef> = None;
+                let mut stamp = Stamp::new(&run, &file_path, &hash, ingested_at);
                 let mut sink = |batch| {
-                    let batch = with_metadata(batch, &run, &file_path, &hash, ingested_at)
+                    let batch = stamp
+                        .apply(batch)
                         .map_err(|e| sources::file_error(&file_path, e.to_string()))?;
                     if schema.is_none() {
                         same_columns(&file_path, batch.schema_ref(), first_file.as_ref())?;
@@ -403,29 +406,70 @@ pub(super) fn hash_batches(batches: &[RecordBatch]) -> String {
 
 /// Add the bronze ingest metadata columns.
 pub(super) fn with_metadata(batch: RecordBatch, run_id: &str, file: &str, hash: &str, ingested_at: i64) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-    let n = batch.num_rows();
-    let schema = batch.schema();
-    let mut fields: Vec<Field> = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    let mut row_number: Option<ArrayRef> = None;
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        if field.name() == "_row_number" {
-            row_number = Some(column.clone());
-        } else {
-            fields.push(field.as_ref().clone());
-            columns.push(column.clone());
-        }
+    Stamp::new(run_id, file, hash, ingested_at).apply(batch)
+}
+
+/// The bronze ingest metadata of one file's rows. Its columns are the same
+/// on every row, so they are built once, as long as the longest batch seen,
+/// and every batch gets a slice of them: the ~130 bytes a row they would
+/// take as text (as much as a lineitem row itself) are shared, not copied
+/// into each batch in flight.
+pub(super) struct Stamp {
+    run_id: String,
+    file: String,
+    hash: String,
+    ingested_at: i64,
+    columns: [ArrayRef; 4],
+}
+
+impl Stamp {
+    pub(super) fn new(run_id: &str, file: &str, hash: &str, ingested_at: i64) -> Stamp {
+        let mut stamp = Stamp {
+            run_id: run_id.to_string(),
+            file: file.to_string(),
+            hash: hash.to_string(),
+            ingested_at,
+            columns: std::array::from_fn(|_| Arc::new(StringArray::from(Vec::<&str>::new())) as ArrayRef),
+        };
+        stamp.grow(sources::BATCH_ROWS);
+        stamp
     }
-    let text = |v: &str| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, n))) as ArrayRef;
-    fields.push(Field::new("_run_id", DataType::Utf8, false));
-    columns.push(text(run_id));
-    fields.push(Field::new("_source_file", DataType::Utf8, false));
-    columns.push(text(file));
-    fields.push(Field::new("_source_hash", DataType::Utf8, false));
-    columns.push(text(hash));
-    fields.push(Field::new("_ingested_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
-    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC")));
-    fields.push(Field::new("_row_number", DataType::Int64, false));
-    columns.push(row_number.unwrap_or_else(|| Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(1..=n as i64))));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+
+    fn grow(&mut self, n: usize) {
+        let text = |v: &str| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, n))) as ArrayRef;
+        self.columns = [
+            text(&self.run_id),
+            text(&self.file),
+            text(&self.hash),
+            Arc::new(TimestampMicrosecondArray::from(vec![self.ingested_at; n]).with_timezone("UTC")),
+        ];
+    }
+
+    /// `batch` with the metadata columns, `_row_number` last.
+    pub(super) fn apply(&mut self, batch: RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+        let n = batch.num_rows();
+        if self.columns[0].len() < n {
+            self.grow(n);
+        }
+        let schema = batch.schema();
+        let mut fields: Vec<Field> = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        let mut row_number: Option<ArrayRef> = None;
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            if field.name() == "_row_number" {
+                row_number = Some(column.clone());
+            } else {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+        fields.push(Field::new("_run_id", DataType::Utf8, false));
+        fields.push(Field::new("_source_file", DataType::Utf8, false));
+        fields.push(Field::new("_source_hash", DataType::Utf8, false));
+        fields.push(Field::new("_ingested_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
+        columns.extend(self.columns.iter().map(|c| c.slice(0, n)));
+        fields.push(Field::new("_row_number", DataType::Int64, false));
+        columns.push(row_number.unwrap_or_else(|| Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(1..=n as i64))));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+    }
 }

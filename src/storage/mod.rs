@@ -437,28 +437,43 @@ pub struct CommitRecord {
     pub metadata: std::collections::HashMap<String, serde_json::Value>,
 }
 
-/// How `layer`'s Parquet files are written, when not Delta's default
-/// (snappy, statistics on every column). Bronze holds raw text that runs read
-/// whole: statistics (a min/max comparison per value) are kept only on the
-/// ingest metadata columns (`_run_id`, ...) that incremental runs filter on.
+/// How `layer`'s Parquet files are written: snappy, as Delta's default, and
+/// row groups capped in bytes as well as rows. A writer holds its current
+/// row group in memory until it is complete (and a scan reads one whole
+/// column chunk at a time), so the cap is what bounds a write's memory
+/// whatever the width of its rows.
+///
+/// Bronze holds raw text that runs read whole: small row groups (16 MB,
+/// ~380,000 lineitem rows) keep the bronze write and the silver scan of it
+/// small, and statistics (a min/max comparison per value) are kept only on
+/// the ingest metadata columns (`_run_id`, ...) that incremental runs filter
+/// on. Silver and gold keep statistics everywhere and a 64 MB cap, above
+/// what a million narrow rows (the row cap) take, so their layout, which
+/// queries read, changes only for wide rows.
 fn writer_properties<'a>(
     layer: Layer,
     columns: impl Iterator<Item = &'a str>,
-) -> Option<deltalake::parquet::file::properties::WriterProperties> {
+) -> deltalake::parquet::file::properties::WriterProperties {
     use deltalake::parquet::basic::Compression;
     use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
     use deltalake::parquet::schema::types::ColumnPath;
+    let builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
     if layer != Layer::Bronze {
-        return None;
+        return builder.set_max_row_group_bytes(Some(ROW_GROUP_BYTES)).build();
     }
-    let builder = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+    let builder = builder
+        .set_max_row_group_bytes(Some(BRONZE_ROW_GROUP_BYTES))
         .set_statistics_enabled(EnabledStatistics::None);
-    let builder = columns
+    columns
         .filter(|c| c.starts_with('_'))
-        .fold(builder, |b, c| b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::Chunk));
-    Some(builder.build())
+        .fold(builder, |b, c| b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::Chunk))
+        .build()
 }
+
+/// The most a silver or gold row group holds, encoded (see [`writer_properties`]).
+const ROW_GROUP_BYTES: usize = 64 << 20;
+/// The most a bronze row group holds, encoded.
+const BRONZE_ROW_GROUP_BYTES: usize = 16 << 20;
 
 impl Lake {
     async fn writable(&self, layer: Layer, table: &str) -> Result<DeltaTable, StorageError> {
@@ -488,8 +503,8 @@ impl Lake {
         let schema = batches.first().map(|b| b.schema());
         let delta = self.writable(layer, table).await?;
         let mut builder = delta.write(batches);
-        if let Some(properties) = schema.and_then(|s| writer_properties(layer, s.fields().iter().map(|f| f.name().as_str()))) {
-            builder = builder.with_writer_properties(properties);
+        if let Some(schema) = schema {
+            builder = builder.with_writer_properties(writer_properties(layer, schema.fields().iter().map(|f| f.name().as_str())));
         }
         let written = self.commit_write(layer, table, builder, kind, run_id, extra, &[], false).await?;
         Ok(CommitInfo {
@@ -549,13 +564,11 @@ impl Lake {
             .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
             .build();
         let properties = writer_properties(layer, plan.schema().fields().iter().map(|f| f.name().as_str()));
-        let mut builder = delta
+        let builder = delta
             .write(Vec::new())
             .with_input_plan(plan)
-            .with_session_state(Arc::new(state));
-        if let Some(properties) = properties {
-            builder = builder.with_writer_properties(properties);
-        }
+            .with_session_state(Arc::new(state))
+            .with_writer_properties(properties);
         let written = match self.commit_write(layer, table, builder, kind, run_id, extra, keys, creating).await {
             Err(StorageError::Table { .. }) if creating && self.table(layer, table).await.ok().flatten().is_some() => {
                 return Err(StorageError::Conflict {

@@ -4,6 +4,7 @@
 mod harness;
 mod maintenance;
 mod http;
+mod bounded;
 mod cdc;
 mod clients;
 mod cluster;

@@ -2,7 +2,7 @@
 //! quoting, null markers. Every column is read as text.
 //!
 //! A large file is parsed in parallel and streamed: the rows below the
-//! header are cut into chunks of ~32 MB, each cut at a line end outside
+//! header are cut into chunks of at most 4 MB, each cut at a line end outside
 //! quotes (an even number of quote characters before it); one worker per
 //! core parses every n-th chunk, and the chunks are handed on in file order
 //! with their row numbers joined up, a few chunks in memory at a time.
@@ -14,16 +14,19 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayBuilder, ArrayRef, Int64Array, Int64Builder, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::{SourceError, file_error, header_names, text_schema};
+use super::{BATCH_ROWS as BATCH, SourceError, file_error, header_names, text_schema};
 use crate::spec::CsvOptions;
 
-const BATCH: usize = 8192;
 /// Below this many bytes of rows, one thread parses the whole file.
 const PARALLEL_MIN_BYTES: usize = 8 << 20;
 /// A large file is parsed in chunks of about this size (at least four per
 /// core), so that only a few chunks are in memory at once while the batches
-/// stream on.
-const CHUNK_BYTES: usize = 32 << 20;
+/// stream on. A chunk is held about ten times over at the worst (as text
+/// waiting and being parsed and as parsed batches, per worker), so this
+/// bounds what parsing holds: ~45 MB on two cores (32 MB chunks held
+/// ~370 MB, most of what sank a 3 GB file under a 1 GiB cap); a chunk is
+/// still ~30,000 lineitem rows.
+const CHUNK_BYTES: usize = 4 << 20;
 /// A file read as it is parsed comes in chunks of no less than this.
 const MIN_CHUNK_BYTES: usize = 1 << 20;
 
@@ -249,6 +252,8 @@ impl Iterator for Chunks<'_> {
         loop {
             if !self.done && self.carry.len() < self.size {
                 let want = self.size + (self.size >> 3) - self.carry.len();
+                // Exactly what is read: `read_to_end` would grow by doubling.
+                self.carry.reserve_exact(want);
                 let before = self.carry.len();
                 if let Err(e) = (&mut *self.input).take(want as u64).read_to_end(&mut self.carry) {
                     self.done = true;
@@ -344,8 +349,17 @@ fn parse_rows(options: &CsvOptions, schema: &SchemaRef, piece: &[u8], max_rows: 
     // Values go straight into Arrow builders: no String per cell.
     let mut columns: Vec<StringBuilder> = (0..width).map(|_| StringBuilder::with_capacity(BATCH, BATCH * 16)).collect();
     let mut numbers = Int64Builder::with_capacity(BATCH);
+    // A finished builder starts again from nothing and would grow by
+    // doubling (each batch then holding up to twice its text): the next
+    // batch of a column is given what the last one took, and a little more.
     let flush = |columns: &mut Vec<StringBuilder>, numbers: &mut Int64Builder| -> Result<RecordBatch, String> {
-        let mut arrays: Vec<ArrayRef> = columns.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef).collect();
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len() + 1);
+        for column in columns.iter_mut() {
+            let array = column.finish();
+            let bytes = array.values().len();
+            *column = StringBuilder::with_capacity(BATCH, bytes + bytes / 8);
+            arrays.push(Arc::new(array));
+        }
         arrays.push(Arc::new(numbers.finish()));
         RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())
     };

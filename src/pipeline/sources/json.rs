@@ -38,7 +38,7 @@ pub fn read(name: &str, bytes: &[u8], lines: bool) -> Result<Vec<RecordBatch>, S
     let (schema, _) = infer_json_schema_from_seekable(&mut cursor, None)
         .map_err(|e| file_error(name, format!("cannot infer a schema: {e}")))?;
     let reader = ReaderBuilder::new(Arc::new(schema))
-        .with_batch_size(8192)
+        .with_batch_size(super::BATCH_ROWS)
         .build(BufReader::new(Cursor::new(&ndjson)))
         .map_err(|e| file_error(name, e.to_string()))?;
     let batches = reader

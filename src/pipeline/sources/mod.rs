@@ -18,6 +18,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 pub use postgres::{DateWindow, read_postgres};
 
+/// Rows per batch a source hands on.
+pub const BATCH_ROWS: usize = 8192;
+
 use crate::spec::SourceFormat;
 
 #[derive(Debug, thiserror::Error)]
