@@ -325,7 +325,23 @@ fn shutdown_signal() -> CancellationToken {
 /// parsed statements, whose expression trees can be thousands deep.
 const CONNECTION_STACK_BYTES: usize = 64 << 20;
 
+/// glibc's malloc raises its mmap threshold each time a large block is freed
+/// (up to 32 MB), after which Arrow's column buffers come from the heap
+/// arenas and stay mapped once freed: an ingest of a 200 MB CSV held 338 MB,
+/// ~140 MB of it freed buffers. A fixed threshold keeps blocks over 256 KB
+/// in their own mappings, handed back when freed (198 MB, as fast).
+/// mimalloc instead measured 327 MB.
+fn bounded_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's parameters; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    bounded_malloc();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(CONNECTION_STACK_BYTES)
         .thread_name("workbench")
