@@ -368,15 +368,7 @@ def case_ingest(ctx):
     start = time.perf_counter()
     proc = subprocess.Popen([str(binary), "run", "lineitem_csv", "--lake", str(lake), "--specs", str(data / "ingest-specs")],
                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, RUST_LOG="warn"))
-    peak = 0.0
-    while proc.poll() is None:
-        try:
-            for line in open(f"/proc/{proc.pid}/status"):
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024)
-        except FileNotFoundError:
-            pass
-        time.sleep(0.2)
+    peak = wait_peak_rss_mb(proc, 0.2)
     wb = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"workbench run failed:\n{proc.stdout.read()}")
@@ -1325,13 +1317,8 @@ def memory_cap(limit_bytes):
     return group, kills
 
 
-def run_capped(group, kills, argv, cwd=None):
-    """Run `argv` inside the cgroup: (seconds, peak RSS MB, exit code, killed by the OOM killer)."""
-    before = kills()
-    start = time.perf_counter()
-    proc = subprocess.Popen(["sh", "-c", f'echo $$ > {group / "cgroup.procs"} && exec "$@"', "capped", *map(str, argv)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            env=dict(os.environ, RUST_LOG="warn"))
+def wait_peak_rss_mb(proc, every):
+    """Wait for `proc`, sampling its peak RSS (VmHWM) every `every` seconds; MB."""
     peak = 0.0
     while proc.poll() is None:
         try:
@@ -1340,7 +1327,18 @@ def run_capped(group, kills, argv, cwd=None):
                     peak = max(peak, int(line.split()[1]) / 1024)
         except (FileNotFoundError, ProcessLookupError):
             pass
-        time.sleep(0.05)
+        time.sleep(every)
+    return peak
+
+
+def run_capped(group, kills, argv, cwd=None):
+    """Run `argv` inside the cgroup: (seconds, peak RSS MB, exit code, killed by the OOM killer)."""
+    before = kills()
+    start = time.perf_counter()
+    proc = subprocess.Popen(["sh", "-c", f'echo $$ > {group / "cgroup.procs"} && exec "$@"', "capped", *map(str, argv)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env=dict(os.environ, RUST_LOG="warn"))
+    peak = wait_peak_rss_mb(proc, 0.05)
     return time.perf_counter() - start, peak, proc.returncode, kills() > before
 
 
