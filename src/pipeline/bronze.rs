@@ -431,7 +431,8 @@ impl Stamp {
             ingested_at,
             columns: std::array::from_fn(|_| Arc::new(StringArray::from(Vec::<&str>::new())) as ArrayRef),
         };
-        stamp.grow(sources::BATCH_ROWS);
+        // Sized by the first batch (a preview's few rows build no more).
+        stamp.grow(0);
         stamp
     }
 
