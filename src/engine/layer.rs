@@ -3,7 +3,7 @@
 //! another process creates or changes are visible to the next query.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use std::borrow::Cow;
 
@@ -18,6 +18,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
 
+use super::estimates::{Source, TableEstimates};
 use super::memory::MemoryTables;
 use crate::storage::{Lake, Layer};
 
@@ -70,6 +71,7 @@ impl SchemaProvider for LayerSchema {
                 name: name.to_string(),
                 table,
                 in_memory: true,
+                estimates: OnceLock::new(),
             })));
         }
         if let Some(version) = version
@@ -91,6 +93,7 @@ impl SchemaProvider for LayerSchema {
             name: name.to_string(),
             table,
             in_memory: false,
+            estimates: OnceLock::new(),
         });
         if let Some(version) = version {
             self.providers
@@ -142,6 +145,9 @@ pub struct LakeTable {
     table: DeltaTable,
     /// `inner` is that version decoded in memory, not its files.
     in_memory: bool,
+    /// Rows and column ranges of that version, read from the log when the
+    /// join order first asks.
+    estimates: OnceLock<Option<TableEstimates>>,
 }
 
 impl LakeTable {
@@ -161,6 +167,23 @@ impl LakeTable {
     /// The Delta table at the version this provider reads.
     pub fn delta(&self) -> &DeltaTable {
         &self.table
+    }
+
+    pub fn estimates(&self) -> Option<&TableEstimates> {
+        self.estimates
+            .get_or_init(|| TableEstimates::of(&self.table, &self.inner.schema()))
+            .as_ref()
+    }
+}
+
+/// Estimates of the lake tables a plan scans, for the join order.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LakeEstimates;
+
+impl Source for LakeEstimates {
+    fn table(&self, scan: &datafusion::logical_expr::TableScan) -> Option<TableEstimates> {
+        let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
+        provider.downcast_ref::<LakeTable>()?.estimates().cloned()
     }
 }
 

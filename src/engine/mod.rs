@@ -8,9 +8,11 @@ mod arithmetic;
 mod catalog_tables;
 mod coercion;
 mod descriptions;
+mod estimates;
 mod executor;
 mod governed;
 mod information_schema;
+mod join_order;
 mod layer;
 mod limits;
 mod memory;
@@ -36,6 +38,7 @@ pub use catalog_tables::SessionSettingsRows;
 pub use executor::{execute, off_connection, panic_message};
 pub use governed::governed_view;
 pub use layer::{LakeTable, LayerSchema};
+pub use join_order::PlannerOptions;
 pub use limits::LimitError;
 pub use memory::MemoryTables;
 pub use pg_catalog::type_modifier;
@@ -119,7 +122,8 @@ impl Engine {
             .with_default_catalog_and_schema(DATABASE, "public")
             .with_create_default_catalog_and_schema(false)
             // Served by our own `information_schema` schema (Postgres type names).
-            .with_information_schema(false);
+            .with_information_schema(false)
+            .with_option_extension(PlannerOptions::default());
         if let Some(cluster) = &options.cluster {
             config = config.with_extension(cluster.clone());
         }
@@ -127,6 +131,7 @@ impl Engine {
             .with_config(config)
             .with_default_features()
             .with_analyzer_rules(coercion::analyzer_rules())
+            .with_optimizer_rule(Arc::new(join_order::JoinOrder::new(layer::LakeEstimates)))
             .build();
         let ctx = SessionContext::new_with_state(state);
 

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use datafusion::config::ConfigOptions;
+
 use crate::engine::PG_VERSION;
 
 /// One setting: canonical name (as `SHOW` labels it), default, reported to
@@ -64,7 +66,11 @@ const KNOWN: &[Known] = &[
     known("transaction_read_only", "off", false, "Sets the current transaction's read-only status."),
     known("work_mem", "4MB", false, "Sets the maximum memory to be used for query workspaces."),
     known("workbench.execution", "auto", false, "Where lake queries run: auto (large ones on the Ballista cluster, when configured), local (on this server), cluster (on the cluster whatever their size)."),
+    known("workbench.join_order", "on", false, "Join a query's tables in the order their estimated sizes call for (from the Delta log's statistics): on, or off for the order the query names them in."),
 ];
+
+/// Settings passed on to the query engine as they are (`datafusion.execution.batch_size`).
+const DATAFUSION: &str = "datafusion.";
 
 fn find(name: &str) -> Option<&'static Known> {
     KNOWN.iter().find(|k| k.name.eq_ignore_ascii_case(name))
@@ -127,6 +133,9 @@ pub struct Settings {
     /// Defaults of this server that differ from Postgres' (from the config).
     defaults: BTreeMap<String, String>,
     state: Mutex<State>,
+    /// `datafusion.*` options this session changed, with the engine's value
+    /// before the change (put back on RESET).
+    engine_originals: Mutex<BTreeMap<String, Option<String>>>,
 }
 
 impl Settings {
@@ -170,6 +179,9 @@ impl Settings {
     pub fn set(&self, name: &str, value: &str, local: bool) -> Result<String, SettingError> {
         let name = canonical(name);
         if find(&name).is_none() && !name.contains('.') {
+            return Err(SettingError::Unknown(name));
+        }
+        if name.starts_with(DATAFUSION) && !ConfigOptions::new().entries().iter().any(|e| e.key == name) {
             return Err(SettingError::Unknown(name));
         }
         if FIXED.contains(&name.as_str()) {
@@ -252,6 +264,42 @@ impl Settings {
             .unwrap_or_default()
     }
 
+    /// Give the engine this session's `datafusion.*` settings, and put back
+    /// the engine's own value of those reset since.
+    pub fn apply_engine_options(&self, options: &mut ConfigOptions) {
+        let wanted: BTreeMap<String, String> = {
+            let state = self.state();
+            // SET LOCAL after SET: the local value wins.
+            state
+                .session
+                .iter()
+                .chain(state.local.iter())
+                .filter(|(name, _)| name.starts_with(DATAFUSION))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        };
+        let mut originals = self.engine_originals.lock().unwrap_or_else(|p| p.into_inner());
+        let reset: Vec<String> = originals.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        for name in reset {
+            if let Some(Some(value)) = originals.remove(&name) {
+                let _ = options.set(&name, &value);
+            }
+        }
+        for (name, value) in wanted {
+            if !originals.contains_key(&name) {
+                let original = options.entries().into_iter().find(|e| e.key == name).and_then(|e| e.value);
+                originals.insert(name.clone(), original);
+            }
+            // Checked when it was SET.
+            let _ = options.set(&name, &value);
+        }
+    }
+
+    /// `workbench.join_order`: reorder joins by estimated sizes.
+    pub fn join_order(&self) -> bool {
+        self.get("workbench.join_order").is_none_or(|v| v != "off")
+    }
+
     pub fn statement_timeout_ms(&self) -> u64 {
         self.get("statement_timeout")
             .and_then(|v| parse_duration_ms(&v))
@@ -329,6 +377,23 @@ fn normalize(name: &str, value: &str) -> Result<String, SettingError> {
             }
         }
         "search_path" => value.to_string(),
+        n if n.starts_with(DATAFUSION) => {
+            // `SET x = off` arrives as Postgres spells booleans.
+            let value = match value.trim() {
+                v if v.eq_ignore_ascii_case("on") => "true",
+                v if v.eq_ignore_ascii_case("off") => "false",
+                v => v,
+            };
+            ConfigOptions::new()
+                .set(n, value)
+                .map_err(|_| invalid("a value of the option's type, as DataFusion's configuration reference lists it"))?;
+            value.to_string()
+        }
+        "workbench.join_order" => match value.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" | "1" => "on".into(),
+            "off" | "false" | "no" | "0" => "off".into(),
+            _ => return Err(invalid("on or off")),
+        },
         "workbench.execution" => match crate::cluster::Placement::parse(value) {
             Some(_) => value.trim().to_ascii_lowercase(),
             None => return Err(invalid("one of auto, local, cluster")),

@@ -315,7 +315,8 @@ impl QueryHook for SessionStatementHook {
 }
 
 /// Make the engine follow the settings: default schema (first schema of
-/// `search_path` that exists) and time zone.
+/// `search_path` that exists), time zone, join order and the session's
+/// `datafusion.*` options.
 pub fn apply_to_engine(settings: &Settings, ctx: &SessionContext) {
     let schema = ctx
         .catalog(crate::engine::DATABASE)
@@ -324,8 +325,13 @@ pub fn apply_to_engine(settings: &Settings, ctx: &SessionContext) {
     let state = ctx.state_ref();
     let mut state = state.write();
     let options = state.config_mut().options_mut();
+    // DataFusion's own options first: the settings below are ours to keep.
+    settings.apply_engine_options(options);
     options.catalog.default_schema = schema.unwrap_or_else(|| "public".into());
     options.execution.time_zone = Some(time_zone);
+    if let Some(planner) = options.extensions.get_mut::<crate::engine::PlannerOptions>() {
+        planner.join_order = settings.join_order();
+    }
 }
 
 fn isolation(level: &TransactionIsolationLevel) -> &'static str {

@@ -13,6 +13,7 @@ mod encoding;
 mod functions;
 mod governance;
 mod hardening;
+mod join_order;
 mod memory;
 mod metadata;
 mod monitoring;
