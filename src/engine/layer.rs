@@ -31,7 +31,13 @@ pub struct LayerSchema {
     /// The provider built for each table's latest version seen: catalog
     /// queries look every table up, and most lookups find no new commit.
     providers: Mutex<HashMap<String, (u64, Arc<dyn TableProvider>)>>,
+    /// The estimates of each table's latest version seen, shared by the
+    /// providers of that version (a table in memory gets a new one per query).
+    estimates: Mutex<HashMap<String, (u64, Estimates)>>,
 }
+
+/// A table version's estimates, read from its log when first asked for.
+type Estimates = Arc<OnceLock<Option<TableEstimates>>>;
 
 impl LayerSchema {
     pub fn new(lake: Arc<Lake>, layer: Layer, memory: Arc<MemoryTables>) -> Self {
@@ -40,6 +46,25 @@ impl LayerSchema {
             layer,
             memory,
             providers: Mutex::new(HashMap::new()),
+            estimates: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl LayerSchema {
+    /// The shared estimates of `name` at `version` (none shared without one).
+    fn estimates_of(&self, name: &str, version: Option<u64>) -> Estimates {
+        let Some(version) = version else {
+            return Estimates::default();
+        };
+        let mut cache = self.estimates.lock().expect("estimates cache poisoned");
+        match cache.get(name) {
+            Some((seen, estimates)) if *seen == version => estimates.clone(),
+            _ => {
+                let estimates = Estimates::default();
+                cache.insert(name.to_string(), (version, estimates.clone()));
+                estimates
+            }
         }
     }
 }
@@ -58,10 +83,12 @@ impl SchemaProvider for LayerSchema {
             .map_err(|e| DataFusionError::External(Box::new(e)))?
         else {
             self.providers.lock().expect("provider cache poisoned").remove(name);
+            self.estimates.lock().expect("estimates cache poisoned").remove(name);
             self.memory.forget(self.layer, name);
             return Ok(None);
         };
         let version = table.version();
+        let estimates = self.estimates_of(name, version);
         if let Some(version) = version
             && let Some(memory) = self.memory.get(self.layer, name, version)
         {
@@ -71,7 +98,7 @@ impl SchemaProvider for LayerSchema {
                 name: name.to_string(),
                 table,
                 in_memory: true,
-                estimates: OnceLock::new(),
+                estimates,
             })));
         }
         if let Some(version) = version
@@ -93,7 +120,7 @@ impl SchemaProvider for LayerSchema {
             name: name.to_string(),
             table,
             in_memory: false,
-            estimates: OnceLock::new(),
+            estimates,
         });
         if let Some(version) = version {
             self.providers
@@ -147,7 +174,7 @@ pub struct LakeTable {
     in_memory: bool,
     /// Rows and column ranges of that version, read from the log when the
     /// join order first asks.
-    estimates: OnceLock<Option<TableEstimates>>,
+    estimates: Estimates,
 }
 
 impl LakeTable {

@@ -139,6 +139,66 @@ async fn cluster_by_writes_silver_sorted_and_optimize_z_orders_by_it() {
     assert!(out.status.success() && stdout.contains("2 files → 1 ") && stdout.contains("Z-ordered by posting_date"), "{stdout}{out:?}");
 }
 
+/// A `cluster_by` sort larger than the memory a query may use spills
+/// instead of failing: one sorter per core shares the limit with the other.
+#[tokio::test]
+async fn cluster_by_sorts_more_rows_than_the_memory_limit_holds() {
+    let lake = tempfile::TempDir::new().unwrap();
+    let specs = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(lake.path().join("landing/gl")).unwrap();
+    const ROWS: usize = 1_200_000;
+    let mut csv = String::with_capacity(ROWS * 48);
+    csv.push_str("entry,posting_date,amount,memo\n");
+    for i in 0..ROWS {
+        let day = (i * 7919) % 3650;
+        csv.push_str(&format!("{i},{},{},memo number {i} of the ledger\n", 18000 + day, i % 997));
+    }
+    std::fs::write(lake.path().join("landing/gl/a.csv"), csv).unwrap();
+    std::fs::write(
+        specs.path().join("gl.yaml"),
+        "name: gl\nsource: { format: csv, path: landing/gl/*.csv }\nsilver:\n  mode: append\n  rules:\n    - type_cast: { posting_date: int, amount: int }\n  cluster_by: [posting_date]\n",
+    )
+    .unwrap();
+    let config = specs.path().join("workbench.yaml");
+    std::fs::write(&config, "query_memory_limit: 48MiB\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "gl", "--config"])
+        .arg(&config)
+        .arg("--lake")
+        .arg(lake.path())
+        .arg("--specs")
+        .arg(specs.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let server = Server::start_at(lake.path(), ServerOptions::default());
+    let answers = rows(&server, "SELECT count(*), count(DISTINCT entry), sum(amount), min(posting_date), max(posting_date) FROM silver.gl").await;
+    let sum: usize = (0..ROWS).map(|i| i % 997).sum();
+    assert_eq!(answers, [format!("{ROWS}|{ROWS}|{sum}|18000|21649")]);
+    // Each file holds its rows by posting_date.
+    for entry in std::fs::read_dir(lake.path().join("silver/gl")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "parquet") {
+            continue;
+        }
+        let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut last = i64::MIN;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = datafusion::arrow::compute::cast(batch.column_by_name("posting_date").unwrap(), &datafusion::arrow::datatypes::DataType::Int64).unwrap();
+            let column = column.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+            for value in column.iter().map(|d| d.unwrap()) {
+                assert!(last <= value, "{} is not sorted by posting_date", path.display());
+                last = value;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn maintenance_on_a_schedule_compacts_every_table_of_the_dataset() {
     let lake = tempfile::TempDir::new().unwrap();
