@@ -159,8 +159,9 @@ async fn cluster_by_sorts_more_rows_than_the_memory_limit_holds() {
         "name: gl\nsource: { format: csv, path: landing/gl/*.csv }\nsilver:\n  mode: append\n  rules:\n    - type_cast: { posting_date: int, amount: int }\n  cluster_by: [posting_date]\n",
     )
     .unwrap();
-    let config = specs.path().join("workbench.yaml");
-    std::fs::write(&config, "query_memory_limit: 48MiB\n").unwrap();
+    let config_dir = tempfile::TempDir::new().unwrap();
+    let config = config_dir.path().join("workbench.yaml");
+    std::fs::write(&config, "query_memory_limit: 128MiB\n").unwrap();
     let out = Command::new(BIN)
         .args(["run", "gl", "--config"])
         .arg(&config)
