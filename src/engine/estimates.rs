@@ -98,7 +98,7 @@ pub struct ColumnEstimate {
 
 /// Where base tables' estimates come from (the lake's tables).
 pub trait Source {
-    fn table(&self, scan: &datafusion::logical_expr::TableScan) -> Option<TableEstimates>;
+    fn table(&self, scan: &datafusion::logical_expr::TableScan) -> Option<std::sync::Arc<TableEstimates>>;
 }
 
 /// Selectivity of a predicate nothing is known about (Postgres uses 0.5 for

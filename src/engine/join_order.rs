@@ -155,6 +155,22 @@ struct Condition {
     placed: bool,
 }
 
+impl Condition {
+    /// Not placed yet, and reads only `inputs`.
+    fn fits(&self, inputs: u64) -> bool {
+        !self.placed && self.inputs & !inputs == 0
+    }
+}
+
+/// The conditions that fit `inputs` and are not placed yet, as one
+/// predicate, now placed.
+fn place(conditions: &mut [Condition], inputs: u64) -> Option<Expr> {
+    conjunction(conditions.iter_mut().filter(|c| c.fits(inputs)).map(|c| {
+        c.placed = true;
+        c.expr.clone()
+    }))
+}
+
 /// An equi-join key pair and the inputs each side reads.
 struct Key {
     left: Expr,
@@ -287,15 +303,7 @@ impl<S: Source> JoinOrder<S> {
         for (i, (plan, estimate)) in inputs.into_iter().zip(estimates).enumerate() {
             let mut part = Part { plan, estimate, inputs: 1 << i, shape: Shape::Input(i) };
             // A condition on one input alone (rare: pushdown puts them in the scan).
-            let own: Vec<Expr> = conditions
-                .iter_mut()
-                .filter(|c| !c.placed && c.inputs == part.inputs)
-                .map(|c| {
-                    c.placed = true;
-                    c.expr.clone()
-                })
-                .collect();
-            if let Some(predicate) = conjunction(own) {
+            if let Some(predicate) = place(&mut conditions, part.inputs) {
                 part.estimate = part.estimate.filtered(&predicate);
                 part.plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(part.plan))?);
             }
@@ -333,15 +341,7 @@ impl<S: Source> JoinOrder<S> {
             let pairs = connecting(&keys, &build, &probe);
             let estimate = joined(&build, &probe, &pairs, &conditions);
             let both = build.inputs | probe.inputs;
-            let filter = conjunction(
-                conditions
-                    .iter_mut()
-                    .filter(|c| !c.placed && c.inputs & !both == 0)
-                    .map(|c| {
-                        c.placed = true;
-                        c.expr.clone()
-                    }),
-            );
+            let filter = place(&mut conditions, both);
             let join = Join::try_new(
                 Arc::new(build.plan),
                 Arc::new(probe.plan),
@@ -359,10 +359,8 @@ impl<S: Source> JoinOrder<S> {
                 shape: Shape::Join(Box::new(build.shape), Box::new(probe.shape)),
             });
         }
-        let Part { mut plan, shape, .. } = parts.pop().expect("a chain has inputs");
-        if let Some(rest) = conjunction(conditions.into_iter().filter(|c| !c.placed).map(|c| c.expr)) {
-            plan = LogicalPlan::Filter(Filter::try_new(rest, Arc::new(plan))?);
-        }
+        // The last join holds every input: every condition is placed.
+        let Part { plan, shape, .. } = parts.pop().expect("a chain has inputs");
         let columns = original.schema().columns().into_iter().map(Expr::Column).collect();
         let plan = LogicalPlan::Projection(Projection::try_new(columns, Arc::new(plan))?);
         Ok(Some((plan, shape)))
@@ -389,7 +387,7 @@ fn connecting(keys: &[Key], a: &Part, b: &Part) -> Vec<(Expr, Expr)> {
 fn joined(a: &Part, b: &Part, pairs: &[(Expr, Expr)], conditions: &[Condition]) -> Estimate {
     let both = a.inputs | b.inputs;
     let mut estimate = a.estimate.joined(&b.estimate, pairs);
-    for c in conditions.iter().filter(|c| !c.placed && c.inputs & !both == 0) {
+    for c in conditions.iter().filter(|c| c.fits(both)) {
         estimate = estimate.filtered(&c.expr);
     }
     estimate

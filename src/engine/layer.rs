@@ -37,7 +37,7 @@ pub struct LayerSchema {
 }
 
 /// A table version's estimates, read from its log when first asked for.
-type Estimates = Arc<OnceLock<Option<TableEstimates>>>;
+type Estimates = Arc<OnceLock<Option<Arc<TableEstimates>>>>;
 
 impl LayerSchema {
     pub fn new(lake: Arc<Lake>, layer: Layer, memory: Arc<MemoryTables>) -> Self {
@@ -49,9 +49,7 @@ impl LayerSchema {
             estimates: Mutex::new(HashMap::new()),
         }
     }
-}
 
-impl LayerSchema {
     /// The shared estimates of `name` at `version` (none shared without one).
     fn estimates_of(&self, name: &str, version: Option<u64>) -> Estimates {
         let Some(version) = version else {
@@ -196,10 +194,10 @@ impl LakeTable {
         &self.table
     }
 
-    pub fn estimates(&self) -> Option<&TableEstimates> {
+    pub fn estimates(&self) -> Option<Arc<TableEstimates>> {
         self.estimates
-            .get_or_init(|| TableEstimates::of(&self.table, &self.inner.schema()))
-            .as_ref()
+            .get_or_init(|| TableEstimates::of(&self.table, &self.inner.schema()).map(Arc::new))
+            .clone()
     }
 }
 
@@ -208,9 +206,9 @@ impl LakeTable {
 pub struct LakeEstimates;
 
 impl Source for LakeEstimates {
-    fn table(&self, scan: &datafusion::logical_expr::TableScan) -> Option<TableEstimates> {
+    fn table(&self, scan: &datafusion::logical_expr::TableScan) -> Option<Arc<TableEstimates>> {
         let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
-        provider.downcast_ref::<LakeTable>()?.estimates().cloned()
+        provider.downcast_ref::<LakeTable>()?.estimates()
     }
 }
 

@@ -304,14 +304,19 @@ impl Engine {
     /// A fresh session with the whole catalog: same catalog and functions,
     /// its own memory pool and settings.
     pub fn session(&self) -> SessionContext {
-        let limit = self.options.query_memory_limit.map_or(usize::MAX, |l| l as usize);
-        self.session_with(Arc::new(TrackConsumersPool::new(
-            GreedyMemoryPool::new(limit),
-            std::num::NonZeroUsize::new(3).expect("3 is non-zero"),
-        )))
+        self.session_with(GreedyMemoryPool::new(self.query_limit()))
     }
 
-    fn session_with(&self, query_pool: Arc<dyn MemoryPool>) -> SessionContext {
+    /// `query_memory_limit` in bytes (no limit: the whole address space).
+    fn query_limit(&self) -> usize {
+        self.options.query_memory_limit.map_or(usize::MAX, |l| l as usize)
+    }
+
+    /// A session whose queries draw from `pool` (reporting its three largest
+    /// consumers when it runs out), within the server's budget.
+    fn session_with(&self, pool: impl MemoryPool + 'static) -> SessionContext {
+        let query_pool: Arc<dyn MemoryPool> =
+            Arc::new(TrackConsumersPool::new(pool, std::num::NonZeroUsize::new(3).expect("3 is non-zero")));
         let template = self.template.state();
         let base = template.runtime_env();
         let memory_pool: Arc<dyn MemoryPool> =
@@ -345,11 +350,7 @@ impl Engine {
     /// took 1.7 of 2 GB without spilling while the other's merge, which
     /// cannot spill, failed (TPC-H SF1 lineitem sorted by date).
     pub fn internal_session(&self) -> SessionContext {
-        let limit = self.options.query_memory_limit.map_or(usize::MAX, |l| l as usize);
-        self.session_with(Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(limit),
-            std::num::NonZeroUsize::new(3).expect("3 is non-zero"),
-        )))
+        self.session_with(FairSpillPool::new(self.query_limit()))
     }
 }
 
