@@ -8,6 +8,13 @@
 //! commit happens only after the last file's last row has arrived: a file
 //! that fails to parse (or a reader that stops early) fails the write, and
 //! bronze stays at its last version.
+//!
+//! When silver would read back exactly this run's rows, it is written from
+//! the same batches as they pass (see [`Pipeline::silver_alongside`]): one
+//! read and parse of the landing files for both layers, and the two tables'
+//! Parquet encoded side by side. Silver's input ends only once bronze has
+//! committed where silver expects it, so silver never records rows bronze
+//! does not hold.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +28,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::silver::Alongside;
 use super::{Pipeline, PipelineError, RunOptions, edge, sources, step_error};
 use crate::storage::StorageError;
 use crate::meta::FileRecord;
@@ -33,6 +41,9 @@ pub(super) struct Ingested {
     pub rows: u64,
     pub files: usize,
     pub skipped_files: usize,
+    /// The rows silver wrote alongside, from the same parsed batches, when
+    /// it was asked to (see [`Pipeline::silver_alongside`]), or why it did not.
+    pub silver: Option<Result<u64, PipelineError>>,
 }
 
 /// A landing file (or query result) to ingest in this run, known by its
@@ -81,10 +92,23 @@ impl Pipeline {
     /// Redis restarted): the bronze commit carries the content hashes as
     /// Delta transaction ids. The run that loses such a race (or any commit
     /// conflict) re-reads what is new (now nothing) and ingests the rest.
-    pub(super) async fn ingest(&self, spec: &Spec, options: &RunOptions, run_id: &str) -> Result<Ingested, PipelineError> {
+    ///
+    /// With `alongside`, silver is written from the batches bronze writes
+    /// (one read of the landing files for both), and commits right after
+    /// bronze, at the bronze version it expects; otherwise (bronze lost a
+    /// race, a file failed) silver commits nothing and says why.
+    pub(super) async fn ingest(
+        &self,
+        spec: &Spec,
+        options: &RunOptions,
+        run_id: &str,
+        alongside: Option<&Alongside<'_>>,
+    ) -> Result<Ingested, PipelineError> {
         let mut attempt = 1;
         loop {
-            match self.ingest_new(spec, options, run_id).await {
+            // A retry plans again; silver then reads the committed bronze.
+            let alongside = alongside.filter(|_| attempt == 1);
+            match self.ingest_new(spec, options, run_id, alongside).await {
                 Err(PipelineError::Storage(raced @ (StorageError::AlreadyCommitted { .. } | StorageError::Conflict { .. })))
                     if attempt < RACE_ATTEMPTS =>
                 {
@@ -96,7 +120,13 @@ impl Pipeline {
         }
     }
 
-    async fn ingest_new(&self, spec: &Spec, options: &RunOptions, run_id: &str) -> Result<Ingested, PipelineError> {
+    async fn ingest_new(
+        &self,
+        spec: &Spec,
+        options: &RunOptions,
+        run_id: &str,
+        alongside: Option<&Alongside<'_>>,
+    ) -> Result<Ingested, PipelineError> {
         let step = format!("bronze.{}", spec.name);
         let known: HashSet<String> = if options.full_refresh {
             HashSet::new()
@@ -108,7 +138,7 @@ impl Pipeline {
             if options.full_refresh {
                 return Err(step_error(&step, "no landing files matched the source path; nothing to rebuild bronze from"));
             }
-            return Ok(Ingested { rows: 0, files: 0, skipped_files });
+            return Ok(Ingested { rows: 0, files: 0, skipped_files, silver: None });
         }
         let keys: Vec<String> = new_files.iter().map(|f| content_key(&spec.name, &f.hash)).collect();
         let ingested_at = chrono::Utc::now().timestamp_micros();
@@ -117,21 +147,54 @@ impl Pipeline {
         let write_stopped = Arc::new(AtomicBool::new(false));
         let reading = Reading { spec, run_id, ingested_at };
         let read = self.read_new(&reading, &new_files, tx, write_stopped.clone());
+        // Silver's copy of the batches, ended by `Done` once bronze committed
+        // where silver expects it.
+        let (silver_tx, mut silver_rx) = mpsc::channel::<Feed>(FEED_DEPTH);
         let write = async {
             // The first batch gives the schema; nothing new, nothing written.
             let first = match rx.recv().await {
                 Some(Feed::Batch(batch)) => batch,
                 _ => return Ok(None),
             };
-            let frame = super::scan_once(&self.engine.internal_session(), incoming(first, rx), "the incoming landing rows")
+            let rows = match alongside {
+                Some(_) => tee(incoming(first, rx), silver_tx.clone()),
+                None => incoming(first, rx),
+            };
+            let frame = super::scan_once(&self.engine.internal_session(), rows, "the incoming landing rows")
                 .map_err(|e| step_error(&step, e))?;
-            self.lake
+            let written = self
+                .lake
                 .write_frame_once(Layer::Bronze, &spec.name, frame, kind, run_id, vec![], &keys)
                 .await
                 .map(Some)
-                .map_err(PipelineError::from)
+                .map_err(PipelineError::from);
+            if let Some(plan) = alongside {
+                let _ = silver_tx
+                    .send(match &written {
+                        Ok(Some(commit)) if commit.version == plan.bronze_version() => Feed::Done,
+                        Ok(Some(commit)) => Feed::Failed(format!(
+                            "bronze committed version {} where silver expected {} (another writer committed between)",
+                            commit.version,
+                            plan.bronze_version()
+                        )),
+                        _ => Feed::Failed("bronze committed nothing".into()),
+                    })
+                    .await;
+            }
+            drop(silver_tx);
+            written
         };
-        let rows = match tokio::join!(read, write) {
+        let silver = async {
+            let plan = alongside?;
+            let first = match silver_rx.recv().await {
+                Some(Feed::Batch(batch)) => batch,
+                Some(Feed::Failed(message)) => return Some(Err(step_error(&format!("silver.{}", spec.name), message))),
+                _ => return Some(Err(step_error(&format!("silver.{}", spec.name), "bronze wrote no rows"))),
+            };
+            Some(self.refine_alongside(plan, incoming(first, silver_rx), run_id).await)
+        };
+        let (read, write, silver) = tokio::join!(read, write, silver);
+        let rows = match (read, write) {
             (Ok(()), Ok(written)) => written.map_or(0, |c| c.rows_written),
             // The reader stopped because the write had failed: the write's error says why.
             (Err(_), Err(write)) if write_stopped.load(Ordering::Acquire) => return Err(write),
@@ -155,7 +218,7 @@ impl Pipeline {
             None => format!("{}:query", spec.source.format.name()),
         };
         self.record_lineage(&[edge(&source, &format!("bronze.{}", spec.name), "ingest")], run_id).await;
-        Ok(Ingested { rows, files: new_files.len(), skipped_files })
+        Ok(Ingested { rows, files: new_files.len(), skipped_files, silver })
     }
 
     /// The source's files whose content bronze does not hold yet, in order,
@@ -371,6 +434,23 @@ fn same_columns(file: &str, schema: &SchemaRef, first: Option<&(String, SchemaRe
             names(first_schema)
         ),
     ))
+}
+
+/// `rows`, each batch also sent to `copy` (a copy that stopped listening is
+/// left behind: bronze goes on).
+fn tee(rows: SendableRecordBatchStream, copy: mpsc::Sender<Feed>) -> SendableRecordBatchStream {
+    use futures::StreamExt;
+    let schema = rows.schema();
+    let teed = rows.then(move |item| {
+        let copy = copy.clone();
+        async move {
+            if let Ok(batch) = &item {
+                let _ = copy.send(Feed::Batch(batch.clone())).await;
+            }
+            item
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, teed))
 }
 
 /// The reader's batches, `first` then what the channel brings, as one stream.

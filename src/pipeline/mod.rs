@@ -323,6 +323,12 @@ impl Pipeline {
         gate.lock_owned().await
     }
 
+    /// [`write_turn`](Self::write_turn) if no one has it now.
+    fn try_write_turn(&self, table: String) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let gate = self.writers.lock().expect("write turns").entry(table).or_default().clone();
+        gate.try_lock_owned().ok()
+    }
+
     /// Record every spec in the metadata store; specs that disappeared are
     /// marked retired (their history stays).
     pub async fn sync_datasets(&self) -> Result<(), crate::meta::MetaError> {

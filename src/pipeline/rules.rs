@@ -236,6 +236,20 @@ async fn apply_all(
     Ok((df, pending))
 }
 
+/// Whether [`apply_deferred`] plans `rules` as one pass over its input that
+/// only the reader of the result runs: no rule checks or queries the data
+/// before (a `type_cast` a later rule filters or narrows, a `map_categories`
+/// that fails on unmapped values) and none reads the input twice (`melt`
+/// unions one read per value column).
+pub fn one_pass(rules: &[Located<Rule>]) -> bool {
+    rules.iter().enumerate().all(|(i, rule)| match &rule.value {
+        Rule::TypeCast(_) => rules[i + 1..].iter().all(|later| keeps_rows_and_columns(&later.value)),
+        Rule::MapCategories { mapping, unmapped, .. } => !(*unmapped == Unmapped::Fail && !mapping.is_empty()),
+        Rule::Melt { .. } => false,
+        _ => true,
+    })
+}
+
 /// Whether `rule` passes every row and column on (renamed, trimmed or
 /// recomputed from them) without running a query of its own.
 fn keeps_rows_and_columns(rule: &Rule) -> bool {

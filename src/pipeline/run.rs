@@ -445,12 +445,24 @@ impl Pipeline {
             }
             return captured;
         }
+        // Silver written from the rows bronze parses, when it would read
+        // back exactly those (its write turn held from before it looks, if
+        // nothing else in this process is writing silver now).
+        let silver_turn = spec.silver.as_ref().and_then(|_| self.try_write_turn(format!("silver.{}", spec.name)));
+        let alongside = match silver_turn {
+            Some(_) => self.silver_alongside(spec, options, run_id).await.unwrap_or_else(|err| {
+                tracing::info!(dataset = %spec.name, %err, "silver will read bronze once it is committed");
+                None
+            }),
+            None => None,
+        };
+        let silver_turn = silver_turn.filter(|_| alongside.is_some());
         let started = Instant::now();
         let mut step = StepReport::new(&run_id, &spec.name, Layer::Bronze, &spec.name);
         report.started(&spec.name, Layer::Bronze, &spec.name);
-        let bronze = self.ingest(spec, options, run_id).await;
+        let bronze = self.ingest(spec, options, run_id, alongside.as_ref()).await;
         step.duration_ms = started.elapsed().as_millis() as u64;
-        let ingested = match bronze {
+        let (ingested, alongside_written) = match bronze {
             Ok(ingest) => {
                 step.rows_in = ingest.rows;
                 step.rows_out = ingest.rows;
@@ -459,7 +471,7 @@ impl Pipeline {
                     step.status = StepStatus::Skipped;
                 }
                 report.push(step);
-                ingest.files > 0
+                (ingest.files > 0, ingest.silver.map(|written| (ingest.rows, written)))
             }
             Err(err) => {
                 step.status = StepStatus::Failed;
@@ -471,6 +483,23 @@ impl Pipeline {
         if ingested {
             changed.insert(format!("bronze.{}", spec.name));
         }
+        match alongside_written {
+            Some((rows_in, Ok(rows_out))) => {
+                report.started(&spec.name, Layer::Silver, &spec.name);
+                let mut step = StepReport::new(&run_id, &spec.name, Layer::Silver, &spec.name);
+                step.rows_in = rows_in;
+                step.rows_out = rows_out;
+                step.message = Some("written alongside bronze from the same read of the landing files".into());
+                step.duration_ms = started.elapsed().as_millis() as u64;
+                report.push(step);
+                changed.insert(format!("silver.{}", spec.name));
+                return Ok(());
+            }
+            // Nothing of silver was committed; it reads bronze as committed.
+            Some((_, Err(err))) => tracing::info!(dataset = %spec.name, %err, "silver did not complete alongside bronze; refining from bronze"),
+            None => {}
+        }
+        drop(silver_turn);
         let Some(silver) = &spec.silver else { return Ok(()) };
         let started = Instant::now();
         let mut step = StepReport::new(&run_id, &spec.name, Layer::Silver, &spec.name);

@@ -1,6 +1,8 @@
 //! Silver: the rules applied to what bronze received since silver last ran,
 //! the expectations enforced (warn, drop, quarantine, fail), written with the
-//! spec's mode; each write consumes its bronze input at most once.
+//! spec's mode; each write consumes its bronze input at most once. Silver
+//! reads what bronze committed, or, when that is exactly this run's rows,
+//! the rows themselves as bronze writes them.
 
 use datafusion::prelude::{DataFrame, SessionContext, lit};
 
@@ -32,13 +34,7 @@ impl Pipeline {
         // Silver records the bronze version it has consumed; everything bronze
         // committed after it (even by a run that died before its silver step)
         // is pending.
-        let consumed: Option<i64> = self
-            .lake
-            .commits(Layer::Silver, &spec.name, Some(1))
-            .await?
-            .first()
-            .and_then(|c| c.metadata.get(BRONZE_VERSION_KEY))
-            .and_then(|v| v.as_i64());
+        let consumed = self.consumed_bronze_version(&spec.name).await?;
         if !options.full_refresh && consumed == Some(bronze_version) {
             return Ok(None);
         }
@@ -74,20 +70,138 @@ impl Pipeline {
                 .filter(ident("_run_id").in_list(pending.into_iter().map(lit).collect(), false))
                 .map_err(|e| step_error(&step, e))?
         };
-        let watermark: CommitMetadata = vec![(BRONZE_VERSION_KEY.to_string(), serde_json::json!(bronze_version))];
         let rows_in = count(&input).await.map_err(|e| step_error(&step, e))?;
+        let target = Target { spec, mode, key, rules: rule_list, whole, keys: consumed_keys, bronze_version };
+        let (rows_out, rejected) = self.write_refined(&ctx, &target, input, run_id, true).await?;
+        self.record_silver_lineage(spec, &bronze_columns, rule_list, run_id).await;
+        Ok(Some((rows_in, rows_out, rejected)))
+    }
+
+    /// The bronze version silver's last commit consumed (None: no silver yet).
+    async fn consumed_bronze_version(&self, dataset: &str) -> Result<Option<i64>, PipelineError> {
+        Ok(self
+            .lake
+            .commits(Layer::Silver, dataset, Some(1))
+            .await?
+            .first()
+            .and_then(|c| c.metadata.get(BRONZE_VERSION_KEY))
+            .and_then(|v| v.as_i64()))
+    }
+
+    /// Whether this run's silver can be written from the rows bronze is
+    /// writing, as they are parsed, instead of from bronze once it is
+    /// committed: when what silver would read back is exactly those rows
+    /// (silver caught up with bronze and appending, or neither table there
+    /// yet), and the silver step reads them once (no expectations, which
+    /// query the rows before the write; no rule that queries them or reads
+    /// them twice; not SCD2 or a merge, which read silver too). A full
+    /// refresh rebuilds silver from bronze as stored.
+    pub(super) async fn silver_alongside<'a>(&self, spec: &'a Spec, options: &RunOptions, run_id: &str) -> Result<Option<Alongside<'a>>, PipelineError> {
+        let Some(silver) = &spec.silver else { return Ok(None) };
+        if options.full_refresh
+            || !silver.expectations.is_empty()
+            || !matches!(silver.mode, WriteMode::Append | WriteMode::Overwrite | WriteMode::Merge)
+            || !rules::one_pass(&silver.rules)
+        {
+            return Ok(None);
+        }
+        let bronze = self.lake.table(Layer::Bronze, &spec.name).await?;
+        let has_silver = self.lake.table(Layer::Silver, &spec.name).await?.is_some();
+        let target = |whole: bool, bronze_version: i64, keys: Vec<String>| Target {
+            spec,
+            mode: silver.mode,
+            key: &silver.key,
+            rules: &silver.rules,
+            whole,
+            keys,
+            bronze_version,
+        };
+        match (bronze, has_silver) {
+            (None, false) => Ok(Some(Alongside {
+                target: target(true, 0, vec![format!("silver.{}:bronze version 0", spec.name)]),
+                columns: None,
+            })),
+            (Some(bronze), true) if silver.mode == WriteMode::Append => {
+                let current = bronze.version().unwrap_or_default() as i64;
+                if self.consumed_bronze_version(&spec.name).await? != Some(current) {
+                    return Ok(None);
+                }
+                let ctx = self.engine.internal_session();
+                let stored = ctx
+                    .table(format!("bronze.{}", spec.name))
+                    .await
+                    .map_err(|e| step_error(&format!("silver.{}", spec.name), e))?;
+                Ok(Some(Alongside {
+                    target: target(false, current + 1, vec![format!("silver.{}:bronze run {run_id}", spec.name)]),
+                    columns: Some(stored.schema().inner().clone()),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Write silver alongside bronze (see [`silver_alongside`](Self::silver_alongside))
+    /// from `rows`, the batches bronze is writing; the stream ends only once
+    /// bronze committed at `plan`'s expected version. Returns the rows written.
+    pub(super) async fn refine_alongside(
+        &self,
+        plan: &Alongside<'_>,
+        rows: datafusion::execution::SendableRecordBatchStream,
+        run_id: &str,
+    ) -> Result<u64, PipelineError> {
+        let spec = plan.target.spec;
+        let step = format!("silver.{}", spec.name);
+        let ctx = self.engine.internal_session();
+        let incoming = rows.schema();
+        let mut input = super::scan_once(&ctx, rows, "the landing rows bronze is writing").map_err(|e| step_error(&step, e))?;
+        // Appending: the rules see the columns as a read of bronze gives them.
+        if let Some(stored) = &plan.columns {
+            let same = stored.fields().len() == incoming.fields().len()
+                && stored.fields().iter().zip(incoming.fields()).all(|(s, i)| s.name() == i.name());
+            if !same {
+                return Err(step_error(&step, "this run's files add or reorder bronze's columns; silver reads them from bronze"));
+            }
+            let typed = stored
+                .fields()
+                .iter()
+                .map(|f| datafusion::logical_expr::cast(ident(f.name()), f.data_type().clone()).alias(f.name()))
+                .collect::<Vec<_>>();
+            input = input.select(typed).map_err(|e| step_error(&step, e))?;
+        }
+        let bronze_columns: Vec<String> = incoming.fields().iter().map(|f| f.name().clone()).collect();
+        let (rows_out, _) = self.write_refined(&ctx, &plan.target, input, run_id, false).await?;
+        self.record_silver_lineage(spec, &bronze_columns, plan.target.rules, run_id).await;
+        Ok(rows_out)
+    }
+
+    /// Apply the rules to `input` (bronze rows), enforce the expectations
+    /// and write silver as `target` says, in one commit that records the
+    /// bronze version consumed. Returns the rows written and rejected. When
+    /// reading the rules' result fails and `explain` is set, a rejected value
+    /// is reported as the rule's own check would have reported it (that
+    /// reads `input` again).
+    async fn write_refined(
+        &self,
+        ctx: &SessionContext,
+        target: &Target<'_>,
+        input: DataFrame,
+        run_id: &str,
+        explain: bool,
+    ) -> Result<(u64, u64), PipelineError> {
+        let Target { spec, mode, key, rules: rule_list, whole, .. } = *target;
+        let step = format!("silver.{}", spec.name);
+        let watermark: CommitMetadata = vec![(BRONZE_VERSION_KEY.to_string(), serde_json::json!(target.bronze_version))];
+        let consumed_keys = &target.keys;
         let expectations = spec.silver.as_ref().map(|s| s.expectations.clone()).unwrap_or_default();
         // The casts' data checks ride along the silver write (one scan of
         // bronze instead of two), unless a quarantine table is written first:
         // its rows must have passed them, so then they run before anything.
         let quarantines = expectations.iter().any(|e| e.value.on_fail == crate::spec::OnFail::Quarantine);
         let (refined, deferred) = if quarantines {
-            (rules::apply(&ctx, input, rule_list).await?, rules::Deferred::default())
+            (rules::apply(ctx, input, rule_list).await?, rules::Deferred::default())
         } else {
-            rules::apply_deferred(&ctx, input, rule_list).await?
+            rules::apply_deferred(ctx, input, rule_list).await?
         };
-        let rule_names: Vec<&str> = rule_list.iter().map(|r| r.value.name()).collect();
-        let transform = if rule_names.is_empty() { "copy".to_string() } else { format!("rules: {}", rule_names.join(", ")) };
         let written: Result<(u64, u64), PipelineError> = async {
             let drop: Vec<&str> = SILVER_METADATA_DROPPED
                 .iter()
@@ -98,7 +212,7 @@ impl Pipeline {
             let refined = refined
                 .with_column("_run_id", lit(run_id.to_string()))
                 .map_err(|e| step_error(&step, e))?;
-            let (refined, rejected) = self.enforce(&ctx, spec, refined, &expectations, run_id).await?;
+            let (refined, rejected) = self.enforce(ctx, spec, refined, &expectations, run_id).await?;
             let refined = match spec.silver.as_ref().and_then(|s| s.cluster_by.as_ref()) {
                 Some(cluster) => cluster_sorted(refined, cluster, &step).await?,
                 None => refined,
@@ -118,7 +232,7 @@ impl Pipeline {
                         }
                     };
                     let now = chrono::Utc::now().timestamp_micros();
-                    let state = scd2::next_state(&ctx, current, refined, key, now)
+                    let state = scd2::next_state(ctx, current, refined, key, now)
                         .await
                         .map_err(|e| step_error(&step, e.strip_backtrace()))?;
                     let batches = state.collect().await.map_err(|e| step_error(&step, e.strip_backtrace()))?;
@@ -126,13 +240,13 @@ impl Pipeline {
                 }
                 (WriteMode::Append, false) => {
                     self.lake
-                        .write_frame_once(Layer::Silver, &spec.name, refined, WriteKind::Append, run_id, watermark, &consumed_keys)
+                        .write_frame_once(Layer::Silver, &spec.name, refined, WriteKind::Append, run_id, watermark, consumed_keys)
                         .await?
                         .rows_written
                 }
                 _ => {
                     self.lake
-                        .write_frame_once(Layer::Silver, &spec.name, refined, WriteKind::Overwrite, run_id, watermark, &consumed_keys)
+                        .write_frame_once(Layer::Silver, &spec.name, refined, WriteKind::Overwrite, run_id, watermark, consumed_keys)
                         .await?
                         .rows_written
                 }
@@ -140,15 +254,22 @@ impl Pipeline {
             Ok((rows_out, rejected))
         }
         .await;
-        let (rows_out, rejected) = match written {
-            Ok(written) => written,
+        match written {
+            Ok(written) => Ok(written),
             // Reading the rules' result failed: a rejected value, reported as
             // the rule's own check would have, or the failure as it came.
-            Err(err) => return Err(deferred.explain(&ctx).await.map_or(err, PipelineError::from)),
-        };
+            Err(err) if explain => Err(deferred.explain(ctx).await.map_or(err, PipelineError::from)),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Silver's table and column lineage from bronze.
+    async fn record_silver_lineage(&self, spec: &Spec, bronze_columns: &[String], rule_list: &[crate::spec::Located<crate::spec::Rule>], run_id: &str) {
+        let rule_names: Vec<&str> = rule_list.iter().map(|r| r.value.name()).collect();
+        let transform = if rule_names.is_empty() { "copy".to_string() } else { format!("rules: {}", rule_names.join(", ")) };
         let (bronze_table, silver_table) = (format!("bronze.{}", spec.name), format!("silver.{}", spec.name));
         let mut edges = vec![edge(&bronze_table, &silver_table, &transform)];
-        for (column, (sources, how)) in rule_lineage::column_sources(&bronze_columns, rule_list) {
+        for (column, (sources, how)) in rule_lineage::column_sources(bronze_columns, rule_list) {
             if column.starts_with('_') {
                 continue;
             }
@@ -164,7 +285,6 @@ impl Pipeline {
             }
         }
         self.record_lineage(&edges, run_id).await;
-        Ok(Some((rows_in, rows_out, rejected)))
     }
 
     /// Evaluate the silver expectations on `refined` and apply each one's
@@ -305,6 +425,34 @@ impl Pipeline {
         let total = count(&refined).await.map_err(|e| step_error(&step, e))?;
         let kept_rows = count(&kept).await.map_err(|e| step_error(&step, e))?;
         Ok((kept, total - kept_rows))
+    }
+}
+
+/// What a silver write consumes and how it writes.
+pub(super) struct Target<'a> {
+    spec: &'a Spec,
+    mode: WriteMode,
+    key: &'a [String],
+    rules: &'a [crate::spec::Located<crate::spec::Rule>],
+    /// Silver is rewritten from all of bronze (else the input is appended or merged).
+    whole: bool,
+    /// The keys the commit records, so it lands at most once.
+    keys: Vec<String>,
+    /// The bronze version consumed, recorded as silver's watermark.
+    bronze_version: i64,
+}
+
+/// A silver write planned to run alongside bronze's, from the same parsed rows.
+pub(super) struct Alongside<'a> {
+    target: Target<'a>,
+    /// Bronze's columns as a read of the table gives them (None: no bronze yet).
+    columns: Option<datafusion::arrow::datatypes::SchemaRef>,
+}
+
+impl Alongside<'_> {
+    /// The bronze version silver records; bronze's commit must land there.
+    pub(super) fn bronze_version(&self) -> i64 {
+        self.target.bronze_version
     }
 }
 

@@ -594,3 +594,50 @@ async fn spreadsheets_xlsx_xls_and_ods_with_sheet_index_title_rows_and_dates() {
         assert_eq!(numbers, ["4", "5", "7"], "{ext}");
     }
 }
+
+/// Silver written alongside bronze, from the rows bronze parses (a first run,
+/// then an append), holds exactly what silver rebuilt from the stored bronze
+/// holds: same rows, same column types. A value a cast rejects still fails
+/// silver with the rule's own report, bronze keeping the file.
+#[tokio::test]
+async fn silver_written_alongside_bronze_equals_silver_rebuilt_from_bronze() {
+    let ws = Workspace::new();
+    ws.spec(
+        "orders",
+        "name: orders\nsource: { format: csv, path: landing/orders/*.csv }\nsilver:\n  mode: append\n  rules:\n    \
+         - rename: { Customer: customer }\n    - trim: [customer]\n    - filter: \"customer <> 'void'\"\n    \
+         - derive: { shouting: \"upper(customer)\" }\n    \
+         - type_cast: { id: bigint, amount: \"decimal(12,2)\", day: date }\n",
+    );
+    ws.landing("orders/1.csv", b"id,Customer,amount,day\n1, ana ,10.5,2026-01-02\n2,void,3,2026-01-03\n3,bo,7.25,2026-02-01\n");
+    let out = ws.run(&["orders"]);
+    assert!(out.contains("written alongside bronze"), "{out}");
+    ws.landing("orders/2.csv", b"id,Customer,amount,day\n4,cy,1.005,2026-03-04\n5, dee,,2026-03-05\n");
+    let out = ws.run(&["orders"]);
+    assert!(out.contains("written alongside bronze"), "the append reads once too:\n{out}");
+    let server = Server::start_at(ws.lake.path(), ServerOptions::default());
+    let rows = "SELECT id, customer, amount, day, shouting, _source_file FROM silver.orders ORDER BY id";
+    let types = "SELECT column_name, data_type FROM information_schema.columns \
+                 WHERE table_schema = 'silver' AND table_name = 'orders' ORDER BY ordinal_position";
+    let (alongside, alongside_types) = (ws.rows(&server, rows).await, ws.rows(&server, types).await);
+    assert_eq!(
+        alongside,
+        [
+            "1|ana|10.50|2026-01-02|ANA|landing/orders/1.csv",
+            "3|bo|7.25|2026-02-01|BO|landing/orders/1.csv",
+            "4|cy|1.01|2026-03-04|CY|landing/orders/2.csv",
+            "5|dee|NULL|2026-03-05|DEE|landing/orders/2.csv"
+        ]
+    );
+    let out = ws.run(&["orders", "--full-refresh"]);
+    assert!(!out.contains("written alongside bronze"), "a full refresh reads the stored bronze:\n{out}");
+    assert_eq!(ws.rows(&server, rows).await, alongside);
+    assert_eq!(ws.rows(&server, types).await, alongside_types);
+
+    ws.landing("orders/3.csv", b"id,Customer,amount,day\n6,eve,12,2026-04-01\n7,fay,twelve,2026-04-02\n");
+    let out = workbench(&["run", "orders"], ws.lake.path(), ws.specs.path());
+    let (failed, out) = (!out.status.success(), text(&out));
+    assert!(failed && out.contains("orders.yaml:10:") && out.contains("row 3: 'twelve'"), "{out}");
+    assert_eq!(ws.rows(&server, "SELECT count(*) FROM bronze.orders").await, ["7"], "bronze keeps the file");
+    assert_eq!(ws.rows(&server, "SELECT count(*) FROM silver.orders").await, ["4"], "silver keeps its last version");
+}
