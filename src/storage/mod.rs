@@ -463,6 +463,7 @@ fn writer_properties<'a>(
     }
     let builder = builder
         .set_max_row_group_bytes(Some(BRONZE_ROW_GROUP_BYTES))
+        .set_dictionary_page_size_limit(BRONZE_DICTIONARY_BYTES)
         .set_statistics_enabled(EnabledStatistics::None);
     columns
         .filter(|c| c.starts_with('_'))
@@ -474,6 +475,9 @@ fn writer_properties<'a>(
 const ROW_GROUP_BYTES: usize = 64 << 20;
 /// The most a bronze row group holds, encoded.
 const BRONZE_ROW_GROUP_BYTES: usize = 16 << 20;
+/// The largest dictionary a bronze column chunk builds before it writes its
+/// values plainly.
+const BRONZE_DICTIONARY_BYTES: usize = 64 << 10;
 
 impl Lake {
     async fn writable(&self, layer: Layer, table: &str) -> Result<DeltaTable, StorageError> {
