@@ -402,7 +402,7 @@ def case_ingest(ctx):
     return [
         dict(case=f"Ingest lineitem CSV ({size_mb:.0f} MB) → bronze → typed silver (s)", workbench=wb, anchor=duck,
              anchor_name="DuckDB CSV → Parquet", ratio=wb / duck, lower_is_better=True, rss_mb=peak,
-             note="Workbench writes two Delta tables (bronze + silver)"),
+             note="Workbench writes two Delta tables (bronze + silver) from one read of the CSV"),
         dict(case=f"Ingest lineitem CSV ({size_mb:.0f} MB) (s)", workbench=wb, anchor=pg,
              anchor_name="PostgreSQL COPY into a typed table", ratio=wb / pg, lower_is_better=True, rss_mb=peak, note=""),
     ], []
