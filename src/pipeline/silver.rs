@@ -44,7 +44,7 @@ impl Pipeline {
         // What this write consumes, committed at most once even by racing
         // runs (see `Lake::write_frame_once`): each bronze run an append
         // takes, or the bronze version a whole rewrite reads.
-        let mut consumed_keys: Vec<String> = vec![format!("silver.{}:bronze version {bronze_version}", spec.name)];
+        let mut consumed_keys: Vec<String> = vec![version_key(&spec.name, bronze_version)];
         let input = if whole {
             bronze
         } else {
@@ -56,7 +56,7 @@ impl Pipeline {
                 .filter(|c| consumed.is_none_or(|v| c.version > v) && c.version <= bronze_version)
                 .filter_map(|c| c.run_id)
                 .collect();
-            let key_of = |run: &str| format!("silver.{}:bronze run {run}", spec.name);
+            let key_of = |run: &str| run_key(&spec.name, run);
             // A run may already be in silver even past the watermark: commits
             // of runs that raced land in any order.
             let keys: Vec<String> = pending.iter().map(|r| key_of(r)).collect();
@@ -118,7 +118,7 @@ impl Pipeline {
         };
         match (bronze, has_silver) {
             (None, false) => Ok(Some(Alongside {
-                target: target(true, 0, vec![format!("silver.{}:bronze version 0", spec.name)]),
+                target: target(true, 0, vec![version_key(&spec.name, 0)]),
                 columns: None,
             })),
             (Some(bronze), true) if silver.mode == WriteMode::Append => {
@@ -132,7 +132,7 @@ impl Pipeline {
                     .await
                     .map_err(|e| step_error(&format!("silver.{}", spec.name), e))?;
                 Ok(Some(Alongside {
-                    target: target(false, current + 1, vec![format!("silver.{}:bronze run {run_id}", spec.name)]),
+                    target: target(false, current + 1, vec![run_key(&spec.name, run_id)]),
                     columns: Some(stored.schema().inner().clone()),
                 }))
             }
@@ -426,6 +426,16 @@ impl Pipeline {
         let kept_rows = count(&kept).await.map_err(|e| step_error(&step, e))?;
         Ok((kept, total - kept_rows))
     }
+}
+
+/// The key of a silver write that consumed all of bronze at `version`.
+fn version_key(dataset: &str, version: i64) -> String {
+    format!("silver.{dataset}:bronze version {version}")
+}
+
+/// The key of a silver write that consumed bronze run `run`'s rows.
+fn run_key(dataset: &str, run: &str) -> String {
+    format!("silver.{dataset}:bronze run {run}")
 }
 
 /// What a silver write consumes and how it writes.
