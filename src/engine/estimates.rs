@@ -1,7 +1,9 @@
 //! How many rows a plan produces, and how many distinct values its columns
 //! hold, as far as the Delta log tells: the row count of every data file and
 //! each column's min/max. The join order rule (`join_order.rs`) compares
-//! these estimates; they only ever choose an order, never change a result.
+//! these estimates, and lake scans ask them whether a filter is selective
+//! enough to apply inside the Parquet reader (`layer.rs`); they only ever
+//! choose an order or a way to read, never change a result.
 //!
 //! Without them DataFusion joins in the order the query names its tables and
 //! keeps the first-named side as the hash table, so TPC-H Q7 built two hash
@@ -67,6 +69,26 @@ impl TableEstimates {
         }
         Some(TableEstimates { rows: rows as f64, ranges })
     }
+
+    /// What is known of column `name`: its range, and for whole numbers the
+    /// distinct count that range allows.
+    fn column(&self, name: &str) -> ColumnEstimate {
+        let range = self.ranges.get(name).copied();
+        let distinct = range.filter(|r| r.integral).map(|r| (r.max - r.min + 1.0).min(self.rows));
+        ColumnEstimate { distinct, range }
+    }
+
+    /// The share of rows the most selective condition of `filters` keeps on
+    /// its own (1 when there is none), the table's columns being `schema`'s.
+    pub fn most_selective(&self, schema: &Schema, filters: &[Expr]) -> f64 {
+        let columns = schema.fields().iter().map(|f| (Column::from_name(f.name()), self.column(f.name()))).collect();
+        let estimate = Estimate { rows: self.rows, columns };
+        filters
+            .iter()
+            .flat_map(split_conjunction)
+            .map(|condition| estimate.selectivity(&unqualified(condition)))
+            .fold(1.0, f64::min)
+    }
 }
 
 /// Per-file min or max values as f64; `None` if any file lacks them.
@@ -117,11 +139,7 @@ impl Estimate {
                 let table = source.table(scan)?;
                 let mut columns = HashMap::new();
                 for (qualifier, field) in scan.projected_schema.iter() {
-                    let range = table.ranges.get(field.name()).copied();
-                    let distinct = range
-                        .filter(|r| r.integral)
-                        .map(|r| (r.max - r.min + 1.0).min(table.rows));
-                    columns.insert(Column::new(qualifier.cloned(), field.name()), ColumnEstimate { distinct, range });
+                    columns.insert(Column::new(qualifier.cloned(), field.name()), table.column(field.name()));
                 }
                 let mut estimate = Estimate { rows: table.rows, columns };
                 for filter in &scan.filters {

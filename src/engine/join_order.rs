@@ -31,6 +31,9 @@ extensions_options! {
     pub struct PlannerOptions {
         /// Reorder inner joins by estimated sizes.
         pub join_order: bool, default = true
+        /// Filter lake rows inside the Parquet reader: auto, on or off
+        /// (see `layer::row_filters_as_configured`).
+        pub row_filters: String, default = "auto".to_string()
     }
 }
 

@@ -81,7 +81,17 @@ impl MemoryPool for BudgetPool {
         })?;
         if let Err(err) = self.query.try_grow(reservation, additional) {
             self.server.shrink(reservation, additional);
-            return Err(err);
+            return Err(match (err, self.query.memory_limit()) {
+                (DataFusionError::ResourcesExhausted(detail), MemoryLimit::Finite(limit)) => {
+                    DataFusionError::ResourcesExhausted(format!(
+                        "the memory one query or pipeline step may use (query_memory_limit, {}) is used up; \
+                         raise query_memory_limit in the config file (`workbench serve` also takes \
+                         --query-memory-limit), or make the work smaller. {detail}",
+                        bytesize::ByteSize(limit as u64)
+                    ))
+                }
+                (err, _) => err,
+            });
         }
         Ok(())
     }

@@ -163,7 +163,7 @@ pub fn from_datafusion(err: &DataFusionError) -> ErrorInfo {
         }
         DataFusionError::ResourcesExhausted(msg) => with_hint(
             error(OUT_OF_MEMORY, format!("query exceeded its memory limit: {msg}")),
-            "add filters or aggregate earlier, or raise query_memory_limit in the server config",
+            "add filters or aggregate earlier, or raise the limit the message names in the server config",
         ),
         DataFusionError::ArrowError(arrow, _) => from_arrow(arrow),
         DataFusionError::External(inner) => {

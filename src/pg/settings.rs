@@ -67,6 +67,7 @@ const KNOWN: &[Known] = &[
     known("work_mem", "4MB", false, "Sets the maximum memory to be used for query workspaces."),
     known("workbench.execution", "auto", false, "Where lake queries run: auto (large ones on the Ballista cluster, when configured), local (on this server), cluster (on the cluster whatever their size)."),
     known("workbench.join_order", "on", false, "Join a query's tables in the order their estimated sizes call for (from the Delta log's statistics): on, or off for the order the query names them in."),
+    known("workbench.row_filters", "auto", false, "Filter lake rows inside the Parquet reader: auto (when one of a scan's filters is estimated to keep at most 1% of the table's rows), on, or off."),
 ];
 
 /// Settings passed on to the query engine as they are (`datafusion.execution.batch_size`).
@@ -300,6 +301,11 @@ impl Settings {
         self.get("workbench.join_order").is_none_or(|v| v != "off")
     }
 
+    /// `workbench.row_filters`: auto, on or off.
+    pub fn row_filters(&self) -> String {
+        self.get("workbench.row_filters").unwrap_or_else(|| "auto".into())
+    }
+
     pub fn statement_timeout_ms(&self) -> u64 {
         self.get("statement_timeout")
             .and_then(|v| parse_duration_ms(&v))
@@ -393,6 +399,12 @@ fn normalize(name: &str, value: &str) -> Result<String, SettingError> {
             "on" | "true" | "yes" | "1" => "on".into(),
             "off" | "false" | "no" | "0" => "off".into(),
             _ => return Err(invalid("on or off")),
+        },
+        "workbench.row_filters" => match value.trim().to_ascii_lowercase().as_str() {
+            "auto" => "auto".into(),
+            "on" | "true" | "yes" | "1" => "on".into(),
+            "off" | "false" | "no" | "0" => "off".into(),
+            _ => return Err(invalid("auto, on or off")),
         },
         "workbench.execution" => match crate::cluster::Placement::parse(value) {
             Some(_) => value.trim().to_ascii_lowercase(),

@@ -331,6 +331,7 @@ pub fn apply_to_engine(settings: &Settings, ctx: &SessionContext) {
     options.execution.time_zone = Some(time_zone);
     if let Some(planner) = options.extensions.get_mut::<crate::engine::PlannerOptions>() {
         planner.join_order = settings.join_order();
+        planner.row_filters = settings.row_filters();
     }
 }
 

@@ -4,6 +4,8 @@
 //! workbench.join_order = off` gives the written order back, and all 22
 //! TPC-H queries (scale factor 0.01) answer the same either way. `SET
 //! datafusion.*` passes DataFusion's own options to the session's engine.
+//! Lake scans filter rows inside the Parquet reader for selective filters
+//! (`workbench.row_filters`), with the same answers either way.
 
 use std::path::Path;
 
@@ -87,4 +89,61 @@ async fn joins_start_from_the_smallest_tables_and_answer_as_written() {
         off.sort();
         assert_eq!(on, off, "q{n} answers differently with the estimated join order");
     }
+}
+
+/// The values of metric `name` in an `EXPLAIN ANALYZE` output, one per scan.
+fn metric<'a>(lines: &'a [String], name: &str) -> Vec<&'a str> {
+    let key = format!("{name}=");
+    lines
+        .iter()
+        .flat_map(|l| l.match_indices(&key).map(move |(at, _)| &l[at + key.len()..]))
+        .map(|rest| rest.split([',', ']']).next().unwrap().trim())
+        .collect()
+}
+
+/// Whether the lake scans of `sql` filtered rows inside the Parquet reader.
+async fn filters_rows_in_the_reader(server: &Server, settings: &str, sql: &str) -> bool {
+    let plan = rows(server, &format!("{settings}; EXPLAIN ANALYZE {sql}")).await;
+    let matched = metric(&plan, "pushdown_rows_matched");
+    assert!(!matched.is_empty(), "the scan reports its row-filter metrics:\n{}", plan.join("\n"));
+    matched.iter().any(|m| *m != "0")
+}
+
+#[tokio::test]
+async fn lake_scans_filter_rows_in_the_reader_for_selective_filters_or_when_asked() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (lake, specs) = tpch_lake(dir.path());
+    let server = Server::start_at(&lake, options(&specs));
+    // Keeps ~8% of lineitem (quantities 1 to 50): decoded whole, filtered after.
+    let broad = "SELECT count(*), sum(l_extendedprice) FROM silver.lineitem WHERE l_quantity < 5";
+    // One order's lines: a lookup by key, filtered in the reader.
+    let lookup = "SELECT count(*), sum(l_extendedprice) FROM silver.lineitem WHERE l_orderkey = 32";
+    assert!(!filters_rows_in_the_reader(&server, "SET workbench.row_filters = auto", broad).await);
+    assert!(filters_rows_in_the_reader(&server, "SET workbench.row_filters = auto", lookup).await);
+    assert!(filters_rows_in_the_reader(&server, "SET workbench.row_filters = on", broad).await);
+    assert!(!filters_rows_in_the_reader(&server, "SET workbench.row_filters = off", lookup).await);
+    // DataFusion's own switch still turns them on.
+    let pushdown = "SET datafusion.execution.parquet.pushdown_filters = true";
+    assert!(filters_rows_in_the_reader(&server, pushdown, broad).await);
+
+    // The same answers every way, and the same as no filter to push at all.
+    for (sql, condition) in [(broad, "l_quantity < 5"), (lookup, "l_orderkey = 32")] {
+        let answer = rows(&server, sql).await;
+        for setting in ["SET workbench.row_filters = on", "SET workbench.row_filters = off", pushdown] {
+            assert_eq!(answer, rows(&server, &format!("{setting}; {sql}")).await, "{setting}; {sql}");
+        }
+        let unfiltered = rows(
+            &server,
+            &format!(
+                "SELECT sum(CASE WHEN {condition} THEN 1 ELSE 0 END), \
+                 sum(CASE WHEN {condition} THEN l_extendedprice END) FROM silver.lineitem"
+            ),
+        )
+        .await;
+        assert_eq!(answer, unfiltered, "{sql}");
+        assert_ne!(answer[0].split('|').next(), Some("0"), "the filter keeps some rows: {answer:?}");
+    }
+    let client = server.connect().await;
+    let err = client.simple_query("SET workbench.row_filters = sometimes").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22023"), "{err:?}");
 }

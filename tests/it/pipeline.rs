@@ -641,3 +641,37 @@ async fn silver_written_alongside_bronze_equals_silver_rebuilt_from_bronze() {
     assert_eq!(ws.rows(&server, "SELECT count(*) FROM bronze.orders").await, ["7"], "bronze keeps the file");
     assert_eq!(ws.rows(&server, "SELECT count(*) FROM silver.orders").await, ["4"], "silver keeps its last version");
 }
+
+#[test]
+fn a_step_over_the_memory_limit_names_the_setting_and_keeps_earlier_layers() {
+    let ws = Workspace::new();
+    let mut csv = String::from("entry,memo\n");
+    for i in 0..300_000 {
+        csv.push_str(&format!("{i},memo number {i} of the ledger\n"));
+    }
+    ws.landing("gl/a.csv", csv.as_bytes());
+    ws.spec("gl", "name: gl\nsource: { format: csv, path: landing/gl/*.csv }\n");
+    std::fs::create_dir_all(ws.specs.path().join("gold")).unwrap();
+    std::fs::write(ws.specs.path().join("gold/memos.sql"), "SELECT array_agg(memo) AS memos FROM silver.gl").unwrap();
+    let config = ws.lake.path().join("workbench.yaml");
+    std::fs::write(&config, "query_memory_limit: 4MiB\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--all", "--config"])
+        .arg(&config)
+        .arg("--lake")
+        .arg(ws.lake.path())
+        .arg("--specs")
+        .arg(ws.specs.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (failed, out) = (!out.status.success(), text(&out));
+    assert!(failed, "{out}");
+    assert!(
+        out.contains("gold.memos") && out.contains("(query_memory_limit, 4.0 MiB) is used up; raise query_memory_limit"),
+        "the failed step and the setting to raise:\n{out}"
+    );
+    // Bronze and silver, within the limit, are committed; gold is not.
+    assert!(ws.lake.path().join("silver/gl/_delta_log/00000000000000000000.json").exists(), "{out}");
+    assert!(!ws.lake.path().join("gold/memos/_delta_log/00000000000000000000.json").exists(), "{out}");
+}

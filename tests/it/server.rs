@@ -296,6 +296,8 @@ async fn query_memory_limit_gives_a_clean_error() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err), "53200", "{err:?}");
+    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("(query_memory_limit, 8.0 MiB) is used up; raise query_memory_limit"), "names the setting: {message}");
     client.query_one("SELECT 1", &[]).await.expect("usable after");
 }
 
