@@ -94,11 +94,13 @@ async fn joins_start_from_the_smallest_tables_and_answer_as_written() {
 /// The values of metric `name` in an `EXPLAIN ANALYZE` output, one per scan.
 fn metric<'a>(lines: &'a [String], name: &str) -> Vec<&'a str> {
     let key = format!("{name}=");
-    lines
-        .iter()
-        .flat_map(|l| l.match_indices(&key).map(move |(at, _)| &l[at + key.len()..]))
-        .map(|rest| rest.split([',', ']']).next().unwrap().trim())
-        .collect()
+    let mut values = Vec::new();
+    for line in lines {
+        for (at, _) in line.match_indices(&key) {
+            values.push(line[at + key.len()..].split([',', ']']).next().unwrap().trim());
+        }
+    }
+    values
 }
 
 /// Whether the lake scans of `sql` filtered rows inside the Parquet reader.

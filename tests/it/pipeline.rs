@@ -650,7 +650,7 @@ fn a_step_over_the_memory_limit_names_the_setting_and_keeps_earlier_layers() {
         csv.push_str(&format!("{i},memo number {i} of the ledger\n"));
     }
     ws.landing("gl/a.csv", csv.as_bytes());
-    ws.spec("gl", "name: gl\nsource: { format: csv, path: landing/gl/*.csv }\n");
+    ws.spec("gl", "name: gl\nsource: { format: csv, path: landing/gl/*.csv }\nsilver:\n  rules:\n    - type_cast: { entry: bigint }\n");
     std::fs::create_dir_all(ws.specs.path().join("gold")).unwrap();
     std::fs::write(ws.specs.path().join("gold/memos.sql"), "SELECT array_agg(memo) AS memos FROM silver.gl").unwrap();
     let config = ws.lake.path().join("workbench.yaml");
