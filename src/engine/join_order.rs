@@ -32,7 +32,7 @@ extensions_options! {
         /// Reorder inner joins by estimated sizes.
         pub join_order: bool, default = true
         /// Filter lake rows inside the Parquet reader: auto, on or off
-        /// (see `layer::row_filters_as_configured`).
+        /// (see `LakeTable::row_filters`).
         pub row_filters: String, default = "auto".to_string()
     }
 }

@@ -335,6 +335,15 @@ pub fn split_list(value: &str) -> Vec<String> {
     items.into_iter().filter(|s| !s.is_empty()).collect()
 }
 
+/// A boolean as Postgres accepts it, spelled `on` or `off`.
+fn on_off(value: &str) -> Option<&'static str> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Some("on"),
+        "off" | "false" | "no" | "0" => Some("off"),
+        _ => None,
+    }
+}
+
 /// Check and canonicalise a value, as Postgres would print it back.
 fn normalize(name: &str, value: &str) -> Result<String, SettingError> {
     let invalid = |hint| SettingError::Invalid {
@@ -395,16 +404,10 @@ fn normalize(name: &str, value: &str) -> Result<String, SettingError> {
                 .map_err(|_| invalid("a value of the option's type, as DataFusion's configuration reference lists it"))?;
             value.to_string()
         }
-        "workbench.join_order" => match value.trim().to_ascii_lowercase().as_str() {
-            "on" | "true" | "yes" | "1" => "on".into(),
-            "off" | "false" | "no" | "0" => "off".into(),
-            _ => return Err(invalid("on or off")),
-        },
-        "workbench.row_filters" => match value.trim().to_ascii_lowercase().as_str() {
-            "auto" => "auto".into(),
-            "on" | "true" | "yes" | "1" => "on".into(),
-            "off" | "false" | "no" | "0" => "off".into(),
-            _ => return Err(invalid("auto, on or off")),
+        "workbench.join_order" => on_off(value).ok_or_else(|| invalid("on or off"))?.into(),
+        "workbench.row_filters" => match value.trim() {
+            v if v.eq_ignore_ascii_case("auto") => "auto".into(),
+            v => on_off(v).ok_or_else(|| invalid("auto, on or off"))?.into(),
         },
         "workbench.execution" => match crate::cluster::Placement::parse(value) {
             Some(_) => value.trim().to_ascii_lowercase(),
