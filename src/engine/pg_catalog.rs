@@ -4,19 +4,24 @@
 //! - `pg_class.reloptions` (psql `\d+` reads it; always NULL here);
 //! - `pg_attribute.atttypmod` for numeric columns, so `\d`, JDBC and
 //!   SQLAlchemy see `numeric(12,2)` rather than a bare `numeric`.
+//!
+//! Every provider here computes its rows when it is scanned, so each is
+//! built once per overlay (per session) and handed out again: building
+//! `pg_class` asks every schema for each of its tables' columns and type,
+//! the 69 of `pg_catalog` included, and was a third of a catalog query's
+//! planning when each of those asks built its provider anew.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int16Type, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, SchemaProvider, Session};
-use datafusion::datasource::{TableProvider, TableType, ViewTable, provider_as_source};
+use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result;
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableProviderFilterPushDown, cast, lit};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::col;
 
 use super::descriptions::{DescribedClasses, ObservedNamespaces, PgDescription, SessionDocs, int32, namespace_names, relation_names};
 use super::catalog_tables::{PgProc, PgSettings, PgType, ProcEntries, empty_with_arrays, scan_all, scan_batches};
@@ -32,11 +37,19 @@ pub struct PgCatalogOverlay {
     procs: ProcEntries,
     /// A client session's spec descriptions (none in the server's own sessions).
     docs: Option<SessionDocs>,
+    /// The providers built so far, by table name (see the module comment).
+    built: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
 }
 
 impl PgCatalogOverlay {
     pub fn new(inner: Arc<dyn SchemaProvider>, catalogs: Arc<dyn CatalogProviderList>, procs: ProcEntries) -> Self {
-        PgCatalogOverlay { inner, catalogs, procs, docs: None }
+        PgCatalogOverlay {
+            inner,
+            catalogs,
+            procs,
+            docs: None,
+            built: Default::default(),
+        }
     }
 
     pub fn with_docs(mut self, docs: SessionDocs) -> Self {
@@ -47,7 +60,7 @@ impl PgCatalogOverlay {
     /// `pg_class` with `reloptions`, describing tables as it is scanned.
     fn classes(&self, base: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
         let base = if base.schema().field_with_name("reloptions").is_err() || base.schema().field_with_name("relacl").is_err() {
-            with_null_reloptions(base)?
+            Arc::new(NullAcls::new(base))
         } else {
             base
         };
@@ -73,6 +86,20 @@ impl SchemaProvider for PgCatalogOverlay {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(built) = self.built.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(Some(built.clone()));
+        }
+        let Some(table) = self.build(name).await? else {
+            return Ok(None);
+        };
+        let mut built = self.built.write().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(built.entry(name.to_string()).or_insert(table).clone()))
+    }
+}
+
+impl PgCatalogOverlay {
+    /// The provider of `name`: upstream's, or ours over it.
+    async fn build(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let Some(base) = self.inner.table(name).await? else {
             return Ok(None);
         };
@@ -113,24 +140,62 @@ impl SchemaProvider for PgCatalogOverlay {
 }
 
 /// `pg_class` with the `reloptions` and `relacl` columns it lacks, NULL
-/// (a client session's [`DescribedClasses`] fills `relacl`).
-fn with_null_reloptions(base: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
-    let mut columns: Vec<Expr> = base
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| col(format!("\"{}\"", f.name())))
-        .collect();
-    let text_array = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
-    for missing in ["reloptions", "relacl"] {
-        if base.schema().field_with_name(missing).is_err() {
-            columns.push(cast(lit(datafusion::common::ScalarValue::Null), text_array.clone()).alias(missing));
+/// (a client session's [`DescribedClasses`] fills `relacl`). A view as
+/// before, so `pg_class` keeps its `relkind`.
+#[derive(Debug)]
+struct NullAcls {
+    base: Arc<dyn TableProvider>,
+    schema: SchemaRef,
+}
+
+impl NullAcls {
+    fn new(base: Arc<dyn TableProvider>) -> NullAcls {
+        let text_array = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+        let mut fields: Vec<Field> = base.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        for missing in ["reloptions", "relacl"] {
+            if base.schema().field_with_name(missing).is_err() {
+                fields.push(Field::new(missing, text_array.clone(), true));
+            }
         }
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        NullAcls { base, schema }
     }
-    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(base), None)?
-        .project(columns)?
-        .build()?;
-    Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+#[async_trait]
+impl TableProvider for NullAcls {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = scan_all(&self.base, session)
+            .await?
+            .into_iter()
+            .map(|batch| {
+                let mut columns = batch.columns().to_vec();
+                for field in &self.schema.fields()[columns.len()..] {
+                    columns.push(datafusion::arrow::array::new_null_array(field.data_type(), batch.num_rows()));
+                }
+                Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        scan_batches(self.schema.clone(), batches, session, projection, filters, limit).await
+    }
 }
 
 /// `pg_attribute` with `atttypmod` computed from each column's Arrow type.

@@ -116,9 +116,25 @@ async fn version_and_labels_read_like_postgres() {
 async fn table_committed_later_is_visible_without_restart() {
     let server = Server::start();
     let client = server.connect().await;
+    // A browser's prepared catalog query, executed before and after the
+    // table appears: the session's pg_catalog providers are built once and
+    // reused, the rows they list are not.
+    let catalog = client
+        .prepare(
+            "SELECT c.relname::text, c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+             ON n.oid = c.relnamespace WHERE n.nspname = $1 ORDER BY 1",
+        )
+        .await
+        .unwrap();
+    let listed = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| format!("{}:{}", r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>();
+    assert!(listed(client.query(&catalog, &[&"gold"]).await.unwrap()).is_empty());
+    let own = listed(client.query(&catalog, &[&"pg_catalog"]).await.unwrap());
+    assert!(own.contains(&"pg_class:v".to_string()) && own.contains(&"pg_am:r".to_string()), "{own:?}");
     let err = client.query("SELECT * FROM gold.late", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&err), "42P01");
     write_table(server.lake(), "gold", "late", orders_batch(0..5), SaveMode::Overwrite).await;
+    assert_eq!(listed(client.query(&catalog, &[&"gold"]).await.unwrap()), ["late:r"]);
+    assert_eq!(listed(client.query(&catalog, &[&"pg_catalog"]).await.unwrap()), own);
     let n: i64 = client.query_one("SELECT count(*) FROM gold.late", &[]).await.unwrap().get(0);
     assert_eq!(n, 5);
     write_table(server.lake(), "gold", "late", orders_batch(5..12), SaveMode::Append).await;
