@@ -1508,7 +1508,8 @@ def write_results(results, details, sf, started):
                          + ("equal" if d["match"] else "MISMATCH: " + d["why"]) + " |")
     (BENCHES / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (BENCHES / "results.json").write_text(json.dumps(
-        dict(machine=mach, date=when, sf=sf, results=results, tpch=tpch, cluster=cluster, memory=memory), indent=2, default=str) + "\n")
+        dict(machine=mach, date=when, sf=sf, results=results, tpch=tpch, cluster=cluster, memory=memory, layout=layout),
+        indent=2, default=str) + "\n")
     log(f"wrote {BENCHES / 'RESULTS.md'}")
 
 
