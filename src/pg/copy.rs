@@ -173,10 +173,11 @@ pub fn response(copy: &CopyOut, column_names: Vec<String>, rows: SendableRowStre
         if copy.format == CopyFormat::Binary {
             // A binary COPY tuple is the field count, then each field exactly
             // as a DataRow holds it (length, bytes).
-            let mut data = BytesMut::with_capacity(2 + row.data.len());
-            data.put_i16(row.field_count);
-            data.put_slice(&row.data);
-            return Ok(data.freeze());
+            // (Through a `Vec`: `BytesMut`'s `put_slice` is a call per write.)
+            let mut data = Vec::with_capacity(2 + row.data.len());
+            data.extend_from_slice(&row.field_count.to_be_bytes());
+            data.extend_from_slice(&row.data);
+            return Ok(Bytes::from(data));
         }
         let fields = split_fields(&row)?;
         let mut data = BytesMut::with_capacity(row.data.len() + 8);

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, PrimitiveArray, RecordBatch,
 };
@@ -36,11 +36,11 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// The most one output buffer holds. A batch's rows (~1.2 MB of text for
 /// 8,192 lineitem rows) are written into buffers of this size, one after
-/// another (bytes allocates the next one, at least 64 KB, when one is
-/// full): below the allocator's mmap threshold (256 KB, `main.rs`), freed
-/// buffers are reused from the heap instead of each batch mapping fresh
-/// pages the kernel must zero (21% of the server's `perf` samples while
-/// streaming lineitem, 1.7% since).
+/// another (a fresh one when the next row may not fit): below the
+/// allocator's mmap threshold (256 KB, `main.rs`), freed buffers are reused
+/// from the heap instead of each batch mapping fresh pages the kernel must
+/// zero (21% of the server's `perf` samples while streaming lineitem, 1.7%
+/// since).
 const OUTPUT_CHUNK_BYTES: usize = 128 << 10;
 /// Largest scale whose base-10000 digits fit the u128 arithmetic below.
 const MAX_FAST_SCALE: i8 = 32;
@@ -79,16 +79,41 @@ pub fn encode_batch(batch: &RecordBatch, fields: &[FieldInfo]) -> PgWireResult<V
         .collect::<PgWireResult<Vec<_>>>()?;
     let n = batch.num_rows();
     let row_bytes: usize = columns.iter().map(Column::width_hint).sum::<usize>() + 4 * columns.len();
-    let mut buf = BytesMut::with_capacity(row_bytes.saturating_mul(n).min(OUTPUT_CHUNK_BYTES));
+    let chunk_bytes = row_bytes.saturating_mul(n).min(OUTPUT_CHUNK_BYTES);
+    let mut chunk = Vec::with_capacity(chunk_bytes);
+    let mut ends = Vec::new();
     let mut rows = Vec::with_capacity(n);
     let field_count = columns.len() as i16;
     for row in 0..n {
         for column in &columns {
-            column.write(row, &mut buf);
+            column.write(row, &mut chunk);
         }
-        rows.push(DataRow::new(buf.split(), field_count));
+        ends.push(chunk.len());
+        if row + 1 == n {
+            split_rows(std::mem::take(&mut chunk), &mut ends, field_count, &mut rows);
+        } else if chunk.len() + row_bytes > chunk.capacity() {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_bytes));
+            split_rows(full, &mut ends, field_count, &mut rows);
+        }
     }
     Ok(rows)
+}
+
+/// One `DataRow` per row of `chunk`, each a zero-copy slice of it (`ends`:
+/// where each row ends; emptied).
+///
+/// Rows are written into a plain `Vec` and only then handed over as
+/// `BytesMut`: `BytesMut`'s `BufMut::put_slice` is not inlinable across
+/// crates, and a call per field (length and value) took 18% of the server's
+/// samples while streaming lineitem (PROFILES.md, streaming).
+fn split_rows(chunk: Vec<u8>, ends: &mut Vec<usize>, field_count: i16, rows: &mut Vec<DataRow>) {
+    // A buffer made from a `Vec` has one owner, so this never copies.
+    let mut chunk = Bytes::from(chunk).try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    let mut start = 0;
+    for end in ends.drain(..) {
+        rows.push(DataRow::new(chunk.split_to(end - start), field_count));
+        start = end;
+    }
 }
 
 /// One column of a batch, ready to write any of its values.
@@ -216,7 +241,7 @@ impl<'a> Column<'a> {
     }
 
     /// Append row `row`'s field: its length (-1 for NULL), then its bytes.
-    fn write(&self, row: usize, buf: &mut BytesMut) {
+    fn write(&self, row: usize, buf: &mut Vec<u8>) {
         if let Column::Encoded(rows) = self {
             buf.put_slice(&rows[row].data);
             return;
@@ -239,14 +264,18 @@ impl<'a> Column<'a> {
                 sized(buf, |b| float_text(b, a.value(row) as f64, format_args!("{:e}", a.value(row)), 6))
             }
             Column::Float32(a, Text, options) => sized(buf, |b| {
-                let _ = a.value(row).to_sql_text(&Type::FLOAT4, b, options);
+                let mut text = BytesMut::new();
+                let _ = a.value(row).to_sql_text(&Type::FLOAT4, &mut text, options);
+                b.extend_from_slice(&text);
             }),
             Column::Float32(a, Binary, _) => sized(buf, |b| b.put_f32(a.value(row))),
             Column::Float64(a, Text, options) if options.extra_float_digits > 0 => {
                 sized(buf, |b| float_text(b, a.value(row), format_args!("{:e}", a.value(row)), 15))
             }
             Column::Float64(a, Text, options) => sized(buf, |b| {
-                let _ = a.value(row).to_sql_text(&Type::FLOAT8, b, options);
+                let mut text = BytesMut::new();
+                let _ = a.value(row).to_sql_text(&Type::FLOAT8, &mut text, options);
+                b.extend_from_slice(&text);
             }),
             Column::Float64(a, Binary, _) => sized(buf, |b| b.put_f64(a.value(row))),
             Column::Decimal(a, scale, Text) => sized(buf, |b| numeric_text(b, a.value(row), *scale)),
@@ -271,7 +300,7 @@ impl<'a> Column<'a> {
 
 /// Write a field's length, then what `value` writes.
 #[inline]
-fn sized(buf: &mut BytesMut, value: impl FnOnce(&mut BytesMut)) {
+fn sized(buf: &mut Vec<u8>, value: impl FnOnce(&mut Vec<u8>)) {
     let at = buf.len();
     buf.put_i32(0);
     value(buf);
@@ -280,12 +309,12 @@ fn sized(buf: &mut BytesMut, value: impl FnOnce(&mut BytesMut)) {
 }
 
 #[inline]
-fn integer(buf: &mut BytesMut, value: impl itoa::Integer) {
+fn integer(buf: &mut Vec<u8>, value: impl itoa::Integer) {
     buf.put_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// `value` × 10^-scale as Postgres prints a numeric: every digit of the scale.
-fn numeric_text(buf: &mut BytesMut, value: i128, scale: u8) {
+fn numeric_text(buf: &mut Vec<u8>, value: i128, scale: u8) {
     if value < 0 {
         buf.put_u8(b'-');
     }
@@ -308,7 +337,7 @@ fn numeric_text(buf: &mut BytesMut, value: i128, scale: u8) {
 /// `value` × 10^-scale in Postgres' binary numeric format: digit count,
 /// weight of the first base-10000 digit, sign, display scale, then the
 /// base-10000 digits without leading or trailing zero digits.
-fn numeric_binary(buf: &mut BytesMut, value: i128, scale: u8) {
+fn numeric_binary(buf: &mut Vec<u8>, value: i128, scale: u8) {
     let magnitude = value.unsigned_abs();
     let unit = 10u128.pow(scale as u32);
     let (mut whole, fraction) = (magnitude / unit, magnitude % unit);
@@ -366,7 +395,7 @@ fn numeric_binary(buf: &mut BytesMut, value: i128, scale: u8) {
 /// the shortest digits that read back as the same value (`shortest`, Rust's
 /// `{:e}`), in fixed notation for decimal exponents from -4 to `digits` - 1,
 /// else as `1.5e+20` with at least two exponent digits.
-fn float_text(buf: &mut BytesMut, value: f64, shortest: std::fmt::Arguments<'_>, digits: i32) {
+fn float_text(buf: &mut Vec<u8>, value: f64, shortest: std::fmt::Arguments<'_>, digits: i32) {
     if value.is_nan() {
         buf.put_slice(b"NaN");
         return;
@@ -457,13 +486,13 @@ impl std::fmt::Write for Scratch {
     }
 }
 
-fn two_digits(buf: &mut BytesMut, value: u32) {
+fn two_digits(buf: &mut Vec<u8>, value: u32) {
     buf.put_u8(b'0' + (value / 10) as u8);
     buf.put_u8(b'0' + (value % 10) as u8);
 }
 
 /// The date `days` after 1970-01-01 as `YYYY-MM-DD` (ISO), with Postgres' ` BC` for years before 1.
-fn date_text(buf: &mut BytesMut, days: i32) {
+fn date_text(buf: &mut Vec<u8>, days: i32) {
     let (year, month, day) = civil(days as i64);
     date_parts(buf, year, month, day);
     if year <= 0 {
@@ -486,7 +515,7 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-fn date_parts(buf: &mut BytesMut, year: i64, month: u32, day: u32) {
+fn date_parts(buf: &mut Vec<u8>, year: i64, month: u32, day: u32) {
     // Postgres shows year 0 as 1 BC, -1 as 2 BC, ...
     let shown = if year <= 0 { 1 - year } else { year } as u64;
     let mut itoa = itoa::Buffer::new();
@@ -503,7 +532,7 @@ fn date_parts(buf: &mut BytesMut, year: i64, month: u32, day: u32) {
 
 /// `micros` after 1970-01-01 00:00 as Postgres prints a timestamp in ISO
 /// style: fractional seconds only when there are any, without trailing zeros.
-fn timestamp_text(buf: &mut BytesMut, micros: i64) {
+fn timestamp_text(buf: &mut Vec<u8>, micros: i64) {
     let (year, month, day) = civil(micros.div_euclid(MICROS_PER_DAY));
     let in_day = micros.rem_euclid(MICROS_PER_DAY);
     date_parts(buf, year, month, day);
