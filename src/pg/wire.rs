@@ -23,6 +23,9 @@ use tokio::net::TcpStream;
 use super::errors;
 use super::tls::{Tls, TlsMode};
 
+/// How much of a result gathers before it is written to the socket.
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
 /// What ended the loop, for the connection's log line.
 #[derive(Debug)]
 pub enum Ended {
@@ -63,6 +66,10 @@ pub async fn serve<H: PgWireServerHandlers>(
             Err(err) => return Ended::Io(err),
         },
     };
+    // Rows are fed to the socket one message at a time; it is written out
+    // when this much has gathered (tokio-util's default, 8 KB, made a write
+    // and a wake-up of the client per ~60 lineitem rows).
+    socket.set_backpressure_boundary(WRITE_BUFFER_BYTES);
     let mut logged_in = false;
     loop {
         let starting = matches!(
