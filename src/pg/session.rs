@@ -291,24 +291,54 @@ async fn until(deadline: Option<Instant>) {
 /// the engine. The query counts as running until this stream is dropped.
 ///
 /// Hand-written rather than a `select!` per row: the cancellation and the
-/// deadline are registered once and polled alongside the rows, so a large
-/// result pays no per-row allocation for them.
+/// deadline are registered once and looked at whenever the rows must wait,
+/// and every `ROWS_PER_CHECK` rows while they keep coming, so a large result
+/// pays neither an allocation nor a look per row (6% of the server's samples
+/// while streaming lineitem, PROFILES.md).
 fn guarded(rows: SendableRowStream, guard: Arc<QueryGuard>, deadline: Option<Instant>) -> SendableRowStream {
     Box::pin(Guarded {
         cancelled: Box::pin(guard.token.clone().cancelled_owned()),
         sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         rows,
         guard,
+        // The first poll looks, so a query cancelled before it starts sends nothing.
+        unchecked: ROWS_PER_CHECK,
         done: false,
     })
 }
+
+/// Rows sent between two looks at the cancellation and the deadline while
+/// the rows are ready (a few milliseconds of rows at most).
+const ROWS_PER_CHECK: u32 = 1024;
 
 struct Guarded {
     rows: SendableRowStream,
     guard: Arc<QueryGuard>,
     cancelled: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    unchecked: u32,
     done: bool,
+}
+
+impl Guarded {
+    /// The error that ends the rows if the query was cancelled or ran out of
+    /// time; else both are polled, so either wakes the task.
+    fn stopped(&mut self, cx: &mut std::task::Context<'_>) -> Option<PgWireError> {
+        use std::future::Future;
+        self.unchecked = 0;
+        if self.cancelled.as_mut().poll(cx).is_ready() {
+            let err = errors::canceled(self.guard.stop_reason());
+            self.guard.failed(&errors::sqlstate(&err));
+            return Some(err);
+        }
+        if let Some(sleep) = &mut self.sleep
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            self.guard.failed(errors::QUERY_CANCELED);
+            return Some(errors::statement_timeout());
+        }
+        None
+    }
 }
 
 impl Stream for Guarded {
@@ -318,28 +348,21 @@ impl Stream for Guarded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use std::future::Future;
         use std::task::Poll;
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
         }
-        if this.cancelled.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            let err = errors::canceled(this.guard.stop_reason());
-            this.guard.failed(&errors::sqlstate(&err));
-            return Poll::Ready(Some(Err(err)));
-        }
-        if let Some(sleep) = &mut this.sleep
-            && sleep.as_mut().poll(cx).is_ready()
+        if this.unchecked >= ROWS_PER_CHECK
+            && let Some(err) = this.stopped(cx)
         {
             this.done = true;
-            this.guard.failed(errors::QUERY_CANCELED);
-            return Poll::Ready(Some(Err(errors::statement_timeout())));
+            return Poll::Ready(Some(Err(err)));
         }
         let rows = &mut this.rows;
         match std::panic::catch_unwind(AssertUnwindSafe(|| rows.as_mut().poll_next(cx))) {
             Ok(Poll::Ready(Some(Ok(row)))) => {
+                this.unchecked += 1;
                 this.guard.row();
                 Poll::Ready(Some(Ok(row)))
             }
@@ -348,7 +371,15 @@ impl Stream for Guarded {
                 this.guard.failed(&errors::sqlstate(&err));
                 Poll::Ready(Some(Err(err)))
             }
-            Ok(other) => other,
+            Ok(Poll::Ready(None)) => Poll::Ready(None),
+            // Waiting for rows: a cancel or the deadline must wake the task.
+            Ok(Poll::Pending) => match this.stopped(cx) {
+                Some(err) => {
+                    this.done = true;
+                    Poll::Ready(Some(Err(err)))
+                }
+                None => Poll::Pending,
+            },
             Err(panic) => {
                 this.done = true;
                 this.guard.failed(errors::INTERNAL);
