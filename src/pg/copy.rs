@@ -1,10 +1,8 @@
 //! `COPY (query) TO STDOUT` and `COPY table TO STDOUT` in text, CSV and
-//! binary format. Values are encoded by arrow-pg exactly as a `SELECT` would
-//! return them, then framed as COPY data.
+//! binary format. Values are encoded exactly as a `SELECT` would return them
+//! (`encode.rs`), then framed as COPY data.
 
-use std::sync::Arc;
-
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Query, Statement,
 };
@@ -150,70 +148,79 @@ fn build(source: &CopySource, options: &[CopyOption], legacy: &[CopyLegacyOption
 /// Frame encoded rows as COPY data.
 pub fn response(copy: &CopyOut, column_names: Vec<String>, rows: SendableRowStream) -> CopyResponse {
     let columns = column_names.len();
-    let copy = Arc::new(copy.clone());
     let prefix: Option<Bytes> = match copy.format {
         CopyFormat::Binary => {
-            let mut header = BytesMut::with_capacity(19);
+            let mut header = Vec::with_capacity(19);
             header.put_slice(b"PGCOPY\n\xff\r\n\0");
             header.put_i32(0); // flags
             header.put_i32(0); // header extension length
-            Some(header.freeze())
+            Some(header.into())
         }
         CopyFormat::Csv if copy.header => {
-            let mut line = BytesMut::new();
+            let mut line = Vec::new();
             let names: Vec<Option<&[u8]>> = column_names.iter().map(|n| Some(n.as_bytes())).collect();
-            csv_line(&copy, &names, &mut line);
-            Some(line.freeze())
+            csv_line(copy, &names, &mut line);
+            Some(line.into())
         }
         _ => None,
     };
-    let format = copy.format;
-    let framed = rows.map(move |row| {
-        let row = row?;
-        if copy.format == CopyFormat::Binary {
-            // A binary COPY tuple is the field count, then each field exactly
-            // as a DataRow holds it (length, bytes).
-            // (Through a `Vec`: `BytesMut`'s `put_slice` is a call per write.)
-            let mut data = Vec::with_capacity(2 + row.data.len());
-            data.extend_from_slice(&row.field_count.to_be_bytes());
-            data.extend_from_slice(&row.data);
-            return Ok(Bytes::from(data));
+    let format = if copy.format == CopyFormat::Binary { 1 } else { 0 };
+    let stream = CopyRows { rows, copy: copy.clone(), prefix, done: false };
+    CopyResponse::new(format, columns, stream)
+}
+
+/// One CopyData per row, as PostgreSQL sends them (the `COPY n` a client
+/// reads counts them). The header (binary signature or CSV column names)
+/// travels with the first row, alone if there are no rows.
+///
+/// A hand-written stream: an `unfold` of the rows made a future per row
+/// (2.4% of the server's samples in a binary COPY of lineitem).
+struct CopyRows {
+    rows: SendableRowStream,
+    copy: CopyOut,
+    prefix: Option<Bytes>,
+    done: bool,
+}
+
+impl futures::Stream for CopyRows {
+    type Item = PgWireResult<CopyData>;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
         }
-        let fields = split_fields(&row)?;
-        let mut data = BytesMut::with_capacity(row.data.len() + 8);
-        match copy.format {
-            CopyFormat::Csv => csv_line(&copy, &fields, &mut data),
-            _ => text_line(&copy, &fields, &mut data),
+        let framed = match futures::ready!(this.rows.poll_next_unpin(cx)) {
+            Some(Ok(row)) => frame(&this.copy, this.prefix.take(), &row),
+            Some(Err(err)) => Err(err),
+            None => {
+                this.done = true;
+                return Poll::Ready(this.prefix.take().map(|p| Ok(CopyData::new(p))));
+            }
+        };
+        this.done = framed.is_err();
+        Poll::Ready(Some(framed.map(CopyData::new)))
+    }
+}
+
+/// One row as COPY data, after `prefix` if there is one.
+fn frame(copy: &CopyOut, prefix: Option<Bytes>, row: &DataRow) -> PgWireResult<Bytes> {
+    let prefix = prefix.as_deref().unwrap_or_default();
+    // Through a `Vec`: `BytesMut`'s `put_slice` is a call per write.
+    let mut data = Vec::with_capacity(prefix.len() + row.data.len() + 8);
+    data.put_slice(prefix);
+    match copy.format {
+        // A binary COPY tuple is the field count, then each field exactly
+        // as a DataRow holds it (length, bytes).
+        CopyFormat::Binary => {
+            data.put_i16(row.field_count);
+            data.put_slice(&row.data);
         }
-        Ok(data.freeze())
-    });
-    // The header (binary signature or CSV column names) travels with the
-    // first row, so the COPY row count stays right; alone if there are no rows.
-    let stream = futures::stream::unfold(
-        (Box::pin(framed), prefix, false),
-        |(mut framed, mut prefix, done)| async move {
-            if done {
-                return None;
-            }
-            match framed.next().await {
-                Some(Ok(line)) => {
-                    let data = match prefix.take() {
-                        Some(p) => {
-                            let mut both = BytesMut::with_capacity(p.len() + line.len());
-                            both.put_slice(&p);
-                            both.put_slice(&line);
-                            both.freeze()
-                        }
-                        None => line,
-                    };
-                    Some((Ok(CopyData::new(data)), (framed, prefix, false)))
-                }
-                Some(Err(err)) => Some((Err(err), (framed, None, true))),
-                None => prefix.take().map(|p| (Ok(CopyData::new(p)), (framed, None, true))),
-            }
-        },
-    );
-    CopyResponse::new(if format == CopyFormat::Binary { 1 } else { 0 }, columns, stream)
+        CopyFormat::Csv => csv_line(copy, &split_fields(row)?, &mut data),
+        CopyFormat::Text => text_line(copy, &split_fields(row)?, &mut data),
+    }
+    Ok(data.into())
 }
 
 /// The values of a DataRow: `None` for NULL.
@@ -242,7 +249,7 @@ fn split_fields(row: &DataRow) -> PgWireResult<Vec<Option<&[u8]>>> {
     Ok(fields)
 }
 
-fn text_line(copy: &CopyOut, fields: &[Option<&[u8]>], out: &mut BytesMut) {
+fn text_line(copy: &CopyOut, fields: &[Option<&[u8]>], out: &mut Vec<u8>) {
     let mut delimiter = [0u8; 4];
     let delimiter = copy.delimiter.encode_utf8(&mut delimiter).as_bytes();
     for (i, field) in fields.iter().enumerate() {
@@ -271,7 +278,7 @@ fn text_line(copy: &CopyOut, fields: &[Option<&[u8]>], out: &mut BytesMut) {
     out.put_u8(b'\n');
 }
 
-fn csv_line(copy: &CopyOut, fields: &[Option<&[u8]>], out: &mut BytesMut) {
+fn csv_line(copy: &CopyOut, fields: &[Option<&[u8]>], out: &mut Vec<u8>) {
     let mut buf = [0u8; 4];
     let delimiter = copy.delimiter.encode_utf8(&mut buf).as_bytes().to_vec();
     let mut buf = [0u8; 4];
