@@ -335,6 +335,21 @@ def postgres_cpu_seconds():
     return total
 
 
+def settled(read, pause=0.2, tries=25):
+    """`read()` once two reads `pause` apart agree. A backend that has just
+    exited may be gone from /proc before the postmaster has reaped it into its
+    children's time, and a read in between misses its CPU seconds entirely
+    (seen: PostgreSQL's binary COPY measured as 0.0 s)."""
+    last = read()
+    for _ in range(tries):
+        time.sleep(pause)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def server_cpu_seconds(server):
     return proc_stat(server.proc.pid)[2]
 
@@ -344,9 +359,9 @@ def streamed_cpu(ctx, wb_args, pg_args, sql_wb, sql_pg):
     before = server_cpu_seconds(ctx["server"])
     seconds_wb = stream_with_psql(wb_args, sql_wb)
     cpu_wb = server_cpu_seconds(ctx["server"]) - before
-    before = postgres_cpu_seconds()
+    before = settled(postgres_cpu_seconds)
     seconds_pg = stream_with_psql(pg_args, sql_pg)
-    cpu_pg = postgres_cpu_seconds() - before
+    cpu_pg = settled(postgres_cpu_seconds) - before
     return seconds_wb, seconds_pg, cpu_wb, cpu_pg
 
 
