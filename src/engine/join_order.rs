@@ -34,6 +34,9 @@ extensions_options! {
         /// Filter lake rows inside the Parquet reader: auto, on or off
         /// (see `LakeTable::row_filters`).
         pub row_filters: String, default = "auto".to_string()
+        /// Apply a hash join's filter to the scans that feed an aggregate
+        /// below it (see `join_filters.rs`).
+        pub join_filters: bool, default = true
     }
 }
 

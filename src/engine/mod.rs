@@ -12,6 +12,7 @@ mod estimates;
 mod executor;
 mod governed;
 mod information_schema;
+mod join_filters;
 mod join_order;
 mod layer;
 mod limits;
@@ -132,6 +133,7 @@ impl Engine {
             .with_default_features()
             .with_analyzer_rules(coercion::analyzer_rules())
             .with_optimizer_rule(Arc::new(join_order::JoinOrder::new(layer::LakeEstimates)))
+            .with_physical_optimizer_rule(Arc::new(join_filters::JoinFilters))
             .build();
         let ctx = SessionContext::new_with_state(state);
 

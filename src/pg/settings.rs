@@ -67,6 +67,7 @@ const KNOWN: &[Known] = &[
     known("work_mem", "4MB", false, "Sets the maximum memory to be used for query workspaces."),
     known("workbench.execution", "auto", false, "Where lake queries run: auto (large ones on the Ballista cluster, when configured), local (on this server), cluster (on the cluster whatever their size)."),
     known("workbench.join_order", "on", false, "Join a query's tables in the order their estimated sizes call for (from the Delta log's statistics): on, or off for the order the query names them in."),
+    known("workbench.join_filters", "on", false, "Filter the rows a scan feeds to an aggregate below a hash join by the join's keys, once its build side is known: on, or off."),
     known("workbench.row_filters", "auto", false, "Filter lake rows inside the Parquet reader: auto (when one of a scan's filters is estimated to keep at most 1% of the table's rows), on, or off."),
 ];
 
@@ -301,6 +302,11 @@ impl Settings {
         self.get("workbench.join_order").is_none_or(|v| v != "off")
     }
 
+    /// `workbench.join_filters`: filter an aggregate's input by a join's keys.
+    pub fn join_filters(&self) -> bool {
+        self.get("workbench.join_filters").is_none_or(|v| v != "off")
+    }
+
     /// `workbench.row_filters`: auto, on or off.
     pub fn row_filters(&self) -> String {
         self.get("workbench.row_filters").unwrap_or_else(|| "auto".into())
@@ -404,7 +410,7 @@ fn normalize(name: &str, value: &str) -> Result<String, SettingError> {
                 .map_err(|_| invalid("a value of the option's type, as DataFusion's configuration reference lists it"))?;
             value.to_string()
         }
-        "workbench.join_order" => on_off(value).ok_or_else(|| invalid("on or off"))?.into(),
+        "workbench.join_order" | "workbench.join_filters" => on_off(value).ok_or_else(|| invalid("on or off"))?.into(),
         "workbench.row_filters" => match value.trim() {
             v if v.eq_ignore_ascii_case("auto") => "auto".into(),
             v => on_off(v).ok_or_else(|| invalid("auto, on or off"))?.into(),

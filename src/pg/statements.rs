@@ -332,6 +332,7 @@ pub fn apply_to_engine(settings: &Settings, ctx: &SessionContext) {
     if let Some(planner) = options.extensions.get_mut::<crate::engine::PlannerOptions>() {
         planner.join_order = settings.join_order();
         planner.row_filters = settings.row_filters();
+        planner.join_filters = settings.join_filters();
     }
 }
 

@@ -149,3 +149,41 @@ async fn lake_scans_filter_rows_in_the_reader_for_selective_filters_or_when_aske
     let err = client.simple_query("SET workbench.row_filters = sometimes").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("22023"), "{err:?}");
 }
+
+#[tokio::test]
+async fn an_aggregate_below_a_join_sees_only_the_rows_the_join_can_keep() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (lake, specs) = tpch_lake(dir.path());
+    let server = Server::start_at(&lake, options(&specs));
+    // TPC-H Q17 averages the quantity per part over all of lineitem, then
+    // joins the few parts of one brand and container.
+    let q17 = tpch_query(17);
+    let on = rows(&server, &format!("SET search_path = silver; {q17}")).await;
+    let off = rows(&server, &format!("SET workbench.join_filters = off; SET search_path = silver; {q17}")).await;
+    assert_eq!(on, off, "the same answer with the join's filter below the aggregate");
+    assert_ne!(on, vec![String::new()], "q17 finds rows: {on:?}");
+
+    let lineitem: usize = rows(&server, "SELECT count(*) FROM silver.lineitem").await[0].parse().unwrap();
+    let plan = |setting: &'static str| {
+        let server = &server;
+        let q17 = q17.clone();
+        async move { rows(server, &format!("{setting}; SET search_path = silver; EXPLAIN ANALYZE {q17}")).await.join("\n") }
+    };
+    // The rows the scans of lineitem hand to the per-part aggregate.
+    let filtered = plan("SET workbench.join_filters = on").await;
+    let lines: Vec<String> = filtered.lines().map(str::to_string).collect();
+    let kept: Vec<usize> = lines
+        .iter()
+        .filter(|l| l.trim_start().starts_with("FilterExec: DynamicFilter"))
+        .flat_map(|l| metric(std::slice::from_ref(l), "output_rows"))
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(!kept.is_empty(), "a join filter above the scan feeding the aggregate:\n{filtered}");
+    assert!(kept.iter().sum::<usize>() * 10 < lineitem, "it keeps few of {lineitem} rows: {kept:?}\n{filtered}");
+    let unfiltered = plan("SET workbench.join_filters = off").await;
+    assert!(!unfiltered.contains("FilterExec: DynamicFilter"), "off, no such filter:\n{unfiltered}");
+
+    let client = server.connect().await;
+    let err = client.simple_query("SET workbench.join_filters = sometimes").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22023"), "{err:?}");
+}
