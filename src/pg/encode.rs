@@ -327,27 +327,22 @@ trait Magnitude:
     fn digit(self) -> i16;
 }
 
-impl Magnitude for u64 {
-    const ZERO: Self = 0;
-    const TEN_THOUSAND: Self = 10_000;
-    fn ten_to(power: u32) -> Self {
-        10u64.pow(power)
-    }
-    fn digit(self) -> i16 {
-        self as i16
-    }
+macro_rules! magnitude {
+    ($($t:ty),*) => {$(
+        impl Magnitude for $t {
+            const ZERO: Self = 0;
+            const TEN_THOUSAND: Self = 10_000;
+            fn ten_to(power: u32) -> Self {
+                (10 as $t).pow(power)
+            }
+            fn digit(self) -> i16 {
+                self as i16
+            }
+        }
+    )*};
 }
 
-impl Magnitude for u128 {
-    const ZERO: Self = 0;
-    const TEN_THOUSAND: Self = 10_000;
-    fn ten_to(power: u32) -> Self {
-        10u128.pow(power)
-    }
-    fn digit(self) -> i16 {
-        self as i16
-    }
-}
+magnitude!(u64, u128);
 
 /// `value` × 10^-scale as Postgres prints a numeric: every digit of the scale.
 fn numeric_text(buf: &mut Vec<u8>, value: i128, scale: u8) {
