@@ -263,6 +263,8 @@ impl<'a> Column<'a> {
             Column::Float32(a, Text, options) if options.extra_float_digits > 0 => {
                 sized(buf, |b| float_text(b, a.value(row) as f64, format_args!("{:e}", a.value(row)), 6))
             }
+            // `extra_float_digits` <= 0 (not the default): pgwire's rounding,
+            // through a small buffer per value, as its writer takes a `BytesMut`.
             Column::Float32(a, Text, options) => sized(buf, |b| {
                 let mut text = BytesMut::new();
                 let _ = a.value(row).to_sql_text(&Type::FLOAT4, &mut text, options);
