@@ -14,13 +14,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::catalog::Session;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
+
+use super::join_filters::HeldJoinFilters;
 
 use crate::storage::{Lake, Layer};
 
@@ -29,8 +35,38 @@ type TableKey = (Layer, String);
 /// One table's version held in memory.
 struct Loaded {
     version: u64,
-    table: Arc<MemTable>,
+    table: Arc<HotTable>,
     bytes: u64,
+}
+
+/// A version's rows, decoded, one list of batches per partition.
+#[derive(Debug)]
+struct HotTable {
+    schema: SchemaRef,
+    partitions: Vec<Vec<RecordBatch>>,
+}
+
+#[async_trait]
+impl TableProvider for HotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let source = MemorySourceConfig::try_new(&self.partitions, self.schema.clone(), projection.cloned())?
+            .with_show_sizes(state.config_options().explain.show_sizes);
+        Ok(HeldJoinFilters::scan(source))
+    }
 }
 
 #[derive(Default)]
@@ -238,7 +274,7 @@ impl Drop for Reading<'_> {
 
 /// Every row of `files`, in as many partitions as its scan has, unless
 /// they do not fit `budget`.
-async fn read_all(files: Arc<dyn TableProvider>, budget: Budget) -> std::result::Result<(MemTable, u64), LoadError> {
+async fn read_all(files: Arc<dyn TableProvider>, budget: Budget) -> std::result::Result<(HotTable, u64), LoadError> {
     let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
     let schema: SchemaRef = files.schema();
@@ -262,7 +298,7 @@ async fn read_all(files: Arc<dyn TableProvider>, budget: Budget) -> std::result:
         }
     });
     let read: Vec<Vec<RecordBatch>> = futures::future::try_join_all(readers).await?;
-    let table = MemTable::try_new(schema, balanced(read, partitions))?;
+    let table = HotTable { schema, partitions: balanced(read, partitions) };
     Ok((table, reading.mine.load(Ordering::Relaxed)))
 }
 

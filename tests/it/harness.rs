@@ -597,6 +597,18 @@ pub fn tpch_lake(dir: &Path) -> (PathBuf, PathBuf) {
     (lake, specs)
 }
 
+/// The rows each join filter placed below an aggregate let through, from
+/// an `EXPLAIN ANALYZE` (`FilterExec: DynamicFilter [...], metrics=[output_rows=N, ...]`).
+pub fn rows_kept_by_join_filters(plan: &str) -> Vec<usize> {
+    plan.lines()
+        .filter(|l| l.trim_start().starts_with("FilterExec: DynamicFilter"))
+        .filter_map(|l| {
+            let at = l.find("output_rows=")? + "output_rows=".len();
+            l[at..].split([',', ']']).next()?.trim().parse().ok()
+        })
+        .collect()
+}
+
 /// `workbench <args> --lake <lake> --specs <specs>`, logging warnings only.
 pub fn workbench_cli(args: &[&str], lake: &Path, specs: &Path) -> Output {
     Command::new(BIN)

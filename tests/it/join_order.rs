@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::harness::{Server, ServerOptions, rows, tpch_lake, tpch_query};
+use crate::harness::{Server, ServerOptions, rows, rows_kept_by_join_filters, tpch_lake, tpch_query};
 
 fn options(specs: &Path) -> ServerOptions {
     ServerOptions { args: vec!["--specs".into(), specs.display().to_string()], ..Default::default() }
@@ -171,13 +171,7 @@ async fn an_aggregate_below_a_join_sees_only_the_rows_the_join_can_keep() {
     };
     // The rows the scans of lineitem hand to the per-part aggregate.
     let filtered = plan("SET workbench.join_filters = on").await;
-    let lines: Vec<String> = filtered.lines().map(str::to_string).collect();
-    let kept: Vec<usize> = lines
-        .iter()
-        .filter(|l| l.trim_start().starts_with("FilterExec: DynamicFilter"))
-        .flat_map(|l| metric(std::slice::from_ref(l), "output_rows"))
-        .map(|v| v.parse().unwrap())
-        .collect();
+    let kept = rows_kept_by_join_filters(&filtered);
     assert!(!kept.is_empty(), "a join filter above the scan feeding the aggregate:\n{filtered}");
     assert!(kept.iter().sum::<usize>() * 10 < lineitem, "it keeps few of {lineitem} rows: {kept:?}\n{filtered}");
     let unfiltered = plan("SET workbench.join_filters = off").await;

@@ -12,7 +12,7 @@ use deltalake::arrow::compute::cast;
 use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::harness::{Server, ServerOptions, TPCH_TABLES, rows, tpch_lake, tpch_query, workbench_cli};
+use crate::harness::{Server, ServerOptions, TPCH_TABLES, rows, rows_kept_by_join_filters, tpch_lake, tpch_query, workbench_cli};
 
 fn options(specs: &Path, config_yaml: &str) -> ServerOptions {
     ServerOptions { config_yaml: config_yaml.into(), args: vec!["--specs".into(), specs.display().to_string()], ..Default::default() }
@@ -115,6 +115,13 @@ async fn tables_in_memory_answer_as_their_files_follow_new_versions_and_respect_
         assert_eq!(got, want, "q{} from memory differs from the files", n + 1);
     }
     assert_eq!(metric(&server, "workbench_memory_table_loads_total", "outcome=\"loaded\"").await, 8);
+    // Q17's per-part aggregate over lineitem sees only the rows of the parts
+    // the join above it keeps: the join's filter reached the memory scan.
+    let q17 = rows(&server, &format!("SET search_path = silver; EXPLAIN ANALYZE {}", tpch_query(17))).await.join("\n");
+    assert!(reads_memory(&q17), "{q17}");
+    let kept = rows_kept_by_join_filters(&q17);
+    let lineitem: usize = rows(&server, "SELECT count(*) FROM silver.lineitem").await[0].parse().unwrap();
+    assert!(!kept.is_empty() && kept.iter().sum::<usize>() * 10 < lineitem, "the join filter keeps few of {lineitem} rows: {kept:?}\n{q17}");
 
     // A new version of region: the next query sees it (from its files),
     // then it is loaded and swapped in.
