@@ -330,21 +330,35 @@ const CONNECTION_STACK_BYTES: usize = 64 << 20;
 /// arenas and stay mapped once freed: an ingest of a 200 MB CSV held 338 MB,
 /// ~140 MB of it freed buffers. A fixed threshold keeps blocks over 256 KB
 /// in their own mappings, handed back when freed (198 MB, as fast).
-/// mimalloc instead measured 327 MB. glibc's own `MALLOC_MMAP_THRESHOLD_`
-/// in the environment, when set, is left to decide.
+/// mimalloc instead measured 327 MB.
+///
+/// Fixing the threshold also fixes the trim threshold, at glibc's 128 KB:
+/// every free that left more than that at the top of a heap handed it back
+/// to the kernel, and the next batch faulted it in again as zeroed pages
+/// (10% of the server's CPU streaming a table as text). Heaps keep up to
+/// 8 MB free at their top instead (text streaming 0.62 → 0.56 CPU s per
+/// million rows; PROFILES.md).
+///
+/// glibc's own `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` in the
+/// environment, when set, are left to decide.
 fn bounded_malloc() {
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
-        return;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's parameters; it is called
-    // before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+    for (variable, parameter, bytes) in [
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+        ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+    ] {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: mallopt only changes the allocator's parameters; it is
+            // called before any other thread exists.
+            unsafe {
+                libc::mallopt(parameter, bytes);
+            }
+        }
     }
 }
 
 const MMAP_THRESHOLD_BYTES: i32 = 256 << 10;
+const TRIM_THRESHOLD_BYTES: i32 = 8 << 20;
 
 fn main() -> anyhow::Result<()> {
     bounded_malloc();
