@@ -336,8 +336,9 @@ const CONNECTION_STACK_BYTES: usize = 64 << 20;
 /// every free that left more than that at the top of a heap handed it back
 /// to the kernel, and the next batch faulted it in again as zeroed pages
 /// (10% of the server's CPU streaming a table as text). Heaps keep up to
-/// 8 MB free at their top instead (text streaming 0.62 → 0.56 CPU s per
-/// million rows; PROFILES.md).
+/// 8 MB free at their top instead: streaming lineitem as text took
+/// 0.59–0.60 CPU s per million rows against 0.63–0.66 at 128 KB, the
+/// 3.1 GB ingest under a 1 GiB cap peaked at 387 MB (PROFILES.md).
 ///
 /// glibc's own `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` in the
 /// environment, when set, are left to decide.
