@@ -29,24 +29,24 @@
 
 use std::sync::Arc;
 
+use datafusion::common::Statistics;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::physical_plan::{FileSource, ParquetSource};
 use datafusion::datasource::source::{DataSource, DataSourceExec};
-use datafusion::execution::TaskContext;
-use datafusion::common::Statistics;
-use datafusion::physical_expr::projection::ProjectionExprs;
-use datafusion::physical_expr::{EquivalenceProperties, LexOrdering};
-use datafusion::physical_plan::execution_plan::SchedulingType;
-use datafusion::physical_plan::filter_pushdown::FilterPushdownPropagation;
-use datafusion::physical_plan::{DisplayFormatType, Partitioning, SendableRecordBatchStream};
 use datafusion::error::Result;
+use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
-use datafusion::physical_expr::{PhysicalExpr, conjunction};
+use datafusion::physical_expr::projection::ProjectionExprs;
+use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr, conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::SchedulingType;
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::{ExecutionPlan, replace_children_if_necessary};
+use datafusion::physical_plan::filter_pushdown::FilterPushdownPropagation;
+use datafusion::physical_plan::{
+    DisplayFormatType, ExecutionPlan, Partitioning, SendableRecordBatchStream, replace_children_if_necessary,
+};
 
 #[derive(Debug, Default)]
 pub struct JoinFilters;
@@ -135,6 +135,28 @@ fn collect_join_filters(predicate: &Arc<dyn PhysicalExpr>, filters: &mut Vec<Arc
         }
         Ok(TreeNodeRecursion::Continue)
     });
+}
+
+/// `filters` (over the scans' columns) as one filter over `input`'s columns,
+/// found by name; `None` if one reads a column `input` does not output.
+fn over_columns_of(filters: Vec<Arc<dyn PhysicalExpr>>, input: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn PhysicalExpr>> {
+    let schema = input.schema();
+    let remapped = filters
+        .into_iter()
+        .map(|filter| {
+            filter
+                .transform_down(|expr| match expr.downcast_ref::<Column>() {
+                    Some(column) => {
+                        let index = schema.index_of(column.name())?;
+                        Ok(Transformed::yes(Arc::new(Column::new(column.name(), index)) as Arc<dyn PhysicalExpr>))
+                    }
+                    None => Ok(Transformed::no(expr)),
+                })
+                .map(|t| t.data)
+        })
+        .collect::<Result<Vec<_>>>()
+        .ok()?;
+    Some(conjunction(remapped))
 }
 
 /// A scan of a hot table (`memory.rs`) that keeps the join filters
@@ -233,26 +255,4 @@ impl DataSource for HeldJoinFilters {
     ) -> Result<TreeNodeRecursion> {
         self.inner.apply_expressions(f)
     }
-}
-
-/// `filters` (over the scans' columns) as one filter over `input`'s columns,
-/// found by name; `None` if one reads a column `input` does not output.
-fn over_columns_of(filters: Vec<Arc<dyn PhysicalExpr>>, input: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn PhysicalExpr>> {
-    let schema = input.schema();
-    let remapped = filters
-        .into_iter()
-        .map(|filter| {
-            filter
-                .transform_down(|expr| match expr.downcast_ref::<Column>() {
-                    Some(column) => {
-                        let index = schema.index_of(column.name())?;
-                        Ok(Transformed::yes(Arc::new(Column::new(column.name(), index)) as Arc<dyn PhysicalExpr>))
-                    }
-                    None => Ok(Transformed::no(expr)),
-                })
-                .map(|t| t.data)
-        })
-        .collect::<Result<Vec<_>>>()
-        .ok()?;
-    Some(conjunction(remapped))
 }
