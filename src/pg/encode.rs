@@ -1,14 +1,16 @@
 //! Arrow record batches → Postgres `DataRow`s.
 //!
 //! Each column is looked at once per batch: its array is downcast and paired
-//! with the wire format and type the client was told about, then every row is
-//! written straight into one buffer shared by the whole batch (each `DataRow`
-//! is a zero-copy slice of it). The common types are written by hand (integers
-//! with itoa, numerics from the i128, dates and timestamps without a format
-//! interpreter, strings copied as they are) in both text and binary format,
-//! exactly as PostgreSQL writes them; any other column (lists, structs,
+//! with the wire format and type the client was told about. The common types
+//! (integers, numerics from the i128, dates, strings, and every fixed-width
+//! binary value) know each value's exact width before writing it, so a batch
+//! is written column by column, each value straight into its row's place in a
+//! buffer shared by many rows (each `DataRow` is a zero-copy slice of it),
+//! exactly as PostgreSQL writes it, in text and binary format. Floats in
+//! text, numerics in binary and timestamps in text are written one value
+//! after another and copied into place; any other column (lists, structs,
 //! intervals, timestamps with time zone in text, ...) is encoded by arrow-pg,
-//! one column at a time, and spliced in.
+//! one column at a time, and spliced in the same way.
 
 use std::sync::Arc;
 
@@ -16,12 +18,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, PrimitiveArray, RecordBatch,
 };
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
     DataType, Field, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema, TimeUnit,
     TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
-use datafusion::physical_plan::SendableRecordBatchStream;
-use futures::{StreamExt, stream};
+use futures::{Stream, StreamExt, stream};
 use pgwire::api::Type;
 use pgwire::api::results::{FieldFormat, FieldInfo, SendableRowStream};
 use pgwire::error::{PgWireError, PgWireResult};
@@ -35,8 +37,8 @@ const PG_EPOCH_DAYS: i32 = 10_957;
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// The most one output buffer holds. A batch's rows (~1.2 MB of text for
-/// 8,192 lineitem rows) are written into buffers of this size, one after
-/// another (a fresh one when the next row may not fit): below the
+/// 8,192 lineitem rows) are written into buffers of up to this size, as many
+/// whole rows as fit (a larger row gets a buffer of its own): below the
 /// allocator's mmap threshold (256 KB, `main.rs`), freed buffers are reused
 /// from the heap instead of each batch mapping fresh pages the kernel must
 /// zero (21% of the server's `perf` samples while streaming lineitem, 1.7%
@@ -45,24 +47,28 @@ const OUTPUT_CHUNK_BYTES: usize = 128 << 10;
 /// Largest scale whose base-10000 digits fit the u128 arithmetic below.
 const MAX_FAST_SCALE: i8 = 32;
 
-/// The rows of `batches`, encoded for `fields` (one per column, with the
-/// type and format the client was given in RowDescription).
-pub fn rows(batches: SendableRecordBatchStream, fields: Arc<Vec<FieldInfo>>) -> SendableRowStream {
+/// The rows of a query's encoded batches (`encode_batch`, run by the
+/// executor where each batch was made), one `DataRow` at a time.
+pub fn rows(
+    batches: impl Stream<Item = datafusion::error::Result<PgWireResult<Vec<DataRow>>>> + Send + 'static,
+) -> SendableRowStream {
     let rows = batches
-        .map(move |batch| {
-            let encoded = batch
-                .map_err(|e| PgWireError::ApiError(Box::new(e)))
-                .and_then(|batch| encode_batch(&batch, &fields));
-            match encoded {
-                Ok(rows) => stream::iter(rows.into_iter().map(Ok)).left_stream(),
-                Err(e) => stream::once(async { Err(e) }).right_stream(),
-            }
+        .map(|encoded| match encoded.map_err(|e| PgWireError::ApiError(Box::new(e))).and_then(|rows| rows) {
+            Ok(rows) => stream::iter(rows.into_iter().map(Ok)).left_stream(),
+            Err(e) => stream::once(async { Err(e) }).right_stream(),
         })
         .flatten();
     Box::pin(rows)
 }
 
 /// All rows of one batch.
+///
+/// Written column by column: each column first adds every row's field width
+/// to the row widths, then, per output buffer of rows, writes each of its
+/// values straight into its row's place (digits included, without a
+/// formatting buffer to copy from), in a loop of its own type. The kinds
+/// without a cheap exact width (floats in text, numerics in binary, ...) are
+/// first written one value after another, then copied into their rows.
 pub fn encode_batch(batch: &RecordBatch, fields: &[FieldInfo]) -> PgWireResult<Vec<DataRow>> {
     if batch.num_columns() != fields.len() {
         return Err(PgWireError::ApiError(
@@ -70,49 +76,171 @@ pub fn encode_batch(batch: &RecordBatch, fields: &[FieldInfo]) -> PgWireResult<V
         ));
     }
     let schema = batch.schema();
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .zip(fields)
-        .map(|((array, arrow_field), field)| Column::new(array, arrow_field, field))
-        .collect::<PgWireResult<Vec<_>>>()?;
     let n = batch.num_rows();
-    let row_bytes: usize = columns.iter().map(Column::width_hint).sum::<usize>() + 4 * columns.len();
-    let chunk_bytes = row_bytes.saturating_mul(n).min(OUTPUT_CHUNK_BYTES);
-    let mut chunk = Vec::with_capacity(chunk_bytes);
-    let mut ends = Vec::new();
-    let mut rows = Vec::with_capacity(n);
+    let mut widths = vec![0usize; n];
+    let mut columns = Vec::with_capacity(fields.len());
+    for ((array, arrow_field), field) in batch.columns().iter().zip(schema.fields()).zip(fields) {
+        let column = Column::new(array, arrow_field, field)?;
+        if column.visit(&mut Widths(&mut widths)) {
+            columns.push(Laid::Direct(column));
+        } else {
+            let written = Written::of(&column, n);
+            written.add_widths(&mut widths);
+            columns.push(Laid::Written(written));
+        }
+    }
     let field_count = columns.len() as i16;
-    for row in 0..n {
+    let mut rows = Vec::with_capacity(n);
+    let mut first = 0;
+    while first < n {
+        let mut end = first + 1;
+        let mut bytes = widths[first];
+        while end < n && bytes + widths[end] <= OUTPUT_CHUNK_BYTES {
+            bytes += widths[end];
+            end += 1;
+        }
+        let mut chunk = vec![0u8; bytes];
+        let mut cursor: Vec<usize> = widths[first..end]
+            .iter()
+            .scan(0, |at, width| {
+                let start = *at;
+                *at += width;
+                Some(start)
+            })
+            .collect();
         for column in &columns {
-            column.write(row, &mut chunk);
+            match column {
+                Laid::Direct(column) => {
+                    column.visit(&mut Place { first, chunk: &mut chunk, cursor: &mut cursor });
+                }
+                Laid::Written(written) => written.place(first, &mut chunk, &mut cursor),
+            }
         }
-        ends.push(chunk.len());
-        if row + 1 == n {
-            split_rows(std::mem::take(&mut chunk), &mut ends, field_count, &mut rows);
-        } else if chunk.len() + row_bytes > chunk.capacity() {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_bytes));
-            split_rows(full, &mut ends, field_count, &mut rows);
+        // Each row must end where its width said it would: anything else
+        // would shift every later field on the wire.
+        let mut expected = 0;
+        for (at, width) in cursor.iter().zip(&widths[first..end]) {
+            expected += width;
+            if *at != expected {
+                return Err(PgWireError::ApiError(
+                    format!("internal error: a row's encoded width was {at} bytes, its fields took {expected}").into(),
+                ));
+            }
         }
+        split_rows(chunk, &cursor, field_count, &mut rows);
+        first = end;
     }
     Ok(rows)
 }
 
 /// One `DataRow` per row of `chunk`, each a zero-copy slice of it (`ends`:
-/// where each row ends; emptied).
-///
-/// Rows are written into a plain `Vec` and only then handed over as
-/// `BytesMut`: `BytesMut`'s `BufMut::put_slice` is not inlinable across
-/// crates, and a call per field (length and value) took 18% of the server's
-/// samples while streaming lineitem (PROFILES.md, streaming).
-fn split_rows(chunk: Vec<u8>, ends: &mut Vec<usize>, field_count: i16, rows: &mut Vec<DataRow>) {
+/// where each row ends).
+fn split_rows(chunk: Vec<u8>, ends: &[usize], field_count: i16, rows: &mut Vec<DataRow>) {
     // A buffer made from a `Vec` has one owner, so this never copies.
     let mut chunk = Bytes::from(chunk).try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     let mut start = 0;
-    for end in ends.drain(..) {
+    for &end in ends {
         rows.push(DataRow::new(chunk.split_to(end - start), field_count));
         start = end;
+    }
+}
+
+/// A column as the batch writer lays it out.
+enum Laid<'a> {
+    /// Exact widths known per value: written straight into the rows.
+    Direct(Column<'a>),
+    /// Written one value after another first (`Column::write`), then copied.
+    Written(Written),
+}
+
+/// Every row's field of one column (length and bytes), one after another.
+struct Written {
+    fields: Vec<u8>,
+    /// Where each row's field ends in `fields`.
+    ends: Vec<usize>,
+}
+
+impl Written {
+    fn of(column: &Column<'_>, rows: usize) -> Self {
+        let mut fields = Vec::new();
+        let mut ends = Vec::with_capacity(rows);
+        for row in 0..rows {
+            column.write(row, &mut fields);
+            ends.push(fields.len());
+        }
+        Written { fields, ends }
+    }
+
+    fn field(&self, row: usize) -> &[u8] {
+        let start = if row == 0 { 0 } else { self.ends[row - 1] };
+        &self.fields[start..self.ends[row]]
+    }
+
+    fn add_widths(&self, widths: &mut [usize]) {
+        for (row, width) in widths.iter_mut().enumerate() {
+            *width += self.field(row).len();
+        }
+    }
+
+    fn place(&self, first: usize, chunk: &mut [u8], cursor: &mut [usize]) {
+        for (i, at) in cursor.iter_mut().enumerate() {
+            let field = self.field(first + i);
+            chunk[*at..*at + field.len()].copy_from_slice(field);
+            *at += field.len();
+        }
+    }
+}
+
+/// What the batch writer does with a column whose values' exact widths are
+/// known: `width` (the bytes of a non-NULL value) and `put` (write it into
+/// exactly that many bytes) are monomorphised into one loop per column type.
+trait Pass {
+    fn run(&mut self, nulls: Option<&NullBuffer>, width: impl Fn(usize) -> usize, put: impl Fn(usize, &mut [u8]));
+}
+
+/// Add each row's field width (its 4-byte length, then its value) to the row widths.
+struct Widths<'w>(&'w mut [usize]);
+
+impl Pass for Widths<'_> {
+    fn run(&mut self, nulls: Option<&NullBuffer>, width: impl Fn(usize) -> usize, _: impl Fn(usize, &mut [u8])) {
+        match nulls {
+            None => {
+                for (row, total) in self.0.iter_mut().enumerate() {
+                    *total += 4 + width(row);
+                }
+            }
+            Some(nulls) => {
+                for (row, total) in self.0.iter_mut().enumerate() {
+                    *total += 4 + if nulls.is_null(row) { 0 } else { width(row) };
+                }
+            }
+        }
+    }
+}
+
+/// Write the fields of rows `first..` (one per `cursor` entry) at each row's
+/// cursor into `chunk`, and move the cursors past them.
+struct Place<'c> {
+    first: usize,
+    chunk: &'c mut [u8],
+    cursor: &'c mut [usize],
+}
+
+impl Pass for Place<'_> {
+    fn run(&mut self, nulls: Option<&NullBuffer>, width: impl Fn(usize) -> usize, put: impl Fn(usize, &mut [u8])) {
+        for (i, at) in self.cursor.iter_mut().enumerate() {
+            let row = self.first + i;
+            if nulls.is_some_and(|nulls| nulls.is_null(row)) {
+                self.chunk[*at..*at + 4].copy_from_slice(&(-1i32).to_be_bytes());
+                *at += 4;
+                continue;
+            }
+            let width = width(row);
+            let field = &mut self.chunk[*at..*at + 4 + width];
+            field[..4].copy_from_slice(&(width as i32).to_be_bytes());
+            put(row, &mut field[4..]);
+            *at += 4 + width;
+        }
     }
 }
 
@@ -210,18 +338,6 @@ impl<'a> Column<'a> {
         })
     }
 
-    /// A guess of the bytes a value takes, to size the batch buffer.
-    fn width_hint(&self) -> usize {
-        match self {
-            Column::Bool(..) => 1,
-            Column::Int16(..) | Column::Int32(..) | Column::Date(..) => 8,
-            Column::Int64(..) | Column::Float32(..) | Column::Float64(..) | Column::Decimal(..) => 12,
-            Column::Timestamp(..) => 20,
-            Column::Utf8(_) => 24,
-            Column::Encoded(rows) => rows.first().map_or(8, |r| r.data.len()),
-        }
-    }
-
     fn array(&self) -> Option<&dyn Array> {
         Some(match self {
             Column::Bool(a, _) => *a,
@@ -240,6 +356,53 @@ impl<'a> Column<'a> {
         })
     }
 
+    /// Run `pass` with this column's exact value widths and writer; false
+    /// (and nothing run) for the kinds whose width is only known once
+    /// written (floats in text, numerics in binary, timestamps in text, and
+    /// what arrow-pg encodes).
+    fn visit(&self, pass: &mut impl Pass) -> bool {
+        use FieldFormat::{Binary, Text};
+        let nulls = self.array().and_then(|a| a.nulls());
+        match self {
+            Column::Bool(a, Text) => pass.run(nulls, |_| 1, |row, out| out[0] = if a.value(row) { b't' } else { b'f' }),
+            Column::Bool(a, Binary) => pass.run(nulls, |_| 1, |row, out| out[0] = a.value(row) as u8),
+            Column::Int16(a, Text) => pass.run(nulls, |row| int_width(a.value(row).into()), |row, out| put_int(out, a.value(row).into())),
+            Column::Int16(a, Binary) => pass.run(nulls, |_| 2, |row, out| out.copy_from_slice(&a.value(row).to_be_bytes())),
+            Column::Int32(a, Text) => pass.run(nulls, |row| int_width(a.value(row).into()), |row, out| put_int(out, a.value(row).into())),
+            Column::Int32(a, Binary) => pass.run(nulls, |_| 4, |row, out| out.copy_from_slice(&a.value(row).to_be_bytes())),
+            Column::Int64(a, Text) => pass.run(nulls, |row| int_width(a.value(row)), |row, out| put_int(out, a.value(row))),
+            Column::Int64(a, Binary) => pass.run(nulls, |_| 8, |row, out| out.copy_from_slice(&a.value(row).to_be_bytes())),
+            Column::Float32(a, Binary, _) => pass.run(nulls, |_| 4, |row, out| out.copy_from_slice(&a.value(row).to_be_bytes())),
+            Column::Float64(a, Binary, _) => pass.run(nulls, |_| 8, |row, out| out.copy_from_slice(&a.value(row).to_be_bytes())),
+            Column::Decimal(a, scale, Text) => {
+                let scale = *scale;
+                pass.run(nulls, |row| numeric_width(a.value(row), scale), |row, out| put_numeric(out, a.value(row), scale))
+            }
+            Column::Utf8(Strings::Utf8(a)) => {
+                pass.run(nulls, |row| a.value(row).len(), |row, out| out.copy_from_slice(a.value(row).as_bytes()))
+            }
+            Column::Utf8(Strings::Large(a)) => {
+                pass.run(nulls, |row| a.value(row).len(), |row, out| out.copy_from_slice(a.value(row).as_bytes()))
+            }
+            Column::Utf8(Strings::View(a)) => {
+                pass.run(nulls, |row| a.value(row).len(), |row, out| out.copy_from_slice(a.value(row).as_bytes()))
+            }
+            Column::Date(a, Text) => pass.run(nulls, |row| date_width(a.value(row)), |row, out| put_date(out, a.value(row))),
+            Column::Date(a, Binary) => pass.run(
+                nulls,
+                |_| 4,
+                |row, out| out.copy_from_slice(&a.value(row).saturating_sub(PG_EPOCH_DAYS).to_be_bytes()),
+            ),
+            Column::Timestamp(t, Binary) => pass.run(
+                nulls,
+                |_| 8,
+                |row, out| out.copy_from_slice(&t.micros(row).saturating_sub(PG_EPOCH_MICROS).to_be_bytes()),
+            ),
+            _ => return false,
+        }
+        true
+    }
+
     /// Append row `row`'s field: its length (-1 for NULL), then its bytes.
     fn write(&self, row: usize, buf: &mut Vec<u8>) {
         if let Column::Encoded(rows) = self {
@@ -250,16 +413,8 @@ impl<'a> Column<'a> {
             buf.put_i32(-1);
             return;
         }
-        use FieldFormat::{Binary, Text};
+        use FieldFormat::Text;
         match self {
-            Column::Bool(a, Text) => sized(buf, |b| b.put_u8(if a.value(row) { b't' } else { b'f' })),
-            Column::Bool(a, Binary) => sized(buf, |b| b.put_u8(a.value(row) as u8)),
-            Column::Int16(a, Text) => sized(buf, |b| integer(b, a.value(row))),
-            Column::Int16(a, Binary) => sized(buf, |b| b.put_i16(a.value(row))),
-            Column::Int32(a, Text) => sized(buf, |b| integer(b, a.value(row))),
-            Column::Int32(a, Binary) => sized(buf, |b| b.put_i32(a.value(row))),
-            Column::Int64(a, Text) => sized(buf, |b| integer(b, a.value(row))),
-            Column::Int64(a, Binary) => sized(buf, |b| b.put_i64(a.value(row))),
             Column::Float32(a, Text, options) if options.extra_float_digits > 0 => {
                 sized(buf, |b| float_text(b, a.value(row) as f64, format_args!("{:e}", a.value(row)), 6))
             }
@@ -270,7 +425,6 @@ impl<'a> Column<'a> {
                 let _ = a.value(row).to_sql_text(&Type::FLOAT4, &mut text, options);
                 b.extend_from_slice(&text);
             }),
-            Column::Float32(a, Binary, _) => sized(buf, |b| b.put_f32(a.value(row))),
             Column::Float64(a, Text, options) if options.extra_float_digits > 0 => {
                 sized(buf, |b| float_text(b, a.value(row), format_args!("{:e}", a.value(row)), 15))
             }
@@ -279,24 +433,153 @@ impl<'a> Column<'a> {
                 let _ = a.value(row).to_sql_text(&Type::FLOAT8, &mut text, options);
                 b.extend_from_slice(&text);
             }),
-            Column::Float64(a, Binary, _) => sized(buf, |b| b.put_f64(a.value(row))),
-            Column::Decimal(a, scale, Text) => sized(buf, |b| numeric_text(b, a.value(row), *scale)),
-            Column::Decimal(a, scale, Binary) => sized(buf, |b| numeric_binary(b, a.value(row), *scale)),
-            Column::Utf8(strings) => {
-                let value = match strings {
-                    Strings::Utf8(a) => a.value(row),
-                    Strings::Large(a) => a.value(row),
-                    Strings::View(a) => a.value(row),
-                };
-                buf.put_i32(value.len() as i32);
-                buf.put_slice(value.as_bytes());
-            }
-            Column::Date(a, Text) => sized(buf, |b| date_text(b, a.value(row))),
-            Column::Date(a, Binary) => sized(buf, |b| b.put_i32(a.value(row).saturating_sub(PG_EPOCH_DAYS))),
+            Column::Decimal(a, scale, FieldFormat::Binary) => sized(buf, |b| numeric_binary(b, a.value(row), *scale)),
             Column::Timestamp(t, Text) => sized(buf, |b| timestamp_text(b, t.micros(row))),
-            Column::Timestamp(t, Binary) => sized(buf, |b| b.put_i64(t.micros(row).saturating_sub(PG_EPOCH_MICROS))),
-            Column::Encoded(_) => unreachable!("handled above"),
+            // The kinds `visit` writes: one row of them.
+            _ => {
+                self.visit(&mut Append { row, buf });
+            }
         }
+    }
+}
+
+/// Append one row's field to a buffer.
+struct Append<'b> {
+    row: usize,
+    buf: &'b mut Vec<u8>,
+}
+
+impl Pass for Append<'_> {
+    fn run(&mut self, _: Option<&NullBuffer>, width: impl Fn(usize) -> usize, put: impl Fn(usize, &mut [u8])) {
+        let width = width(self.row);
+        self.buf.put_i32(width as i32);
+        let at = self.buf.len();
+        self.buf.resize(at + width, 0);
+        put(self.row, &mut self.buf[at..]);
+    }
+}
+
+/// Two ASCII digits per value below 100.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849\
+5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+/// Decimal digits of `value`.
+fn digit_count(value: u64) -> usize {
+    value.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+fn wide_digit_count(value: u128) -> usize {
+    value.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// `value` in exactly `out.len()` decimal digits, zero-padded on the left.
+fn put_digits(out: &mut [u8], mut value: u64) {
+    let mut end = out.len();
+    while end >= 2 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        out[end - 2..end].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        end -= 2;
+    }
+    if end == 1 {
+        out[0] = b'0' + (value % 10) as u8;
+    }
+}
+
+/// `put_digits` for a `u128`: 19 digits at a time through `u64`s (a `u128`
+/// division is a call; a `u64`'s an instruction).
+fn put_wide_digits(out: &mut [u8], value: u128) {
+    const TEN_TO_19: u128 = 10_000_000_000_000_000_000;
+    match u64::try_from(value) {
+        Ok(small) => put_digits(out, small),
+        Err(_) => {
+            let split = out.len().saturating_sub(19);
+            put_digits(&mut out[split..], (value % TEN_TO_19) as u64);
+            put_wide_digits(&mut out[..split], value / TEN_TO_19);
+        }
+    }
+}
+
+fn int_width(value: i64) -> usize {
+    usize::from(value < 0) + digit_count(value.unsigned_abs())
+}
+
+fn put_int(out: &mut [u8], value: i64) {
+    if value < 0 {
+        out[0] = b'-';
+        put_digits(&mut out[1..], value.unsigned_abs());
+    } else {
+        put_digits(out, value as u64);
+    }
+}
+
+/// The width of `value` × 10^-scale as Postgres prints a numeric: sign,
+/// whole digits (at least one), then a point and every digit of the scale.
+fn numeric_width(value: i128, scale: u8) -> usize {
+    let scale = scale as usize;
+    let digits = wide_digit_count(value.unsigned_abs());
+    let whole = digits.saturating_sub(scale).max(1);
+    usize::from(value < 0) + whole + if scale > 0 { 1 + scale } else { 0 }
+}
+
+fn put_numeric(out: &mut [u8], value: i128, scale: u8) {
+    let out = if value < 0 {
+        out[0] = b'-';
+        &mut out[1..]
+    } else {
+        out
+    };
+    let magnitude = value.unsigned_abs();
+    if scale == 0 {
+        put_wide_digits(out, magnitude);
+        return;
+    }
+    let fraction_at = out.len() - scale as usize;
+    // 10^19 is the largest power of ten a u64 holds.
+    let (whole, fraction) = match u64::try_from(magnitude) {
+        Ok(small) if scale <= 19 => {
+            let unit = 10u64.pow(scale as u32);
+            ((small / unit) as u128, (small % unit) as u128)
+        }
+        _ => {
+            let unit = 10u128.pow(scale as u32);
+            (magnitude / unit, magnitude % unit)
+        }
+    };
+    put_wide_digits(&mut out[..fraction_at - 1], whole);
+    out[fraction_at - 1] = b'.';
+    put_wide_digits(&mut out[fraction_at..], fraction);
+}
+
+/// Days from 1970-01-01 to 1000-01-01 and to 9999-12-31: the dates whose
+/// year has exactly four digits, `YYYY-MM-DD`.
+const FOUR_DIGIT_YEARS: std::ops::RangeInclusive<i32> = -354_285..=2_932_896;
+
+/// The width of the date `days` after 1970-01-01 in ISO style, with
+/// Postgres' ` BC` for years before 1.
+fn date_width(days: i32) -> usize {
+    if FOUR_DIGIT_YEARS.contains(&days) {
+        return 10;
+    }
+    let (year, ..) = civil(days as i64);
+    let shown = if year <= 0 { 1 - year } else { year } as u64;
+    digit_count(shown).max(4) + 6 + if year <= 0 { 3 } else { 0 }
+}
+
+fn put_date(out: &mut [u8], days: i32) {
+    let (year, month, day) = civil(days as i64);
+    // Postgres shows year 0 as 1 BC, -1 as 2 BC, ...
+    let bc = year <= 0;
+    let shown = if bc { 1 - year } else { year } as u64;
+    let year_end = out.len() - 6 - if bc { 3 } else { 0 };
+    put_digits(&mut out[..year_end], shown);
+    out[year_end] = b'-';
+    put_digits(&mut out[year_end + 1..year_end + 3], month as u64);
+    out[year_end + 3] = b'-';
+    put_digits(&mut out[year_end + 4..year_end + 6], day as u64);
+    if bc {
+        out[year_end + 6..].copy_from_slice(b" BC");
     }
 }
 
@@ -345,35 +628,6 @@ macro_rules! magnitude {
 }
 
 magnitude!(u64, u128);
-
-/// `value` × 10^-scale as Postgres prints a numeric: every digit of the scale.
-fn numeric_text(buf: &mut Vec<u8>, value: i128, scale: u8) {
-    if value < 0 {
-        buf.put_u8(b'-');
-    }
-    let magnitude = value.unsigned_abs();
-    // 10^19 is the largest power of ten a u64 holds.
-    match u64::try_from(magnitude) {
-        Ok(small) if scale <= 19 => fixed_point(buf, small, scale),
-        _ => fixed_point(buf, magnitude, scale),
-    }
-}
-
-fn fixed_point<M: Magnitude>(buf: &mut Vec<u8>, magnitude: M, scale: u8) {
-    if scale == 0 {
-        integer(buf, magnitude);
-        return;
-    }
-    let unit = M::ten_to(scale as u32);
-    integer(buf, magnitude / unit);
-    buf.put_u8(b'.');
-    let mut itoa = itoa::Buffer::new();
-    let fraction = itoa.format(magnitude % unit);
-    for _ in fraction.len()..scale as usize {
-        buf.put_u8(b'0');
-    }
-    buf.put_slice(fraction.as_bytes());
-}
 
 /// `value` × 10^-scale in Postgres' binary numeric format: digit count,
 /// weight of the first base-10000 digit, sign, display scale, then the
@@ -548,15 +802,6 @@ impl std::fmt::Write for Scratch {
 fn two_digits(buf: &mut Vec<u8>, value: u32) {
     buf.put_u8(b'0' + (value / 10) as u8);
     buf.put_u8(b'0' + (value % 10) as u8);
-}
-
-/// The date `days` after 1970-01-01 as `YYYY-MM-DD` (ISO), with Postgres' ` BC` for years before 1.
-fn date_text(buf: &mut Vec<u8>, days: i32) {
-    let (year, month, day) = civil(days as i64);
-    date_parts(buf, year, month, day);
-    if year <= 0 {
-        buf.put_slice(b" BC");
-    }
 }
 
 /// Year, month and day of the proleptic Gregorian date `days` after

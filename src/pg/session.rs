@@ -195,10 +195,11 @@ impl Session {
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let format_options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(&schema, &format, Some(format_options))?);
-        let batches = crate::engine::execute(frame, self.settings.placement())
+        let encoding = fields.clone();
+        let batches = crate::engine::execute(frame, self.settings.placement(), move |batch| encode::encode_batch(&batch, &encoding))
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        let rows = encode::rows(batches, fields.clone());
+        let rows = encode::rows(batches);
         let response = QueryResponse::new(labels::describe_arc(fields, &schema, Some(statement)), rows);
         Ok((response, schema))
     }

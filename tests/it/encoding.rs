@@ -42,6 +42,26 @@ FROM (VALUES
 ) AS v(i, b, n, z, big, d, ts, t, f, g)
 ORDER BY i";
 
+/// Values at the edges of their printed width: the extreme 64-bit integers,
+/// numerics of 38 digits and around 2^64 (where the encoder leaves 64-bit
+/// arithmetic), and dates around the years with fewer or more than four digits.
+const WIDTHS: &str = "
+SELECT
+  CAST(i AS BIGINT) AS i8,
+  CAST(i AS NUMERIC(20,0)) AS n0,
+  CAST(n AS NUMERIC(38,18)) AS n18,
+  CAST(m AS NUMERIC(38,0)) AS n38,
+  CAST(d AS DATE) AS d
+FROM (VALUES
+  (1, '-9223372036854775808', '-12345678901234567890.012345678901234567', '99999999999999999999999999999999999999', '1000-01-01'),
+  (2, '9223372036854775807',  '0.000000000000000001',                     '-10000000000000000000',                  '0999-12-31'),
+  (3, '-1',                   '-0.1',                                     '18446744073709551616',                   '0100-03-01'),
+  (4, '99999',                '1',                                        '-18446744073709551615',                  '9999-12-31'),
+  (5, '-100000',              '18446744073709551615.5',                   '0',                                      '0010-10-10'),
+  (6, '0',                    '-99999999999999999999.999999999999999999', '-99999999999999999999999999999999999999', '0001-01-01')
+) AS v(k, i, n, m, d)
+ORDER BY k";
+
 /// Many rows (several engine batches), a NULL every seventh row.
 fn bulk(series: &str) -> String {
     format!(
@@ -139,7 +159,9 @@ async fn values_are_encoded_exactly_as_postgres_encodes_them() {
     let pg = postgres().await;
     let bulk_wb = bulk(WB_SERIES);
     let bulk_pg = bulk(PG_SERIES);
-    for (what, ours, theirs) in [("edge cases", EDGE_CASES, EDGE_CASES), ("20000 rows", bulk_wb.as_str(), bulk_pg.as_str())] {
+    for (what, ours, theirs) in
+        [("edge cases", EDGE_CASES, EDGE_CASES), ("widths", WIDTHS, WIDTHS), ("20000 rows", bulk_wb.as_str(), bulk_pg.as_str())]
+    {
         let (text_wb, text_pg) = (text_rows(&wb, ours).await, text_rows(&pg, theirs).await);
         assert!(!text_pg.is_empty());
         if let Some(diff) = first_difference(&text_wb, &text_pg) {
