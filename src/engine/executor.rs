@@ -17,10 +17,11 @@
 //!   threads contending for them (8 workers on 2 cores made TPC-H ~10% slower
 //!   over the wire), and a long scan never delays a catalog query.
 //!
-//! Results come back through a small bounded channel: scanning and encoding
-//! rows for the wire overlap, and a slow client slows the scan instead of
-//! piling up batches. Dropping the stream (client gone, query cancelled,
-//! timeout, shutdown) aborts the query's task.
+//! Results come back, already encoded for the wire by the query's task,
+//! through a small bounded channel: sending rows and scanning the next ones
+//! overlap, and a slow client slows the scan instead of piling up batches.
+//! Dropping the stream (client gone, query cancelled, timeout, shutdown)
+//! aborts the query's task.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -141,9 +142,8 @@ impl Drop for AbortOnDrop {
 /// `T` by `finish` in the query's own task, where the batch was just made
 /// (still in that core's cache: encoding rows for the wire there instead of
 /// on the connection's thread costs ~6% less CPU per row streamed,
-/// PROFILES.md),
-/// and arrives through the stream. A panic in `finish` ends the query with an
-/// error, as one in the plan does.
+/// PROFILES.md), and arrives through the stream. A panic in `finish` ends the
+/// query with an error, as one in the plan does.
 pub async fn execute<T: Send + 'static>(
     frame: DataFrame,
     placement: Placement,
