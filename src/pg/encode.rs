@@ -854,27 +854,21 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-fn date_parts(buf: &mut Vec<u8>, year: i64, month: u32, day: u32) {
-    // Postgres shows year 0 as 1 BC, -1 as 2 BC, ...
-    let shown = if year <= 0 { 1 - year } else { year } as u64;
-    let mut itoa = itoa::Buffer::new();
-    let digits = itoa.format(shown);
-    for _ in digits.len()..4 {
-        buf.put_u8(b'0');
-    }
-    buf.put_slice(digits.as_bytes());
-    buf.put_u8(b'-');
-    two_digits(buf, month);
-    buf.put_u8(b'-');
-    two_digits(buf, day);
-}
-
 /// `micros` after 1970-01-01 00:00 as Postgres prints a timestamp in ISO
 /// style: fractional seconds only when there are any, without trailing zeros.
 fn timestamp_text(buf: &mut Vec<u8>, micros: i64) {
-    let (year, month, day) = civil(micros.div_euclid(MICROS_PER_DAY));
+    // `check_temporal_range` keeps timestamps within years -262143 to
+    // 262142, whose day counts fit an i32.
+    let days = micros.div_euclid(MICROS_PER_DAY) as i32;
     let in_day = micros.rem_euclid(MICROS_PER_DAY);
-    date_parts(buf, year, month, day);
+    let at = buf.len();
+    buf.resize(at + date_width(days), 0);
+    put_date(&mut buf[at..], days);
+    // Postgres puts ` BC` after the time.
+    let bc = buf.ends_with(b" BC");
+    if bc {
+        buf.truncate(buf.len() - 3);
+    }
     let seconds = (in_day / 1_000_000) as u32;
     buf.put_u8(b' ');
     two_digits(buf, seconds / 3600);
@@ -897,7 +891,7 @@ fn timestamp_text(buf: &mut Vec<u8>, micros: i64) {
         }
         buf.put_slice(digits.as_bytes());
     }
-    if year <= 0 {
+    if bc {
         buf.put_slice(b" BC");
     }
 }
