@@ -284,18 +284,3 @@ impl Policy {
         &self.mask_key
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_filter_binds_attributes_as_placeholders() {
-        let f = RowFilter::parse("silver.gl", "region = {{ user.region }} OR owner = {{user.name}} OR r2 = {{ user.region }}").unwrap();
-        assert_eq!(f.sql, "region = $1 OR owner = $2 OR r2 = $1");
-        assert_eq!(f.attributes, vec!["region", "name"]);
-        assert!(RowFilter::parse("t", "a = {{ region }}").is_err());
-        assert!(RowFilter::parse("t", "a = {{ user.region").is_err());
-        assert!(RowFilter::parse("t", "a = = 1").is_err());
-    }
-}

@@ -919,3 +919,53 @@ async fn the_http_api_speaks_https_with_the_wire_certificate() {
     let cookie = headers.lines().find(|l| l.to_lowercase().starts_with("set-cookie:")).unwrap_or_default();
     assert!(ok && cookie.contains("wb_session=") && cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{headers}{err}");
 }
+
+/// A row filter's `{{ user.<attribute> }}` and `{{ user.name }}` are bound
+/// as values (the same attribute twice is the same value); a template that
+/// names something else, or is not SQL, is refused when the config is
+/// checked, saying which role and table.
+#[tokio::test]
+async fn row_filter_templates_bind_user_values_or_are_refused() {
+    let g = governed();
+    let hash = hash_password(PASSWORD);
+    let roles = |filter: &str| {
+        format!(
+            r#"users:
+  - {{ name: maria, password_hash: "{hash}", roles: [analyst], attributes: {{ region: norte }} }}
+  - {{ name: "Forestal Sur", password_hash: "{hash}", roles: [analyst], attributes: {{ region: norte }} }}
+roles:
+  analyst:
+    read: ["silver.suppliers"]
+    row_filters: {{ silver.suppliers: "{filter}" }}
+"#
+        )
+    };
+    let filter = "region = {{ user.region }} OR name = {{user.name}} OR region || '' = {{ user.region }}";
+    let server = Server::start_at(
+        g._lake.path(),
+        ServerOptions {
+            config_yaml: roles(filter),
+            args: vec!["--specs".into(), g._specs.path().display().to_string()],
+            ..Default::default()
+        },
+    );
+    let sql = "SELECT name FROM silver.suppliers ORDER BY name";
+    let maria = server.connect_as("maria", Some(PASSWORD)).await.expect("login");
+    assert_eq!(simple(&maria, sql).await.unwrap(), vec!["Minera Norte", "Pesquera Arica"]);
+    let forestal = server.connect_as("Forestal Sur", Some(PASSWORD)).await.expect("login");
+    assert_eq!(simple(&forestal, sql).await.unwrap(), vec!["Forestal Sur", "Minera Norte", "Pesquera Arica"]);
+
+    for (filter, says) in [
+        ("region = {{ region }}", "must be {{ user.name }} or {{ user.<attribute> }}"),
+        ("region = {{ user.region", "without a closing"),
+        ("region = = 1", "row filter"),
+    ] {
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = dir.path().join("workbench.yaml");
+        std::fs::write(&config, roles(filter)).unwrap();
+        let out = Command::new(BIN).args(["check", "--config"]).arg(&config).arg("--lake").arg(dir.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{filter}: accepted\n{stderr}");
+        assert!(stderr.contains("analyst") && stderr.contains("silver.suppliers") && stderr.contains(says), "{filter}: {stderr}");
+    }
+}
