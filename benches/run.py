@@ -354,11 +354,11 @@ def server_cpu_seconds(server):
     return proc_stat(server.proc.pid)[2]
 
 
-def streamed_cpu(ctx, wb_args, pg_args, sql_wb, sql_pg):
+def streamed_cpu(server, wb_args, pg_args, sql_wb, sql_pg):
     """Seconds and server CPU seconds of streaming with psql from Workbench, then from PostgreSQL."""
-    before = server_cpu_seconds(ctx["server"])
+    before = server_cpu_seconds(server)
     seconds_wb = stream_with_psql(wb_args, sql_wb)
-    cpu_wb = server_cpu_seconds(ctx["server"]) - before
+    cpu_wb = server_cpu_seconds(server) - before
     before = settled(postgres_cpu_seconds)
     seconds_pg = stream_with_psql(pg_args, sql_pg)
     cpu_pg = settled(postgres_cpu_seconds) - before
@@ -375,7 +375,7 @@ def case_stream(ctx):
     for label, wrap in (("text", "{}"), ("binary COPY", copy)):
         ctx["server"].reset_peak()
         sql_wb, sql_pg = wrap.format(lineitem_select().format("silver.")), wrap.format(lineitem_select().format("bench."))
-        secs_wb, secs_pg, cpu_wb, cpu_pg = streamed_cpu(ctx, wb_args, pg_args, sql_wb, sql_pg)
+        secs_wb, secs_pg, cpu_wb, cpu_pg = streamed_cpu(ctx["server"], wb_args, pg_args, sql_wb, sql_pg)
         rows = n_rows or 1
         case = "SELECT all of lineitem to psql, text (rows/s)" if label == "text" else "lineitem to psql, binary COPY (rows/s)"
         results.append(dict(case=case, workbench=rows / secs_wb, anchor=rows / secs_pg, anchor_name="PostgreSQL 15, same client",
@@ -387,6 +387,21 @@ def case_stream(ctx):
                             ratio=cpu_wb / cpu_pg if cpu_pg else float("nan"), lower_is_better=True,
                             rss_mb=ctx["server"].peak_rss_mb(),
                             note=f"target ≤ 0.5×; from /proc: {cpu_wb:.1f} vs {cpu_pg:.1f} CPU s for {rows:,} rows"))
+    # The same text stream from lineitem held in memory (serve: { memory:
+    # true }): no Parquet decoding, as PostgreSQL reads its cached heap pages.
+    server, _, _ = memory_server(ctx, ["lineitem"])
+    try:
+        hot_args = ["-h", "127.0.0.1", "-p", str(PORT + 1), "-U", "workbench", "-d", "workbench"]
+        sql_wb, sql_pg = lineitem_select().format("silver."), lineitem_select().format("bench.")
+        _, _, cpu_wb, cpu_pg = streamed_cpu(server, hot_args, pg_args, sql_wb, sql_pg)
+        results.append(dict(case="server CPU per million rows streamed, text, lineitem in memory (s)",
+                            workbench=cpu_wb * per_million, anchor=cpu_pg * per_million,
+                            anchor_name="PostgreSQL 15 backend (+ postmaster), same client",
+                            ratio=cpu_wb / cpu_pg if cpu_pg else float("nan"), lower_is_better=True,
+                            rss_mb=server.peak_rss_mb(),
+                            note=f"serve: {{ memory: true }}; from /proc: {cpu_wb:.1f} vs {cpu_pg:.1f} CPU s for {rows:,} rows"))
+    finally:
+        server.stop()
     return results, []
 
 
@@ -1187,34 +1202,47 @@ def metrics_text(server):
         return response.read().decode()
 
 
+def memory_server(ctx, tables):
+    """A second server on the bench lake whose `tables` are held in memory
+    (serve: { memory: true }), once all of them are loaded: the server, the
+    seconds the load took and the bytes they hold."""
+    data = ctx["data"]
+    specs = data / "memory-specs"
+    shutil.rmtree(specs, ignore_errors=True)
+    specs.mkdir()
+    for table in tables:
+        (specs / f"{table}.yaml").write_text((ctx["specs"] / f"{table}.yaml").read_text() + "serve:\n  memory: true\n")
+    config = data / "memory.yaml"
+    config.write_text("table_memory_budget: 12GiB\n")
+    server = Server(ctx["binary"], data / "lake", specs, port=PORT + 1, config=config)
+
+    def held():
+        sizes = {}
+        for line in metrics_text(server).splitlines():
+            if line.startswith('workbench_memory_table_bytes{table="silver.'):
+                sizes[line.split('"')[1]] = int(line.split()[-1])
+        return sizes if len(sizes) == len(tables) and all(sizes.values()) else None
+    try:
+        load_seconds = wait_for("the tables in memory", held, timeout=900)
+        return server, load_seconds, sum(held().values())
+    except BaseException:
+        server.stop()
+        raise
+
+
 def case_memory(ctx):
     """TPC-H with the tables held in memory (serve: { memory: true }) against
     DuckDB with the same tables in its own in-memory storage."""
     import duckdb
 
-    data, binary = ctx["data"], ctx["binary"]
+    data = ctx["data"]
     parquet = data / "lake" / "landing" / "tpch"
     duck = duckdb.connect()
     for table in TPCH_TABLES:
         duck.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet('{parquet / (table + '.parquet')}')")
-    specs = data / "memory-specs"
-    shutil.rmtree(specs, ignore_errors=True)
-    specs.mkdir()
-    for table in TPCH_TABLES:
-        (specs / f"{table}.yaml").write_text((ctx["specs"] / f"{table}.yaml").read_text() + "serve:\n  memory: true\n")
-    config = data / "memory.yaml"
-    config.write_text("table_memory_budget: 12GiB\n")
-    server = Server(binary, data / "lake", specs, port=PORT + 1, config=config)
+    server, load_seconds, held_bytes = memory_server(ctx, TPCH_TABLES)
     try:
-        def held():
-            text = metrics_text(server)
-            sizes = {}
-            for line in text.splitlines():
-                if line.startswith('workbench_memory_table_bytes{table="silver.'):
-                    sizes[line.split('"')[1]] = int(line.split()[-1])
-            return sizes if len(sizes) == len(TPCH_TABLES) and all(sizes.values()) else None
-        load_seconds = wait_for("the TPC-H tables in memory", held, timeout=900)
-        held_gib = sum(held().values()) / 2**30
+        held_gib = held_bytes / 2**30
         files = sorted(QUERIES.glob("q*.sql"), key=lambda p: int(p.stem[1:]))
         rows = []
         with wb_connect(port=PORT + 1) as conn:
