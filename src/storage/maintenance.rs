@@ -62,7 +62,8 @@ impl Lake {
         })?;
         let files_before = self.files(layer, table).await?.len();
         let kind = if zorder.is_empty() { OptimizeType::Compact } else { OptimizeType::ZOrder(zorder.to_vec()) };
-        let mut builder = delta.optimize().with_type(kind);
+        let properties = super::table_writer_properties(layer, table, &delta)?;
+        let mut builder = delta.optimize().with_type(kind).with_writer_properties(properties);
         if let Some(target) = target_bytes.and_then(NonZeroU64::new) {
             builder = builder.with_target_size(target);
         }

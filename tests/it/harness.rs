@@ -627,3 +627,16 @@ pub fn tpch_query(n: usize) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/it/tpch/q{n}.sql"));
     std::fs::read_to_string(path).unwrap()
 }
+
+/// The compression of every column chunk of `dir`'s parquet files.
+pub fn parquet_codecs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut codecs = std::collections::BTreeSet::new();
+    for path in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")) {
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        for group in reader.metadata().row_groups() {
+            codecs.extend(group.columns().iter().map(|c| format!("{:?}", c.compression())));
+        }
+    }
+    codecs
+}

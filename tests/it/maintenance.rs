@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use deltalake::protocol::SaveMode;
 
-use crate::harness::{BIN, Server, ServerOptions, orders_batch, rows, write_table};
+use crate::harness::{BIN, Server, ServerOptions, orders_batch, parquet_codecs, rows, write_table};
 
 fn workbench(lake: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).arg("--lake").arg(lake).env("RUST_LOG", "warn").output().unwrap()
@@ -64,6 +64,9 @@ async fn optimize_compacts_200_appends_and_vacuum_keeps_time_travel_inside_reten
     let out = workbench(lake.path(), &["vacuum", "silver.orders", "--retain", "2s"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("deleted 200 file(s)"), "{out:?}");
     assert_eq!(parquet_files(&table_dir), 1);
+    // The compacted file is written as the pipeline writes silver, whatever
+    // wrote the small files.
+    assert_eq!(parquet_codecs(&table_dir), ["LZ4_RAW".to_string()].into());
     assert_eq!(rows(&server, ANSWERS).await, before);
     assert_eq!(rows(&server, "SELECT count(*) FROM table_at('silver.orders', 200)").await, vec!["10000"]);
     // A version from before the retention has lost its files: reading its
@@ -128,6 +131,9 @@ async fn cluster_by_writes_silver_sorted_and_optimize_z_orders_by_it() {
     }
     assert_eq!(dates.len(), 3000);
     assert!(dates.windows(2).all(|w| w[0] <= w[1]), "silver is not sorted by posting_date");
+    // Silver, which queries read, is LZ4; bronze, which runs read, snappy.
+    assert_eq!(parquet_codecs(&dir), ["LZ4_RAW".to_string()].into());
+    assert_eq!(parquet_codecs(&lake.path().join("bronze/gl")), ["SNAPPY".to_string()].into());
 
     // A second file is a second silver file; optimize without --zorder
     // Z-orders them by the spec's cluster_by.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::harness::{BIN, Server, ServerOptions};
+use crate::harness::{BIN, Server, ServerOptions, parquet_codecs};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -444,6 +444,11 @@ async fn append_merge_and_scd2_write_modes() {
         ws.rows(&server, "SELECT id, city, _is_current, _valid_to IS NULL FROM silver.c_scd2 ORDER BY id, _valid_from").await,
         ["1|Lima|t|t", "2|Quito|f|f", "2|Cuenca|t|t", "3|Bogota|t|t"]
     );
+    // The files a merge rewrote are written like every silver file.
+    for mode in ["append", "merge", "scd2"] {
+        let dir = ws.lake.path().join(format!("silver/c_{mode}"));
+        assert_eq!(parquet_codecs(&dir), ["LZ4_RAW".to_string()].into(), "{mode}");
+    }
     // Nothing new: every silver table is left alone.
     let out = ws.run(&["--all"]);
     let report_lines = out.lines().filter(|l| l.starts_with("silver ") && l.ends_with("bronze has nothing silver has not seen"));
