@@ -628,11 +628,19 @@ pub fn tpch_query(n: usize) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// The parquet files directly in `dir` (a table's data files, without its log).
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect();
+    files.sort();
+    files
+}
+
 /// The compression of every column chunk of `dir`'s parquet files.
-pub fn parquet_codecs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+pub fn parquet_codecs(dir: &Path) -> std::collections::BTreeSet<String> {
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
     let mut codecs = std::collections::BTreeSet::new();
-    for path in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")) {
+    for path in parquet_files(dir) {
         let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
         for group in reader.metadata().row_groups() {
             codecs.extend(group.columns().iter().map(|c| format!("{:?}", c.compression())));

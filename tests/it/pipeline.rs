@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::harness::{BIN, Server, ServerOptions, parquet_codecs};
+use crate::harness::{BIN, Server, ServerOptions, parquet_codecs, parquet_files};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -482,7 +482,7 @@ async fn sigkill_during_a_silver_write_leaves_the_previous_version_and_the_next_
     }
     ws.landing("big/1.csv", rows.as_bytes());
     let silver = ws.lake.path().join("silver/big");
-    let parquet_count = || std::fs::read_dir(&silver).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")).count();
+    let parquet_count = || parquet_files(&silver).len();
     let before = parquet_count();
     let mut child = Command::new(BIN)
         .args(["run", "big", "--lake"])
