@@ -125,10 +125,13 @@ pub trait Source {
 
 /// Selectivity of a predicate nothing is known about (Postgres uses 0.5 for
 /// an unknown boolean, 1/3 for a range, 0.005 for equality).
-const UNKNOWN: f64 = 0.5;
-const RANGE: f64 = 1.0 / 3.0;
-const EQUALITY: f64 = 0.1;
-const PATTERN: f64 = 0.1;
+/// The same defaults serve DataFusion's filters in `filter_estimates.rs`.
+pub(super) const UNKNOWN: f64 = 0.5;
+pub(super) const RANGE: f64 = 1.0 / 3.0;
+pub(super) const EQUALITY: f64 = 0.1;
+pub(super) const PATTERN: f64 = 0.1;
+/// `IS NULL` keeps few rows; `IS NOT NULL` the rest.
+pub(super) const NULL: f64 = 0.05;
 
 impl Estimate {
     /// The estimate of `plan`, or `None` where a leaf is not a lake table
@@ -345,8 +348,8 @@ impl Estimate {
             Expr::Like(Like { negated, .. }) | Expr::SimilarTo(Like { negated, .. }) => {
                 if *negated { 1.0 - PATTERN } else { PATTERN }
             }
-            Expr::IsNull(_) => 0.05,
-            Expr::IsNotNull(_) => 0.95,
+            Expr::IsNull(_) => NULL,
+            Expr::IsNotNull(_) => 1.0 - NULL,
             Expr::Literal(ScalarValue::Boolean(Some(b)), _) => {
                 if *b { 1.0 } else { 0.0 }
             }
@@ -402,7 +405,7 @@ fn unqualified(expr: &Expr) -> Expr {
 }
 
 /// The share of `range` that `[lo, hi]` covers.
-fn fraction(range: Range, lo: f64, hi: f64) -> f64 {
+pub(super) fn fraction(range: Range, lo: f64, hi: f64) -> f64 {
     let width = range.max - range.min;
     if width <= 0.0 {
         return if lo <= range.min && range.max <= hi { 1.0 } else { 0.0 };
@@ -413,17 +416,22 @@ fn fraction(range: Range, lo: f64, hi: f64) -> f64 {
 /// A constant as a number on the same scale as `Range` (dates in days).
 fn number(expr: &Expr) -> Option<f64> {
     match expr {
-        Expr::Literal(value, _) => match value {
-            ScalarValue::Date32(Some(d)) => Some(*d as f64),
-            ScalarValue::Date64(Some(ms)) => Some(*ms as f64),
-            ScalarValue::Decimal128(Some(v), _, scale) => Some(*v as f64 / 10f64.powi(*scale as i32)),
-            other => match other.cast_to(&DataType::Float64).ok()? {
-                ScalarValue::Float64(Some(f)) => Some(f),
-                _ => None,
-            },
-        },
+        Expr::Literal(value, _) => scalar_number(value),
         Expr::Cast(c) => number(&c.expr),
         Expr::TryCast(c) => number(&c.expr),
         _ => None,
+    }
+}
+
+/// A value as a number on the same scale as `Range` (dates in days).
+pub(super) fn scalar_number(value: &ScalarValue) -> Option<f64> {
+    match value {
+        ScalarValue::Date32(Some(d)) => Some(*d as f64),
+        ScalarValue::Date64(Some(ms)) => Some(*ms as f64),
+        ScalarValue::Decimal128(Some(v), _, scale) => Some(*v as f64 / 10f64.powi(*scale as i32)),
+        other => match other.cast_to(&DataType::Float64).ok()? {
+            ScalarValue::Float64(Some(f)) => Some(f),
+            _ => None,
+        },
     }
 }

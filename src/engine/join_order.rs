@@ -37,6 +37,9 @@ extensions_options! {
         /// Apply a hash join's filter to the scans that feed an aggregate
         /// below it (see `join_filters.rs`).
         pub join_filters: bool, default = true
+        /// Estimate the filters DataFusion keeps 20% of by their conditions
+        /// (see `filter_estimates.rs`).
+        pub filter_estimates: bool, default = true
     }
 }
 

@@ -10,6 +10,7 @@ mod coercion;
 mod descriptions;
 mod estimates;
 mod executor;
+mod filter_estimates;
 mod governed;
 mod information_schema;
 mod join_filters;
@@ -133,6 +134,7 @@ impl Engine {
             .with_default_features()
             .with_analyzer_rules(coercion::analyzer_rules())
             .with_optimizer_rule(Arc::new(join_order::JoinOrder::new(layer::LakeEstimates)))
+            .with_physical_optimizer_rules(filter_estimates::FilterEstimates::with_default_rules())
             .with_physical_optimizer_rule(Arc::new(join_filters::JoinFilters))
             .build();
         let ctx = SessionContext::new_with_state(state);

@@ -68,6 +68,7 @@ const KNOWN: &[Known] = &[
     known("workbench.execution", "auto", false, "Where lake queries run: auto (large ones on the Ballista cluster, when configured), local (on this server), cluster (on the cluster whatever their size)."),
     known("workbench.join_order", "on", false, "Join a query's tables in the order their estimated sizes call for (from the Delta log's statistics): on, or off for the order the query names them in."),
     known("workbench.join_filters", "on", false, "Filter the rows a scan feeds to an aggregate below a hash join by the join's keys, once its build side is known: on, or off."),
+    known("workbench.filter_estimates", "on", false, "Estimate the rows a filter keeps from its conditions (column ranges and distinct counts where known), where DataFusion would assume 20%; it decides which side of a join is hashed: on, or off."),
     known("workbench.row_filters", "auto", false, "Filter lake rows inside the Parquet reader: auto (when one of a scan's filters is estimated to keep at most 1% of the table's rows), on, or off."),
 ];
 
@@ -307,6 +308,11 @@ impl Settings {
         self.get("workbench.join_filters").is_none_or(|v| v != "off")
     }
 
+    /// `workbench.filter_estimates`: our estimate for filters DataFusion assumes 20% of.
+    pub fn filter_estimates(&self) -> bool {
+        self.get("workbench.filter_estimates").is_none_or(|v| v != "off")
+    }
+
     /// `workbench.row_filters`: auto, on or off.
     pub fn row_filters(&self) -> String {
         self.get("workbench.row_filters").unwrap_or_else(|| "auto".into())
@@ -410,7 +416,7 @@ fn normalize(name: &str, value: &str) -> Result<String, SettingError> {
                 .map_err(|_| invalid("a value of the option's type, as DataFusion's configuration reference lists it"))?;
             value.to_string()
         }
-        "workbench.join_order" | "workbench.join_filters" => on_off(value).ok_or_else(|| invalid("on or off"))?.into(),
+        "workbench.join_order" | "workbench.join_filters" | "workbench.filter_estimates" => on_off(value).ok_or_else(|| invalid("on or off"))?.into(),
         "workbench.row_filters" => match value.trim() {
             v if v.eq_ignore_ascii_case("auto") => "auto".into(),
             v => on_off(v).ok_or_else(|| invalid("auto, on or off"))?.into(),

@@ -333,6 +333,7 @@ pub fn apply_to_engine(settings: &Settings, ctx: &SessionContext) {
         planner.join_order = settings.join_order();
         planner.row_filters = settings.row_filters();
         planner.join_filters = settings.join_filters();
+        planner.filter_estimates = settings.filter_estimates();
     }
 }
 
