@@ -374,10 +374,16 @@ impl Estimate {
                 _ => return RANGE,
             },
         };
-        match op {
-            Operator::Lt | Operator::LtEq => fraction(range, range.min, value),
-            _ => fraction(range, value, range.max),
-        }
+        compared(range, op, value)
+    }
+}
+
+/// The share of `range` that `column op value` keeps (`op` a comparison,
+/// the column on its left).
+pub(super) fn compared(range: Range, op: Operator, value: f64) -> f64 {
+    match op {
+        Operator::Lt | Operator::LtEq => fraction(range, range.min, value),
+        _ => fraction(range, value, range.max),
     }
 }
 
@@ -405,7 +411,7 @@ fn unqualified(expr: &Expr) -> Expr {
 }
 
 /// The share of `range` that `[lo, hi]` covers.
-pub(super) fn fraction(range: Range, lo: f64, hi: f64) -> f64 {
+fn fraction(range: Range, lo: f64, hi: f64) -> f64 {
     let width = range.max - range.min;
     if width <= 0.0 {
         return if lo <= range.min && range.max <= hi { 1.0 } else { 0.0 };

@@ -36,7 +36,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 
-use super::estimates::{EQUALITY, NULL, PATTERN, RANGE, Range, UNKNOWN, fraction, scalar_number};
+use super::estimates::{EQUALITY, NULL, PATTERN, RANGE, Range, UNKNOWN, compared, scalar_number};
 
 #[derive(Debug, Default)]
 pub struct FilterEstimates;
@@ -176,10 +176,7 @@ fn comparison(left: &Arc<dyn PhysicalExpr>, op: Operator, right: &Arc<dyn Physic
     let Some(range) = input.column_statistics.get(at).and_then(range) else {
         return RANGE;
     };
-    match op {
-        Operator::Lt | Operator::LtEq => fraction(range, range.min, value),
-        _ => fraction(range, value, range.max),
-    }
+    compared(range, op, value)
 }
 
 /// A column's range from its statistics, when both ends are known numbers.
