@@ -151,6 +151,7 @@ struct Core {
 
 impl Core {
     async fn build(config: &Config, roles: Vec<String>) -> Result<Core, AppError> {
+        crate::engine::set_scan_nice(config.scan_nice);
         let lake = Arc::new(Lake::open(&config.lake, config.storage_options.clone())?);
         let meta = Arc::new(match &config.metadata_url {
             Some(url) => MetaStore::postgres(url).await?,

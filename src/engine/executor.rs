@@ -15,7 +15,10 @@
 //! - the lake runtime runs the plans that scan bronze, silver or gold, with
 //!   one worker per core: their partitions keep the cores busy without
 //!   threads contending for them (8 workers on 2 cores made TPC-H ~10% slower
-//!   over the wire), and a long scan never delays a catalog query.
+//!   over the wire), and a long scan never delays a catalog query. Its
+//!   threads run at a lower CPU priority (`scan_nice`, 10 unless configured):
+//!   when both runtimes want the cores, planning and catalog queries get
+//!   them first; alone, a scan still has all of them.
 //!
 //! Results come back, already encoded for the wire by the query's task,
 //! through a small bounded channel: sending rows and scanning the next ones
@@ -27,6 +30,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::task::{Context, Poll};
 
 use datafusion::arrow::array::RecordBatch;
@@ -52,26 +56,57 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-fn runtime(name: &str, workers: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_stack_size(QUERY_STACK_BYTES)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .expect("start a query runtime")
+fn runtime(name: &str, workers: usize, nice: Option<&'static AtomicI32>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers).thread_stack_size(QUERY_STACK_BYTES).thread_name(name).enable_all();
+    if let Some(nice) = nice {
+        // Every thread of the runtime, its workers and its blocking pool.
+        builder.on_thread_start(move || lower_priority(nice.load(Ordering::Relaxed)));
+    }
+    builder.build().expect("start a query runtime")
+}
+
+/// The nice value the lake runtime's threads take when they start.
+static SCAN_NICE: AtomicI32 = AtomicI32::new(0);
+
+/// Run lake scans at nice `nice` (0-19, `scan_nice` in the config): applies
+/// to the scan threads started from now on, which is all of them when it is
+/// called before the first query.
+pub fn set_scan_nice(nice: i32) {
+    SCAN_NICE.store(nice, Ordering::Relaxed);
+}
+
+/// Give the calling thread the nice value `nice` (Linux keeps one per
+/// thread). Raising a nice value needs no privilege, so this only fails on a
+/// system without per-thread priorities, which is said once.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    let failed = {
+        // SAFETY: gettid and setpriority take and return plain integers.
+        let tid = unsafe { libc::gettid() };
+        (unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0).then(std::io::Error::last_os_error)
+    };
+    #[cfg(not(target_os = "linux"))]
+    let failed = Some(std::io::Error::new(std::io::ErrorKind::Unsupported, "per-thread priorities are Linux-only"));
+    if let Some(err) = failed {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| tracing::warn!(nice, error = %err, "lake scans run at the ordinary priority: scan_nice could not be applied"));
+    }
 }
 
 /// Parsing, planning, and statements that read no lake table.
 fn statements() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| runtime("workbench-statement", (4 * cores()).max(8)))
+    RUNTIME.get_or_init(|| runtime("workbench-statement", (4 * cores()).max(8), None))
 }
 
 /// Plans that scan lake tables.
 fn lake() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| runtime("workbench-scan", cores()))
+    RUNTIME.get_or_init(|| runtime("workbench-scan", cores(), Some(&SCAN_NICE)))
 }
 
 /// Whether `plan` reads a lake table (directly, in a view or a subquery).

@@ -37,7 +37,7 @@ use datafusion_pg_catalog::pg_catalog::{PgCatalogSchemaProvider, PgCatalogStatic
 use crate::governance::Access;
 
 pub use catalog_tables::SessionSettingsRows;
-pub use executor::{execute, off_connection, panic_message};
+pub use executor::{execute, off_connection, panic_message, set_scan_nice};
 pub use governed::governed_view;
 pub use layer::{LakeTable, LayerSchema};
 pub use join_order::PlannerOptions;

@@ -186,6 +186,54 @@ async fn table_at_a_version_far_past_the_latest_fails_at_once() {
     assert_eq!(one_value(&client, "SELECT count(*) FROM table_at('silver.orders', 0)").await, "10");
 }
 
+/// The nice value of each of the server's threads named `prefix...`.
+fn thread_nice(pid: u32, prefix: &str) -> Vec<i64> {
+    let mut nice = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads") {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat"))) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim().starts_with(prefix) {
+            // After "(comm) ", the fields from the third on; nice is the 19th.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            nice.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+        }
+    }
+    nice
+}
+
+#[tokio::test]
+async fn lake_scans_run_at_the_configured_lower_priority_and_statements_do_not() {
+    let options = ServerOptions { config_yaml: "scan_nice: 7\n".into(), ..Default::default() };
+    let server = Server::start_with(options);
+    crate::harness::write_table(server.lake(), "silver", "orders", crate::harness::orders_batch(0..1000), deltalake::protocol::SaveMode::Overwrite)
+        .await;
+    let client = server.connect().await;
+    assert_eq!(one_value(&client, "SELECT count(*) FROM silver.orders WHERE id >= 0").await, "1000");
+    assert!(one_value(&client, "SELECT count(*) FROM pg_catalog.pg_class").await.parse::<i64>().unwrap() > 0);
+    let scans = thread_nice(server.pid(), "workbench-scan");
+    assert!(!scans.is_empty(), "no scan thread after a lake query");
+    assert!(scans.iter().all(|n| *n == 7), "scan threads' nice values: {scans:?}");
+    let statements = thread_nice(server.pid(), "workbench-stat");
+    assert!(!statements.is_empty() && statements.iter().all(|n| *n == 0), "statement threads' nice values: {statements:?}");
+
+    // Out of range: the server does not start, and says what to write.
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("bad.yaml");
+    std::fs::write(&config, "scan_nice: 25\n").unwrap();
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "off", "--lake"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with scan_nice 25");
+    assert!(stderr.contains("invalid scan_nice '25'") && stderr.contains("0 (scans at the priority"), "{stderr}");
+}
+
 // --- the wire protocol ------------------------------------------------------
 
 /// A raw protocol connection, for messages no well-behaved client sends.
