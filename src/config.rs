@@ -331,8 +331,8 @@ pub struct ClusterSettings {
 /// system gives them the cores first and scans take the rest, so a BI tool's
 /// catalog queries stay quick while other clients scan. Alone, a scan still
 /// has every core (nice only matters when threads compete). 16 clients on 2
-/// cores (benches/PROFILES.md): catalog p99 ~27 ms at 0, ~16-21 ms at 10,
-/// with the same point-query throughput.
+/// cores (benches/PROFILES.md, pgbench): catalog p99 31-33 ms at 0, ~15 ms
+/// at 10, with the same point-query throughput.
 pub const DEFAULT_SCAN_NICE: i32 = 10;
 
 /// Scan size under which a query stays on the server when none is configured.

@@ -56,22 +56,22 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-fn runtime(name: &str, workers: usize, nice: Option<&'static AtomicI32>) -> tokio::runtime::Runtime {
+fn runtime(name: &str, workers: usize, nice: i32) -> tokio::runtime::Runtime {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(workers).thread_stack_size(QUERY_STACK_BYTES).thread_name(name).enable_all();
-    if let Some(nice) = nice {
+    if nice != 0 {
         // Every thread of the runtime, its workers and its blocking pool.
-        builder.on_thread_start(move || lower_priority(nice.load(Ordering::Relaxed)));
+        builder.on_thread_start(move || lower_priority(nice));
     }
     builder.build().expect("start a query runtime")
 }
 
-/// The nice value the lake runtime's threads take when they start.
+/// The nice value the lake runtime's threads take; read when the runtime
+/// starts (the first lake query).
 static SCAN_NICE: AtomicI32 = AtomicI32::new(0);
 
-/// Run lake scans at nice `nice` (0-19, `scan_nice` in the config): applies
-/// to the scan threads started from now on, which is all of them when it is
-/// called before the first query.
+/// Run lake scans at nice `nice` (0-19, `scan_nice` in the config); called
+/// when the server starts, before its first query.
 pub fn set_scan_nice(nice: i32) {
     SCAN_NICE.store(nice, Ordering::Relaxed);
 }
@@ -80,9 +80,6 @@ pub fn set_scan_nice(nice: i32) {
 /// thread). Raising a nice value needs no privilege, so this only fails on a
 /// system without per-thread priorities, which is said once.
 fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
     #[cfg(target_os = "linux")]
     let failed = {
         // SAFETY: gettid and setpriority take and return plain integers.
@@ -100,13 +97,13 @@ fn lower_priority(nice: i32) {
 /// Parsing, planning, and statements that read no lake table.
 fn statements() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| runtime("workbench-statement", (4 * cores()).max(8), None))
+    RUNTIME.get_or_init(|| runtime("workbench-statement", (4 * cores()).max(8), 0))
 }
 
 /// Plans that scan lake tables.
 fn lake() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| runtime("workbench-scan", cores(), Some(&SCAN_NICE)))
+    RUNTIME.get_or_init(|| runtime("workbench-scan", cores(), SCAN_NICE.load(Ordering::Relaxed)))
 }
 
 /// Whether `plan` reads a lake table (directly, in a view or a subquery).
